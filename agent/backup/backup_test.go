@@ -1,0 +1,124 @@
+package backup_test
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/ferrydr/ferry/agent/backup"
+	"github.com/ferrydr/ferry/agent/restore"
+	"github.com/ferrydr/ferry/chunk"
+	"github.com/ferrydr/ferry/transport/crypt"
+	"github.com/ferrydr/ferry/transport/erasure"
+	"github.com/ferrydr/ferry/transport/objstore"
+	"github.com/ferrydr/ferry/transport/repo"
+	"github.com/ferrydr/ferry/testenv/volume"
+)
+
+var params = chunk.Params{Pol: 0x3DA3358B4DC173, MinSize: 64 << 10, MaxSize: 512 << 10, AverageBits: 17}
+
+func memRepo(t *testing.T, scheme erasure.Scheme, targets int) *repo.Repo {
+	t.Helper()
+	var stores []objstore.Store
+	for range targets {
+		stores = append(stores, objstore.NewMem())
+	}
+	r, err := repo.Init(context.Background(), stores, []byte("pw"), repo.Options{
+		Erasure: scheme, PackSize: 1 << 20, Chunking: &params, KDF: crypt.KDFParams{N: 1024, R: 8, P: 1},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func run(t *testing.T, r *repo.Repo, data []byte, holes []chunk.Range) *backup.Summary {
+	t.Helper()
+	s, err := backup.Run(context.Background(), r, bytes.NewReader(data), int64(len(data)), backup.Options{Name: "v", Holes: holes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func restoreBytes(t *testing.T, r *repo.Repo, id string) []byte {
+	t.Helper()
+	snap, err := r.FindSnapshot(context.Background(), id, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	if _, err := restore.Run(context.Background(), r, snap, out, restore.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestDedupeAcrossSnapshotsAndVolumes(t *testing.T) {
+	r := memRepo(t, erasure.Scheme{K: 2, M: 1}, 3)
+	rnd := rand.New(rand.NewPCG(1, 1))
+	a := volume.Data(rnd, 16<<20)
+	s1 := run(t, r, a, nil)
+	if s1.BytesNew == 0 || s1.BytesNew > int64(len(a)) {
+		t.Fatalf("first backup new bytes %d", s1.BytesNew)
+	}
+	if s2 := run(t, r, a, nil); s2.BytesNew != 0 || s2.NewChunks != 0 {
+		t.Fatalf("same volume again stored %d bytes", s2.BytesNew)
+	}
+	// Another volume that shares most of its content, shifted by an insert.
+	b := append(append(append([]byte(nil), a[:5<<20]...), volume.Data(rnd, 100<<10)...), a[5<<20:]...)
+	s3 := run(t, r, b, nil)
+	if s3.BytesNew > 2<<20 {
+		t.Fatalf("similar volume stored %d new bytes; want about the 100 KiB insert plus two chunks", s3.BytesNew)
+	}
+	for _, c := range []struct {
+		id   string
+		want []byte
+	}{{s1.SnapshotID, a}, {s3.SnapshotID, b}} {
+		if got := restoreBytes(t, r, c.id); !bytes.Equal(got, c.want) {
+			t.Fatalf("snapshot %s restored differently", c.id[:8])
+		}
+	}
+}
+
+func TestZerosCostNothing(t *testing.T) {
+	r := memRepo(t, erasure.Scheme{K: 1, M: 1}, 1)
+	data := make([]byte, 64<<20)
+	rnd := rand.New(rand.NewPCG(2, 2))
+	copy(data[10<<20:], volume.Data(rnd, 1<<20))
+	// Allocated zeros (read, not declared): stored as holes, not uploaded.
+	s := run(t, r, data, nil)
+	if s.BytesNew > 2<<20 || s.BytesZero < 60<<20 {
+		t.Fatalf("zeros stored: new %d, zero %d", s.BytesNew, s.BytesZero)
+	}
+	// Declared holes are not even read.
+	holes := []chunk.Range{{Off: 0, Len: 10 << 20}, {Off: 11 << 20, Len: 53 << 20}}
+	s2 := run(t, r, data, holes)
+	if s2.BytesRead > 4<<20 {
+		t.Fatalf("read %d bytes of a volume with 1 MiB of data", s2.BytesRead)
+	}
+	if s2.BytesNew != 0 {
+		t.Fatalf("hole-aware backup of the same data stored %d new bytes", s2.BytesNew)
+	}
+	if got := restoreBytes(t, r, s2.SnapshotID); !bytes.Equal(got, data) {
+		t.Fatal("restore differs")
+	}
+}
+
+func TestEmptyAndTinyVolumes(t *testing.T) {
+	r := memRepo(t, erasure.Scheme{K: 2, M: 2}, 4)
+	for _, n := range []int{0, 1, 4095, 70000} {
+		data := volume.Data(rand.New(rand.NewPCG(uint64(n), 3)), n)
+		s := run(t, r, data, nil)
+		if got := restoreBytes(t, r, s.SnapshotID); !bytes.Equal(got, data) {
+			t.Fatalf("size %d: restore differs", n)
+		}
+	}
+}

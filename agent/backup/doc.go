@@ -1,0 +1,14 @@
+// Package backup copies a volume into a repository.
+//
+// The pipeline runs under one errgroup with bounded queues:
+//
+//	split (1 goroutine: canonical chunking, holes skipped)
+//	  -> hash, dedupe, compress, seal (GOMAXPROCS workers)
+//	  -> collect in volume order (extents, digest, packing)
+//	  -> erasure-code and upload packs (Uploads packs at a time, every shard in parallel)
+//	  -> index objects, then the manifest (the commit point)
+//
+// Memory is bounded by the chunk buffers (ChunkBuffers × the chunker's max
+// size), the pack being filled, and Uploads packs in flight with their
+// shards; see Budget.
+package backup

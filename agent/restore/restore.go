@@ -1,0 +1,355 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ferrydr/ferry/chunk"
+	"github.com/ferrydr/ferry/transport/objstore"
+	"github.com/ferrydr/ferry/transport/pack"
+	"github.com/ferrydr/ferry/transport/repo"
+)
+
+var (
+	// ErrDataLost means the snapshot cannot be restored: chunks or packs are gone.
+	ErrDataLost = errors.New("data lost")
+	// ErrMismatch means restored data did not match the snapshot's hashes.
+	ErrMismatch = errors.New("restored data does not match the snapshot")
+	// ErrTargetTooSmall means an existing target is smaller than the snapshot.
+	ErrTargetTooSmall = errors.New("target is smaller than the snapshot")
+)
+
+// Options tune a restore.
+type Options struct {
+	Workers  int // packs fetched and written at once; default 3
+	Progress *Progress
+}
+
+// Progress counts a running restore's work.
+type Progress struct {
+	Total   atomic.Int64 // bytes of the volume
+	Written atomic.Int64 // bytes of data chunks written
+	Fetched atomic.Int64 // bytes of shards downloaded
+}
+
+// Summary reports a finished restore.
+type Summary struct {
+	SnapshotID      string               `json:"snapshot_id"`
+	Target          string               `json:"target"`
+	BytesVolume     int64                `json:"bytes_volume"`
+	BytesWritten    int64                `json:"bytes_written"`
+	BytesZero       int64                `json:"bytes_zero"`
+	Packs           int                  `json:"packs"`
+	Digest          string               `json:"digest"`
+	Repaired        []repo.ShardProblem  `json:"-"`
+	RepairedShards  []string             `json:"reconstructed_shards,omitempty"`
+	Duration        time.Duration        `json:"-"`
+	DurationSeconds float64              `json:"duration_seconds"`
+}
+
+type place struct {
+	extent int // position in the manifest
+	entry  pack.Entry
+}
+
+// Run restores snapshot s from r into target.
+func Run(ctx context.Context, r *repo.Repo, s *repo.Snapshot, target string, opts Options) (*Summary, error) {
+	start := time.Now()
+	if opts.Workers <= 0 {
+		opts.Workers = 3
+	}
+	prog := opts.Progress
+	if prog == nil {
+		prog = &Progress{}
+	}
+	prog.Total.Store(s.Size)
+
+	plan, packOrder, err := planRestore(ctx, r, s)
+	if err != nil {
+		return nil, err
+	}
+	out, err := openTarget(target, s.Size)
+	if err != nil {
+		return nil, err
+	}
+	defer out.abort()
+
+	ids := make([]chunk.ID, len(s.Extents)) // recomputed from written bytes
+	var (
+		mu       sync.Mutex
+		repaired []repo.ShardProblem
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(opts.Workers)
+	for _, pid := range packOrder {
+		places := plan[pid]
+		g.Go(func() error {
+			p, problems, err := r.ReadPack(gctx, pid)
+			if err != nil {
+				if errors.Is(err, repo.ErrPackLost) {
+					return fmt.Errorf("%w: %v", ErrDataLost, err)
+				}
+				return err
+			}
+			prog.Fetched.Add(int64(len(p)))
+			if len(problems) > 0 {
+				mu.Lock()
+				repaired = append(repaired, problems...)
+				mu.Unlock()
+			}
+			var buf []byte
+			for _, pl := range places {
+				e := s.Extents[pl.extent]
+				buf, err = r.Codec.OpenBlob(buf[:0], p, pl.entry)
+				if err != nil {
+					return fmt.Errorf("%w: chunk at offset %d in pack %s: %v", ErrMismatch, e.Off, pid.Short(), err)
+				}
+				got := r.IDKey.Sum(buf)
+				if got != e.ID || int64(len(buf)) != e.Len {
+					return fmt.Errorf("%w: chunk at offset %d: hash or length differs from the manifest", ErrMismatch, e.Off)
+				}
+				if _, err := out.f.WriteAt(buf, e.Off); err != nil {
+					return fmt.Errorf("write %s at offset %d: %w", target, e.Off, err)
+				}
+				ids[pl.extent] = got
+				prog.Written.Add(e.Len)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+
+	var zero int64
+	digest := repo.NewVolumeDigest()
+	for i, e := range s.Extents {
+		if e.Zero {
+			zero += e.Len
+			if err := out.zero(e.Off, e.Len); err != nil {
+				return nil, err
+			}
+		} else {
+			e.ID = ids[i]
+		}
+		digest.Add(e)
+	}
+	if got := digest.Hex(); got != s.Digest {
+		return nil, fmt.Errorf("%w: volume digest %s, snapshot says %s", ErrMismatch, got[:16], s.Digest[:min(16, len(s.Digest))])
+	}
+	if err := out.commit(); err != nil {
+		return nil, err
+	}
+	d := time.Since(start)
+	sum := &Summary{
+		SnapshotID: s.ID, Target: target, BytesVolume: s.Size, BytesWritten: prog.Written.Load(),
+		BytesZero: zero, Packs: len(packOrder), Digest: s.Digest, Repaired: repaired,
+		Duration: d, DurationSeconds: d.Seconds(),
+	}
+	for _, p := range repaired {
+		sum.RepairedShards = append(sum.RepairedShards, p.String())
+	}
+	return sum, nil
+}
+
+// planRestore maps every data extent to its blob and checks that every pack
+// it needs still has enough shards, before anything is written.
+func planRestore(ctx context.Context, r *repo.Repo, s *repo.Snapshot) (map[pack.ID][]place, []pack.ID, error) {
+	idx, err := r.LoadIndex(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load index: %w", err)
+	}
+	plan := map[pack.ID][]place{}
+	var order []pack.ID
+	var missing []string
+	for i, e := range s.Extents {
+		if e.Zero {
+			continue
+		}
+		p, entry, ok := idx.Lookup(e.ID)
+		if !ok {
+			if len(missing) < 5 {
+				missing = append(missing, fmt.Sprintf("chunk %s at offset %d", e.ID.Short(), e.Off))
+			}
+			continue
+		}
+		if _, seen := plan[p.ID]; !seen {
+			order = append(order, p.ID)
+		}
+		plan[p.ID] = append(plan[p.ID], place{extent: i, entry: entry})
+	}
+	if len(missing) > 0 {
+		return nil, nil, fmt.Errorf("%w: the index knows no pack for %s (run repair to rebuild the index)", ErrDataLost, strings.Join(missing, ", "))
+	}
+	if err := checkShards(ctx, r, order); err != nil {
+		return nil, nil, err
+	}
+	return plan, order, nil
+}
+
+// checkShards lists the shards on every reachable target and fails, naming
+// the packs, when any needed pack has fewer than k shards present.
+func checkShards(ctx context.Context, r *repo.Repo, packs []pack.ID) error {
+	present := map[string]bool{}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	for _, t := range r.Targets {
+		if t.Down() != nil {
+			continue
+		}
+		g.Go(func() error {
+			err := t.Store.List(gctx, "data/", func(i objstore.Info) error {
+				mu.Lock()
+				present[fmt.Sprintf("%d/%s", t.Index, i.Name)] = true
+				mu.Unlock()
+				return nil
+			})
+			if err != nil && gctx.Err() == nil {
+				t.MarkDown(err)
+			}
+			return gctx.Err()
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	k, n := r.Config.Erasure.K, r.Config.Erasure.Shards()
+	var lost []string
+	for _, id := range packs {
+		have := 0
+		var gone []string
+		for i := 0; i < n; i++ {
+			t := r.TargetOf(i)
+			if present[fmt.Sprintf("%d/%s", t.Index, repo.ShardName(id, i))] {
+				have++
+			} else {
+				gone = append(gone, fmt.Sprintf("%d (target %d)", i, t.Index+1))
+			}
+		}
+		if have < k {
+			lost = append(lost, fmt.Sprintf("pack %s has %d of %d shards, %d needed; missing shards %s", id.Short(), have, n, k, strings.Join(gone, ", ")))
+		}
+	}
+	if len(lost) > 0 {
+		more := ""
+		if len(lost) > 3 {
+			more = fmt.Sprintf(" and %d more packs", len(lost)-3)
+			lost = lost[:3]
+		}
+		return fmt.Errorf("%w: %s%s", ErrDataLost, strings.Join(lost, "; "), more)
+	}
+	return nil
+}
+
+// output is the file or device being restored into.
+type output struct {
+	f        *os.File
+	final    string // rename target for a new file; "" when writing in place
+	fresh    bool   // holes need not be written
+	regular  bool
+	size     int64
+	finished bool
+}
+
+func openTarget(path string, size int64) (*output, error) {
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		dir := filepath.Dir(path)
+		f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".ferry-restore-*")
+		if err != nil {
+			return nil, fmt.Errorf("create %s: %w", path, err)
+		}
+		if err := f.Truncate(size); err != nil {
+			f.Close()
+			os.Remove(f.Name())
+			return nil, fmt.Errorf("size %s: %w", path, err)
+		}
+		return &output{f: f, final: path, fresh: true, regular: true, size: size}, nil
+	case err != nil:
+		return nil, fmt.Errorf("target %s: %w", path, err)
+	case fi.IsDir():
+		return nil, fmt.Errorf("target %s is a directory", path)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open target %s: %w", path, err)
+	}
+	o := &output{f: f, regular: fi.Mode().IsRegular(), size: size}
+	if !o.regular {
+		devSize, err := f.Seek(0, io.SeekEnd)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("size of %s: %w", path, err)
+		}
+		if devSize < size {
+			f.Close()
+			return nil, fmt.Errorf("%w: %s has %d bytes, the snapshot %d", ErrTargetTooSmall, path, devSize, size)
+		}
+	}
+	return o, nil
+}
+
+var zeros = make([]byte, 1<<20)
+
+// zero writes real zeros over [off, off+n) unless the file is new.
+func (o *output) zero(off, n int64) error {
+	if o.fresh {
+		return nil
+	}
+	for n > 0 {
+		w := min(n, int64(len(zeros)))
+		if _, err := o.f.WriteAt(zeros[:w], off); err != nil {
+			return fmt.Errorf("write zeros at offset %d: %w", off, err)
+		}
+		off += w
+		n -= w
+	}
+	return nil
+}
+
+func (o *output) commit() error {
+	if o.regular && !o.fresh {
+		if err := o.f.Truncate(o.size); err != nil {
+			return fmt.Errorf("truncate target: %w", err)
+		}
+	}
+	if err := o.f.Sync(); err != nil {
+		return fmt.Errorf("sync target: %w", err)
+	}
+	if err := o.f.Close(); err != nil {
+		return err
+	}
+	if o.final != "" {
+		if err := os.Rename(o.f.Name(), o.final); err != nil {
+			return fmt.Errorf("rename into place: %w", err)
+		}
+		if d, err := os.Open(filepath.Dir(o.final)); err == nil {
+			d.Sync()
+			d.Close()
+		}
+	}
+	o.finished = true
+	return nil
+}
+
+// abort removes a temporary file that was not committed.
+func (o *output) abort() {
+	if o.finished {
+		return
+	}
+	o.f.Close()
+	if o.final != "" {
+		os.Remove(o.f.Name())
+	}
+}

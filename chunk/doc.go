@@ -1,0 +1,29 @@
+// Package chunk splits a volume into content-defined chunks, canonically.
+//
+// The canonical chunking of a volume is a function of its bytes alone:
+// unallocated ranges (holes) read as zeros, and the cuts are exactly those of
+// github.com/restic/chunker (v0.4.0) run from offset 0 over the whole volume
+// byte stream with the Params' polynomial, size bounds and average bits.
+// Knowing where the holes are only makes chunking cheaper, never different,
+// so two snapshots of the same bytes chunk alike whatever their allocation
+// maps say, and a chunking restarted at any canonical cut continues exactly
+// as a single pass would (restic/chunker resets at every cut; see DESIGN.md,
+// "Incremental CDC with resynchronisation").
+//
+// Zero chunks. A chunk whose bytes are all zero is reported with Zero set and
+// no data; it is stored as a hole and never uploaded. The window of the
+// Rabin fingerprint over zeros hashes to zero, so a chunk that starts in a
+// run of zeros at least S bytes long is exactly S bytes long, where S, the
+// zero stride, depends on the Params only (ZeroStride; S == MinSize with
+// v0.4.0). The Splitter therefore never scans long zero runs: it reports each
+// maximal sequence of consecutive all-zero canonical chunks as ONE merged
+// Zero chunk. A merged Zero chunk of length n*S stands for n canonical chunks
+// of length S, i.e. it has implicit cuts at Off + k*S; only a Zero chunk that
+// ends the volume may also carry a final canonical chunk shorter than S.
+// Merging is canonical too: the chunk list is identical whether a zero run
+// was declared as a hole or found by reading zeros.
+//
+// Reads go to the source in aligned blocks of 1 MiB (minus declared holes,
+// which are never read), through a small cache, so each allocated byte is
+// read once; memory is about 2.5 MiB per Splitter plus the caller's buffer.
+package chunk

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrydr/ferry/agent/backup"
+	"github.com/ferrydr/ferry/agent/source"
+	"github.com/ferrydr/ferry/transport/repo"
+)
+
+func backupCmd(g *globals) *cobra.Command {
+	var name string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "backup --repo REPO [--name NAME] SOURCE",
+		Short: "Back up a block device or raw image file; prints the snapshot ID",
+		Args:  exactArgs(1, "one SOURCE (a block device or image file)"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			vol, err := source.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer vol.Close()
+			holes, err := vol.Holes()
+			if err != nil {
+				return fmt.Errorf("map holes of %s: %w", args[0], err)
+			}
+			r, err := g.open(cmd.Context())
+			if err != nil {
+				return err
+			}
+			abs, _ := filepath.Abs(args[0])
+			if name == "" {
+				name = filepath.Base(args[0])
+			}
+			prog := &backup.Progress{}
+			stopProgress := showProgress(prog.Total.Load, prog.Done.Load, "backup", asJSON)
+			sum, err := backup.Run(cmd.Context(), r, vol, vol.Size(), backup.Options{
+				Name: name, Volume: repo.Volume{Source: abs}, Holes: holes, Progress: prog,
+			})
+			stopProgress()
+			if err != nil {
+				return fmt.Errorf("backup %s: %w", args[0], err)
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(sum)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), sum.SnapshotID)
+			if isTerminal(os.Stderr) {
+				fmt.Fprintf(os.Stderr, "%s of %s read, %s new, %s stored, in %s\n",
+					human(sum.BytesRead), human(sum.BytesVolume), human(sum.BytesNew), human(sum.BytesStored), sum.Duration.Round(100e6))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "name of the volume in the repository (default: the source's file name)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON summary instead of the snapshot ID")
+	return cmd
+}

@@ -1,0 +1,131 @@
+// Command ferry replicates volumes into an erasure-coded repository and
+// restores them. Run "ferry help" for the subcommands.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrydr/ferry/agent/restore"
+	"github.com/ferrydr/ferry/transport/crypt"
+	"github.com/ferrydr/ferry/transport/repo"
+)
+
+// Exit codes.
+const (
+	exitOK       = 0
+	exitError    = 1 // anything that went wrong: bad repository, unreachable, wrong password ...
+	exitUsage    = 2 // bad command line
+	exitDataLost = 3 // the data cannot be restored or did not verify
+)
+
+type usageError struct{ error }
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := newRoot()
+	err := root.ExecuteContext(ctx)
+	os.Exit(report(err))
+}
+
+func report(err error) int {
+	if err == nil {
+		return exitOK
+	}
+	msg := strings.ReplaceAll(err.Error(), "\n", " ")
+	fmt.Fprintf(os.Stderr, "ferry: %s\n", msg)
+	var ue usageError
+	switch {
+	case errors.As(err, &ue):
+		return exitUsage
+	case errors.Is(err, restore.ErrDataLost), errors.Is(err, restore.ErrMismatch):
+		return exitDataLost
+	default:
+		return exitError
+	}
+}
+
+type globals struct {
+	opened       *repo.Repo // set once a command opened the repository
+	repo         string
+	passwordFile string
+	logLevel     string
+}
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "ferry",
+		Short:         "Replicate volumes to erasure-coded object storage and restore them",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
+				return usageError{fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel)}
+			}
+			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
+			return nil
+		},
+	}
+	// Only after success: a failed command's error already names what failed.
+	root.PersistentPostRun = func(*cobra.Command, []string) {
+		if g.opened != nil {
+			for _, w := range g.opened.DownTargets() {
+				fmt.Fprintf(os.Stderr, "ferry: warning: %s\n", w)
+			}
+		}
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.repo, "repo", os.Getenv("FERRY_REPO"), "comma-separated targets: s3://host:port/bucket[/prefix], s3+http://..., file:///path (env FERRY_REPO)")
+	pf.StringVar(&g.passwordFile, "password-file", os.Getenv("FERRY_PASSWORD_FILE"), "file holding the repository password (else env FERRY_PASSWORD)")
+	pf.StringVar(&g.logLevel, "log-level", envOr("FERRY_LOG_LEVEL", "warn"), "log level: debug, info, warn, error")
+	root.AddCommand(initCmd(g), backupCmd(g), snapshotsCmd(g), restoreCmd(g))
+	return root
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func (g *globals) password() ([]byte, error) {
+	if g.passwordFile != "" {
+		b, err := os.ReadFile(g.passwordFile)
+		if err != nil {
+			return nil, fmt.Errorf("password file: %w", err)
+		}
+		pw := []byte(strings.TrimRight(string(b), "\r\n"))
+		if len(pw) == 0 {
+			return nil, fmt.Errorf("password file %s is empty", g.passwordFile)
+		}
+		return pw, nil
+	}
+	if pw := os.Getenv("FERRY_PASSWORD"); pw != "" {
+		return []byte(pw), nil
+	}
+	return nil, usageError{errors.New("no password: set FERRY_PASSWORD or use --password-file")}
+}
+
+// friendly turns the errors users cause into one plain sentence.
+func friendly(err error) error {
+	switch {
+	case errors.Is(err, crypt.ErrWrongPassword):
+		return errors.New("wrong password: no key in the repository opens with it")
+	case errors.Is(err, repo.ErrNotRepository):
+		return fmt.Errorf("no Ferry repository at --repo: %w", err)
+	}
+	return err
+}

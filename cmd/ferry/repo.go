@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/ferrydr/ferry/transport/objstore"
+	"github.com/ferrydr/ferry/transport/repo"
+)
+
+// stores opens the targets of --repo. A target that cannot be opened stays
+// in its position as an unavailable store: reads work around it, and
+// writers fail with a message naming it. With create, missing file://
+// roots are made (init).
+func (g *globals) stores(ctx context.Context, create bool) ([]objstore.Store, error) {
+	if g.repo == "" {
+		return nil, usageError{errors.New("no repository: use --repo or set FERRY_REPO")}
+	}
+	locs, err := objstore.ParseRepo(g.repo)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--repo: %w", err)}
+	}
+	stores := make([]objstore.Store, len(locs))
+	for i, l := range locs {
+		if create && l.Scheme == "file" {
+			if err := os.MkdirAll(l.Path, 0o700); err != nil {
+				return nil, fmt.Errorf("target %d: %w", i+1, err)
+			}
+		}
+		s, err := objstore.Open(ctx, l)
+		if err != nil {
+			s = objstore.Unavailable(l.String(), err)
+		}
+		stores[i] = s
+	}
+	return stores, nil
+}
+
+func (g *globals) open(ctx context.Context) (*repo.Repo, error) {
+	pw, err := g.password()
+	if err != nil {
+		return nil, err
+	}
+	stores, err := g.stores(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	r, err := repo.Open(ctx, stores, pw)
+	if err != nil {
+		return nil, friendly(err)
+	}
+	g.opened = r
+	return r, nil
+}

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrydr/ferry/agent/restore"
+)
+
+func restoreCmd(g *globals) *cobra.Command {
+	var target, name string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "restore --repo REPO SNAPSHOT|latest --target PATH",
+		Short: "Restore a snapshot into a file (created sparse) or a block device",
+		Long: `Restore a snapshot. SNAPSHOT is an ID, a unique prefix of one (4+ hex digits),
+or "latest" (with --name, the latest of that name). A new file is created
+sparse and appears only when the restore verified; an existing file or block
+device is overwritten in place, holes written as zeros.`,
+		Args: exactArgs(1, "one SNAPSHOT (an ID, a prefix of one, or latest)"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if target == "" {
+				return usageError{fmt.Errorf("restore needs --target PATH")}
+			}
+			r, err := g.open(cmd.Context())
+			if err != nil {
+				return err
+			}
+			snap, err := r.FindSnapshot(cmd.Context(), args[0], name)
+			if err != nil {
+				return err
+			}
+			prog := &restore.Progress{}
+			stopProgress := showProgress(prog.Total.Load, prog.Written.Load, "restore", asJSON)
+			sum, err := restore.Run(cmd.Context(), r, snap, target, restore.Options{Progress: prog})
+			stopProgress()
+			if err != nil {
+				return fmt.Errorf("restore %s: %w", snap.ID[:12], err)
+			}
+			for i, p := range sum.Repaired {
+				if i == 5 {
+					fmt.Fprintf(os.Stderr, "ferry: ... and %d more shards reconstructed from parity\n", len(sum.Repaired)-5)
+					break
+				}
+				fmt.Fprintf(os.Stderr, "ferry: reconstructed from parity: %s\n", p)
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(sum)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "restored %s (%s, %s of data) to %s in %s; digest verified\n",
+				snap.ID[:12], human(sum.BytesVolume), human(sum.BytesWritten), target, sum.Duration.Round(100e6))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&target, "target", "", "file or block device to restore into")
+	cmd.Flags().StringVar(&name, "name", "", "with latest: the latest snapshot of this name")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON summary")
+	return cmd
+}

@@ -1,0 +1,33 @@
+// Command ferry-testenv prepares the real parts the tests run on loopback.
+//
+//	ferry-testenv install   build MinIO into the cache (once) and print its path
+//
+// `make test` runs it before `go test` so no test waits for a build.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+
+	"github.com/ferrydr/ferry/testenv/minio"
+)
+
+func main() {
+	if len(os.Args) != 2 || os.Args[1] != "install" {
+		fmt.Fprintln(os.Stderr, "usage: ferry-testenv install")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if minio.Cached() == "" {
+		fmt.Fprintf(os.Stderr, "building MinIO %s@%s (a few minutes)...\n", minio.Module, minio.Version)
+	}
+	path, err := minio.Binary(ctx)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ferry-testenv:", err)
+		os.Exit(1)
+	}
+	fmt.Println(path)
+}

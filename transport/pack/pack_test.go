@@ -1,0 +1,130 @@
+package pack
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/ferrydr/ferry/chunk"
+	"github.com/ferrydr/ferry/transport/crypt"
+)
+
+func testCodec(t testing.TB) *Codec {
+	k, err := crypt.NewRandomKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewCodec(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func samplePack(t testing.TB, c *Codec) ([]byte, [][]byte, []Entry) {
+	r := rand.New(rand.NewPCG(1, 2))
+	idk := chunk.NewIDKey(c.key.IDKey())
+	w := c.NewWriter(1 << 20)
+	var plains [][]byte
+	for i := 0; i < 20; i++ {
+		p := make([]byte, 1+r.IntN(50000))
+		if i%2 == 0 { // compressible
+			for j := range p {
+				p[j] = byte(j / 100)
+			}
+		} else {
+			for j := range p {
+				p[j] = byte(r.Uint32())
+			}
+		}
+		id := idk.Sum(p)
+		sealed, _, comp := c.SealBlob(nil, nil, id, p)
+		w.Add(id, sealed, len(p), comp)
+		plains = append(plains, p)
+	}
+	p, id, entries := w.Finish()
+	if Sum(p) != id {
+		t.Fatal("pack id is not the hash of its bytes")
+	}
+	return p, plains, entries
+}
+
+func TestRoundTrip(t *testing.T) {
+	c := testCodec(t)
+	p, plains, entries := samplePack(t, c)
+	got, err := c.ParseHeader(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(entries) {
+		t.Fatalf("%d entries, want %d", len(got), len(entries))
+	}
+	compressed := 0
+	for i, e := range got {
+		if e != entries[i] {
+			t.Fatalf("entry %d: %+v want %+v", i, e, entries[i])
+		}
+		if e.Compressed {
+			compressed++
+		}
+		b, err := c.OpenBlob(nil, p, e)
+		if err != nil || !bytes.Equal(b, plains[i]) {
+			t.Fatalf("blob %d: %v", i, err)
+		}
+	}
+	if compressed != 10 {
+		t.Fatalf("%d blobs compressed, want the 10 compressible ones", compressed)
+	}
+}
+
+func TestTamper(t *testing.T) {
+	c := testCodec(t)
+	p, _, entries := samplePack(t, c)
+	bad := append([]byte(nil), p...)
+	bad[len(bad)-20] ^= 1 // inside the sealed header
+	if _, err := c.ParseHeader(bad); !errors.Is(err, crypt.ErrAuth) {
+		t.Fatalf("tampered header: %v", err)
+	}
+	bad = append([]byte(nil), p...)
+	bad[entries[3].Offset+20] ^= 1
+	if _, err := c.OpenBlob(nil, bad, entries[3]); !errors.Is(err, crypt.ErrAuth) {
+		t.Fatalf("tampered blob: %v", err)
+	}
+	swapped := entries[3]
+	swapped.ID = entries[4].ID
+	if _, err := c.OpenBlob(nil, p, swapped); !errors.Is(err, crypt.ErrAuth) {
+		t.Fatalf("blob under another id: %v", err)
+	}
+	if _, err := c.ParseHeader(p[:len(p)-1]); !errors.Is(err, ErrFormat) {
+		t.Fatalf("truncated: %v", err)
+	}
+	other := testCodec(t)
+	if _, err := other.ParseHeader(p); !errors.Is(err, crypt.ErrAuth) {
+		t.Fatalf("other key: %v", err)
+	}
+}
+
+// FuzzParseHeader feeds arbitrary bytes, and headers sealed with the right
+// key but arbitrary content, to the parser.
+func FuzzParseHeader(f *testing.F) {
+	c := testCodec(f)
+	p, _, _ := samplePack(f, c)
+	f.Add(p[len(p)-200:], false)
+	f.Add([]byte{1, 5, 0}, true)
+	f.Fuzz(func(t *testing.T, b []byte, sealHeader bool) {
+		if sealHeader {
+			sealed := c.key.Seal(nil, b, headerAD)
+			b = binary.LittleEndian.AppendUint32(sealed, uint32(len(sealed)))
+			b = append(b, magic...)
+		}
+		entries, err := c.ParseHeader(b)
+		if err != nil {
+			return
+		}
+		for _, e := range entries {
+			_, _ = c.OpenBlob(nil, b, e)
+		}
+	})
+}

@@ -1,0 +1,17 @@
+// Package repo is a Ferry repository spread over T targets (object stores).
+//
+// Objects on target t (names relative to the target's prefix):
+//
+//	keys/<id>                    key objects (crypt), on every target
+//	config                       sealed Config, on every target; Target = t
+//	data/<pp>/<pack>.<i>         shard i of a pack, on target i mod T (erasure)
+//	index/<id>                   sealed index objects, on every target
+//	snapshots/<id>               sealed snapshot manifests, on every target
+//
+// <pack> is the pack's ID (SHA-256 of its bytes), <pp> its first two hex
+// digits; index and snapshot IDs are the SHA-256 of the sealed object.
+// Every object is written once and never overwritten. A backup commits in
+// the order shards -> index -> manifest: the manifest is the commit point, so
+// a crash before it leaves unreferenced objects for prune, never a manifest
+// that points at missing data.
+package repo

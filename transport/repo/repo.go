@@ -1,0 +1,443 @@
+package repo
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/restic/chunker"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ferrydr/ferry/chunk"
+	"github.com/ferrydr/ferry/transport/crypt"
+	"github.com/ferrydr/ferry/transport/erasure"
+	"github.com/ferrydr/ferry/transport/objstore"
+	"github.com/ferrydr/ferry/transport/pack"
+)
+
+var (
+	// ErrNotRepository means the targets hold no Ferry repository.
+	ErrNotRepository = errors.New("not a Ferry repository")
+	// ErrExists means init found a repository (or other Ferry objects) already there.
+	ErrExists = errors.New("a Ferry repository already exists there")
+	// ErrTargetMismatch means a target belongs to another repository or sits at another position.
+	ErrTargetMismatch = errors.New("target does not match the repository")
+	// ErrUnavailable means too few targets answered for the operation.
+	ErrUnavailable = errors.New("targets unavailable")
+)
+
+// Config is the repository's fixed layout, sealed in each target's config object.
+type Config struct {
+	Version     int            `json:"version"`
+	ID          string         `json:"id"`
+	Erasure     erasure.Scheme `json:"erasure"`
+	Targets     int            `json:"targets"`
+	Target      int            `json:"target"` // position of the target holding this copy
+	ChunkerPol  chunker.Pol    `json:"chunker_pol"`
+	ChunkParams chunkParams    `json:"chunk_params"`
+	PackSize    int            `json:"pack_size"`
+	Created     time.Time      `json:"created"`
+}
+
+type chunkParams struct {
+	Min, Max    uint
+	AverageBits int
+}
+
+// Chunking returns the repository's chunking parameters.
+func (c Config) Chunking() chunk.Params {
+	return chunk.Params{Pol: c.ChunkerPol, MinSize: c.ChunkParams.Min, MaxSize: c.ChunkParams.Max, AverageBits: c.ChunkParams.AverageBits}
+}
+
+// Options tune Init.
+type Options struct {
+	Erasure  erasure.Scheme
+	PackSize int            // default DefaultPackSize
+	Chunking *chunk.Params  // default chunk.DefaultParams with a random polynomial
+	KDF      crypt.KDFParams // default crypt.DefaultKDF
+}
+
+// DefaultPackSize is the target size of a pack before erasure coding.
+const DefaultPackSize = 16 << 20
+
+var configAD = []byte("ferry config v1")
+
+// Target is one object store of the repository and its health as seen by
+// this process.
+type Target struct {
+	Index int
+	Store objstore.Store
+	down  atomic.Pointer[error]
+}
+
+// Down returns the error that made this process stop using the target, or nil.
+func (t *Target) Down() error {
+	if p := t.down.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// MarkDown records that the target failed with err; reads skip it from now on
+// unless nothing else is left. The first error is kept; the caller decides
+// how to tell the user (see Repo.DownTargets).
+func (t *Target) MarkDown(err error) {
+	if t.down.CompareAndSwap(nil, &err) {
+		slog.Debug("target unavailable, continuing without it", "target", t.Index+1, "location", t.Store.Location(), "error", err)
+	}
+}
+
+// DownTargets describes the targets this process stopped using, one line each.
+func (r *Repo) DownTargets() []string {
+	var out []string
+	for _, t := range r.Targets {
+		if err := t.Down(); err != nil {
+			out = append(out, fmt.Sprintf("target %d (%s) unavailable: %v", t.Index+1, t.Store.Location(), err))
+		}
+	}
+	return out
+}
+
+// Repo is an open repository.
+type Repo struct {
+	Targets []*Target
+	Config  Config
+	key     *crypt.Key
+	IDKey   *chunk.IDKey
+	Codec   *pack.Codec
+	Coder   *erasure.Coder
+}
+
+func newTargets(stores []objstore.Store) []*Target {
+	ts := make([]*Target, len(stores))
+	for i, s := range stores {
+		ts[i] = &Target{Index: i, Store: s}
+	}
+	return ts
+}
+
+// Init creates a repository on stores and returns it opened. It refuses when
+// any target already holds Ferry objects.
+func Init(ctx context.Context, stores []objstore.Store, password []byte, opts Options) (*Repo, error) {
+	if len(stores) == 0 {
+		return nil, errors.New("no targets")
+	}
+	if err := opts.Erasure.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.PackSize == 0 {
+		opts.PackSize = DefaultPackSize
+	}
+	if opts.KDF == (crypt.KDFParams{}) {
+		opts.KDF = crypt.DefaultKDF
+	}
+	var params chunk.Params
+	if opts.Chunking != nil {
+		params = *opts.Chunking
+	} else {
+		pol, err := chunker.RandomPolynomial()
+		if err != nil {
+			return nil, fmt.Errorf("chunker polynomial: %w", err)
+		}
+		params = chunk.DefaultParams(pol)
+	}
+	if err := params.Validate(); err != nil {
+		return nil, err
+	}
+	targets := newTargets(stores)
+	for _, t := range targets {
+		found := false
+		for _, prefix := range []string{"config", "keys/", "data/", "index/", "snapshots/"} {
+			err := t.Store.List(ctx, prefix, func(objstore.Info) error { found = true; return errStop })
+			if err != nil && !errors.Is(err, errStop) {
+				return nil, fmt.Errorf("target %d (%s): %w", t.Index+1, t.Store.Location(), err)
+			}
+			if found {
+				return nil, fmt.Errorf("target %d (%s): %w", t.Index+1, t.Store.Location(), ErrExists)
+			}
+		}
+	}
+	key, err := crypt.NewRandomKey()
+	if err != nil {
+		return nil, err
+	}
+	keyObj, err := crypt.Wrap(key, password, opts.KDF)
+	if err != nil {
+		return nil, err
+	}
+	idb := make([]byte, 16)
+	if _, err := rand.Read(idb); err != nil {
+		return nil, err
+	}
+	cfg := Config{
+		Version: 1, ID: hex.EncodeToString(idb), Erasure: opts.Erasure, Targets: len(stores),
+		ChunkerPol: params.Pol, ChunkParams: chunkParams{params.MinSize, params.MaxSize, params.AverageBits},
+		PackSize: opts.PackSize, Created: time.Now().UTC(),
+	}
+	r, err := newRepo(targets, key, cfg)
+	if err != nil {
+		return nil, err
+	}
+	keyName := "keys/" + pack.Sum(keyObj).String()
+	// Keys first: a config without a key could never be opened.
+	if err := r.putEverywhere(ctx, keyName, func(*Target) ([]byte, error) { return keyObj, nil }); err != nil {
+		return nil, err
+	}
+	err = r.putEverywhere(ctx, "config", func(t *Target) ([]byte, error) {
+		c := cfg
+		c.Target = t.Index
+		b, err := json.Marshal(c)
+		if err != nil {
+			return nil, err
+		}
+		return key.Seal(nil, b, configAD), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+var errStop = errors.New("stop listing")
+
+func newRepo(targets []*Target, key *crypt.Key, cfg Config) (*Repo, error) {
+	codec, err := pack.NewCodec(key)
+	if err != nil {
+		return nil, err
+	}
+	coder, err := erasure.NewCoder(cfg.Erasure)
+	if err != nil {
+		return nil, err
+	}
+	return &Repo{Targets: targets, Config: cfg, key: key, IDKey: chunk.NewIDKey(key.IDKey()), Codec: codec, Coder: coder}, nil
+}
+
+// Open opens the repository on stores (in the order given at init) with
+// password. Targets that cannot be reached are marked down; Open fails only
+// when no target can give it the key and config.
+func Open(ctx context.Context, stores []objstore.Store, password []byte) (*Repo, error) {
+	targets := newTargets(stores)
+	var key *crypt.Key
+	var cfg *Config
+	var problems []string
+	sawKeys, sawConfig, reachable := false, false, 0
+	for _, t := range targets {
+		k, err := openKey(ctx, t.Store, password, key)
+		switch {
+		case errors.Is(err, crypt.ErrWrongPassword):
+			sawKeys = true
+			reachable++
+			problems = append(problems, fmt.Sprintf("target %d: %v", t.Index+1, err))
+			continue
+		case errors.Is(err, ErrNotRepository):
+			reachable++
+			problems = append(problems, fmt.Sprintf("target %d (%s): no keys", t.Index+1, t.Store.Location()))
+		case err != nil:
+			t.MarkDown(err)
+			problems = append(problems, fmt.Sprintf("target %d: %v", t.Index+1, err))
+			continue
+		default:
+			sawKeys = true
+			reachable++
+			key = k
+		}
+		raw, err := t.Store.Get(ctx, "config")
+		if errors.Is(err, objstore.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			t.MarkDown(err)
+			continue
+		}
+		sawConfig = true
+		if key == nil {
+			continue
+		}
+		c, err := openConfig(key, raw)
+		if errors.Is(err, crypt.ErrAuth) {
+			return nil, fmt.Errorf("target %d (%s) belongs to another repository (its config does not open with this one's key): %w", t.Index+1, t.Store.Location(), ErrTargetMismatch)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("target %d (%s): config: %w", t.Index+1, t.Store.Location(), err)
+		}
+		if c.Target != t.Index {
+			return nil, fmt.Errorf("target %d (%s) is target %d of this repository; give the targets in their original order: %w", t.Index+1, t.Store.Location(), c.Target+1, ErrTargetMismatch)
+		}
+		if cfg != nil && c.ID != cfg.ID {
+			return nil, fmt.Errorf("target %d (%s) belongs to repository %s, not %s: %w", t.Index+1, t.Store.Location(), c.ID, cfg.ID, ErrTargetMismatch)
+		}
+		if cfg == nil {
+			cfg = &c
+		}
+	}
+	switch {
+	case key == nil && sawKeys:
+		return nil, fmt.Errorf("%w: no key object on the targets opens with this password", crypt.ErrWrongPassword)
+	case key == nil && reachable == 0:
+		return nil, fmt.Errorf("%w: cannot reach any target (%s)", ErrUnavailable, strings.Join(problems, "; "))
+	case key == nil && !sawConfig:
+		return nil, fmt.Errorf("%w (%s)", ErrNotRepository, strings.Join(problems, "; "))
+	case key == nil || cfg == nil:
+		return nil, fmt.Errorf("%w: no target gave a readable key and config (%s)", ErrUnavailable, strings.Join(problems, "; "))
+	}
+	if cfg.Targets != len(stores) {
+		return nil, fmt.Errorf("the repository has %d targets, %d given: %w", cfg.Targets, len(stores), ErrTargetMismatch)
+	}
+	c := *cfg
+	c.Target = 0
+	return newRepo(targets, key, c)
+}
+
+// openKey returns the master key from the target's key objects. When have is
+// set (from another target) it only checks that the target is readable.
+func openKey(ctx context.Context, s objstore.Store, password []byte, have *crypt.Key) (*crypt.Key, error) {
+	var names []string
+	err := s.List(ctx, "keys/", func(i objstore.Info) error { names = append(names, i.Name); return nil })
+	if err != nil {
+		return nil, err
+	}
+	if len(names) == 0 {
+		return nil, ErrNotRepository
+	}
+	if have != nil {
+		return have, nil
+	}
+	for _, n := range names {
+		obj, err := s.Get(ctx, n)
+		if err != nil {
+			return nil, err
+		}
+		k, err := crypt.Unwrap(obj, password)
+		if err == nil {
+			return k, nil
+		}
+		if !errors.Is(err, crypt.ErrWrongPassword) {
+			slog.Warn("skipping unreadable key object", "name", n, "error", err)
+		}
+	}
+	return nil, crypt.ErrWrongPassword
+}
+
+func openConfig(key *crypt.Key, raw []byte) (Config, error) {
+	var c Config
+	b, err := key.Open(nil, raw, configAD)
+	if err != nil {
+		return c, err
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, err
+	}
+	if c.Version != 1 {
+		return c, fmt.Errorf("unsupported repository version %d", c.Version)
+	}
+	if err := c.Erasure.Validate(); err != nil {
+		return c, err
+	}
+	if err := c.Chunking().Validate(); err != nil {
+		return c, err
+	}
+	if c.Targets < 1 || c.Target < 0 || c.Target >= c.Targets || c.PackSize < 1<<20 || c.PackSize > 256<<20 {
+		return c, fmt.Errorf("config out of range (targets %d, target %d, pack size %d)", c.Targets, c.Target, c.PackSize)
+	}
+	return c, nil
+}
+
+// SurvivableTargetLosses is how many whole targets the layout can lose.
+func (r *Repo) SurvivableTargetLosses() int {
+	return erasure.SurvivableTargetLosses(r.Config.Erasure, len(r.Targets))
+}
+
+// RequireAll fails unless every target is reachable: writers need all of them.
+func (r *Repo) RequireAll() error {
+	for _, t := range r.Targets {
+		if err := t.Down(); err != nil {
+			return fmt.Errorf("target %d (%s) is unavailable: %v: %w", t.Index+1, t.Store.Location(), err, ErrUnavailable)
+		}
+	}
+	return nil
+}
+
+// putEverywhere writes one object to every target. A target that already has
+// the object (same name, content-addressed) counts as written.
+func (r *Repo) putEverywhere(ctx context.Context, name string, data func(*Target) ([]byte, error)) error {
+	g, ctx := errgroup.WithContext(ctx)
+	for _, t := range r.Targets {
+		g.Go(func() error {
+			b, err := data(t)
+			if err != nil {
+				return err
+			}
+			if err := t.Store.Create(ctx, name, b); err != nil && !errors.Is(err, objstore.ErrExists) {
+				return fmt.Errorf("write %s to target %d (%s): %w", name, t.Index+1, t.Store.Location(), err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// getAny reads a replicated object from the first target that has it,
+// preferring targets not marked down. open authenticates the bytes; a target
+// whose copy fails open is skipped.
+func (r *Repo) getAny(ctx context.Context, name string, open func([]byte) error) error {
+	var errs []string
+	for _, pass := range []bool{true, false} {
+		for _, t := range r.Targets {
+			if (t.Down() == nil) != pass {
+				continue
+			}
+			b, err := t.Store.Get(ctx, name)
+			if err == nil {
+				if err = open(b); err == nil {
+					return nil
+				}
+			} else if !errors.Is(err, objstore.ErrNotFound) {
+				t.MarkDown(err)
+			}
+			errs = append(errs, fmt.Sprintf("target %d: %v", t.Index+1, err))
+		}
+	}
+	return fmt.Errorf("read %s: %s", name, strings.Join(errs, "; "))
+}
+
+// listAll returns the union of the names under prefix on every reachable target.
+func (r *Repo) listAll(ctx context.Context, prefix string) ([]string, error) {
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	ok := 0
+	for _, t := range r.Targets {
+		if t.Down() != nil {
+			continue
+		}
+		err := t.Store.List(ctx, prefix, func(i objstore.Info) error {
+			mu.Lock()
+			seen[i.Name] = true
+			mu.Unlock()
+			return nil
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			t.MarkDown(err)
+			continue
+		}
+		ok++
+	}
+	if ok == 0 {
+		return nil, fmt.Errorf("list %s: %w", prefix, ErrUnavailable)
+	}
+	names := make([]string, 0, len(seen))
+	for n := range seen {
+		names = append(names, n)
+	}
+	return names, nil
+}

@@ -1,0 +1,239 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/ferrydr/ferry/chunk"
+	"github.com/ferrydr/ferry/transport/crypt"
+	"github.com/ferrydr/ferry/transport/erasure"
+	"github.com/ferrydr/ferry/transport/objstore"
+	"github.com/ferrydr/ferry/transport/pack"
+)
+
+var (
+	testKDF    = crypt.KDFParams{N: 1024, R: 8, P: 1}
+	testParams = chunk.Params{Pol: 0x3DA3358B4DC173, MinSize: 64 << 10, MaxSize: 512 << 10, AverageBits: 17}
+)
+
+func memStores(n int) []objstore.Store {
+	var s []objstore.Store
+	for range n {
+		s = append(s, objstore.NewMem())
+	}
+	return s
+}
+
+func initRepo(t *testing.T, stores []objstore.Store) *Repo {
+	t.Helper()
+	r, err := Init(context.Background(), stores, []byte("pw"), Options{Erasure: erasure.Scheme{K: 2, M: 1}, Chunking: &testParams, KDF: testKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestInitOpen(t *testing.T) {
+	ctx := context.Background()
+	stores := memStores(3)
+	r := initRepo(t, stores)
+	if r.SurvivableTargetLosses() != 1 {
+		t.Fatalf("2+1 on 3 targets survives %d losses", r.SurvivableTargetLosses())
+	}
+	if _, err := Init(ctx, stores, []byte("pw"), Options{Erasure: erasure.Scheme{K: 2, M: 1}, KDF: testKDF}); !errors.Is(err, ErrExists) {
+		t.Fatalf("second init: %v", err)
+	}
+	r2, err := Open(ctx, stores, []byte("pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2.Config.ID != r.Config.ID || r2.Config.Chunking() != testParams {
+		t.Fatalf("config differs: %+v vs %+v", r2.Config, r.Config)
+	}
+	if _, err := Open(ctx, stores, []byte("nope")); !errors.Is(err, crypt.ErrWrongPassword) {
+		t.Fatalf("wrong password: %v", err)
+	}
+	if _, err := Open(ctx, memStores(2), []byte("pw")); !errors.Is(err, ErrNotRepository) {
+		t.Fatalf("empty stores: %v", err)
+	}
+	if _, err := Open(ctx, []objstore.Store{stores[1], stores[0], stores[2]}, []byte("pw")); !errors.Is(err, ErrTargetMismatch) {
+		t.Fatalf("targets out of order: %v", err)
+	}
+	if _, err := Open(ctx, stores[:2], []byte("pw")); !errors.Is(err, ErrTargetMismatch) {
+		t.Fatalf("a target left out: %v", err)
+	}
+	other := memStores(1)
+	initRepo(t, other)
+	if _, err := Open(ctx, []objstore.Store{stores[0], stores[1], other[0]}, []byte("pw")); !errors.Is(err, ErrTargetMismatch) {
+		t.Fatalf("a target of another repository: %v", err)
+	}
+	// An empty (recreated) target still opens: restores use the others.
+	if _, err := Open(ctx, []objstore.Store{stores[0], objstore.NewMem(), stores[2]}, []byte("pw")); err != nil {
+		t.Fatalf("one empty target: %v", err)
+	}
+}
+
+func TestPackRoundTripAndLoss(t *testing.T) {
+	ctx := context.Background()
+	stores := memStores(3)
+	r := initRepo(t, stores)
+	w := r.Codec.NewWriter(1 << 20)
+	data := []byte("some chunk data")
+	id := r.IDKey.Sum(data)
+	sealed, _, comp := r.Codec.SealBlob(nil, nil, id, data)
+	w.Add(id, sealed, len(data), comp)
+	p, pid, _ := w.Finish()
+	if _, err := r.WritePack(ctx, pid, p); err != nil {
+		t.Fatal(err)
+	}
+	got, problems, err := r.ReadPack(ctx, pid)
+	if err != nil || string(got) != string(p) || len(problems) != 0 {
+		t.Fatalf("read pack: %v %v", problems, err)
+	}
+	if err := stores[0].Delete(ctx, ShardName(pid, 0)); err != nil {
+		t.Fatal(err)
+	}
+	got, problems, err = r.ReadPack(ctx, pid)
+	if err != nil || string(got) != string(p) {
+		t.Fatalf("read pack with shard 0 gone: %v", err)
+	}
+	if len(problems) != 1 || problems[0].Shard != 0 || problems[0].Reason != "missing" {
+		t.Fatalf("problems: %v", problems)
+	}
+	if err := stores[1].Delete(ctx, ShardName(pid, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.ReadPack(ctx, pid); !errors.Is(err, ErrPackLost) {
+		t.Fatalf("two of three shards gone: %v", err)
+	}
+}
+
+func randomBatch(r *rand.Rand) *IndexBatch {
+	b := &IndexBatch{}
+	for range 1 + r.IntN(4) {
+		var p PackInfo
+		for i := range p.ID {
+			p.ID[i] = byte(r.Uint32())
+		}
+		p.Length = 1 << 24
+		var entries []pack.Entry
+		for j := range r.IntN(50) {
+			var e pack.Entry
+			for i := range e.ID {
+				e.ID[i] = byte(r.Uint32())
+			}
+			e.Offset, e.Length, e.RawLength, e.Compressed = uint32(j*1000), 900, uint32(r.IntN(1<<20)), j%2 == 0
+			entries = append(entries, e)
+		}
+		b.Add(p, entries)
+	}
+	return b
+}
+
+func TestIndexRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	r := initRepo(t, memStores(3))
+	rnd := rand.New(rand.NewPCG(4, 4))
+	b := randomBatch(rnd)
+	got, err := ParseIndexBatch(b.marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range b.Packs {
+		if got.Packs[i] != b.Packs[i] || (len(b.Entries[i]) > 0 && !reflect.DeepEqual(got.Entries[i], b.Entries[i])) {
+			t.Fatalf("pack %d differs", i)
+		}
+	}
+	if _, err := r.WriteIndex(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	x, err := r.LoadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x.Len() != b.Len() {
+		t.Fatalf("loaded %d entries, wrote %d", x.Len(), b.Len())
+	}
+	for i, entries := range b.Entries {
+		for _, e := range entries {
+			p, got, ok := x.Lookup(e.ID)
+			if !ok || got != e || p != b.Packs[i] {
+				t.Fatalf("lookup %s: %v %+v", e.ID.Short(), ok, got)
+			}
+		}
+	}
+}
+
+func TestManifestRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	r := initRepo(t, memStores(3))
+	m := &Manifest{Meta: Meta{Name: "db", Size: 3 << 20, Digest: "ab", Started: time.Unix(100, 0).UTC(), Volume: Volume{Namespace: "ns", PVC: "data"}}}
+	m.Extents = []Extent{{Off: 0, Len: 1 << 20, ID: chunk.ID{1}}, {Off: 1 << 20, Len: 1 << 20, Zero: true}, {Off: 2 << 20, Len: 1 << 20, ID: chunk.ID{2}}}
+	id, _, err := r.SaveSnapshot(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := r.FindSnapshot(ctx, id[:6], "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(s.Manifest, m) {
+		t.Fatalf("manifest differs:\n%+v\n%+v", s.Manifest, m)
+	}
+	if s, err := r.FindSnapshot(ctx, "latest", "db"); err != nil || s.ID != id {
+		t.Fatalf("latest: %v", err)
+	}
+	if _, err := r.FindSnapshot(ctx, "latest", "other"); !errors.Is(err, ErrSnapshotNotFound) {
+		t.Fatalf("latest of unknown name: %v", err)
+	}
+	if _, err := r.FindSnapshot(ctx, "ffff", ""); !errors.Is(err, ErrSnapshotNotFound) && id[:4] != "ffff" {
+		t.Fatalf("unknown prefix: %v", err)
+	}
+	// A manifest whose extents do not cover the volume is rejected.
+	m.Size++
+	plain, _ := m.marshal()
+	if _, err := ParseManifest(plain); err == nil {
+		t.Fatal("manifest with a gap parsed")
+	}
+}
+
+func FuzzParseIndexBatch(f *testing.F) {
+	f.Add(randomBatch(rand.New(rand.NewPCG(1, 1))).marshal())
+	f.Add([]byte{1, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		batch, err := ParseIndexBatch(b)
+		if err != nil {
+			return
+		}
+		again, err := ParseIndexBatch(batch.marshal())
+		if err != nil || again.Len() != batch.Len() {
+			t.Fatalf("re-parse: %v", err)
+		}
+	})
+}
+
+func FuzzParseManifest(f *testing.F) {
+	m := &Manifest{Meta: Meta{Name: "x", Size: 10}, Extents: []Extent{{Len: 4, ID: chunk.ID{9}}, {Off: 4, Len: 6, Zero: true}}}
+	b, _ := m.marshal()
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := ParseManifest(b)
+		if err != nil {
+			return
+		}
+		var off int64
+		for _, e := range m.Extents {
+			if e.Off != off || e.Len <= 0 {
+				t.Fatalf("bad extent %+v", e)
+			}
+			off += e.Len
+		}
+		if off != m.Size {
+			t.Fatalf("extents cover %d of %d", off, m.Size)
+		}
+	})
+}
