@@ -128,11 +128,13 @@ func (s *Splitter) fail(err error) error {
 	return err
 }
 
-// release returns the chunker for reuse once the Splitter is done with it.
+// release returns the chunker and read buffers for reuse once the Splitter
+// is done with them.
 func (s *Splitter) release() {
 	if s.ch != nil {
 		s.p.recycle(s.ch)
 		s.ch = nil
+		s.v.release()
 	}
 }
 

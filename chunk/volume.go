@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"sync"
 )
 
 const (
@@ -141,7 +142,7 @@ func (v *volume) fill(b *block, start int64) error {
 	end := min(start+v.bsize, v.size)
 	b.off = -1
 	if b.data == nil {
-		b.data = make([]byte, min(v.bsize, v.size))
+		b.data = getBlock(min(v.bsize, v.size))
 	}
 	b.data = b.data[:end-start]
 	off := start
@@ -163,6 +164,26 @@ func (v *volume) fill(b *block, start int64) error {
 	}
 	b.off = start
 	return nil
+}
+
+// blocks recycles block buffers of short-lived Splitters.
+var blocks sync.Pool // *[]byte
+
+func getBlock(n int64) []byte {
+	if p, ok := blocks.Get().(*[]byte); ok && int64(cap(*p)) >= n {
+		return (*p)[:n]
+	}
+	return make([]byte, n)
+}
+
+// release gives the cache's buffers back for reuse; v must not read again.
+func (v *volume) release() {
+	for i := range v.cache {
+		if b := v.cache[i].data; b != nil {
+			blocks.Put(&b)
+		}
+		v.cache[i] = block{off: -1}
+	}
 }
 
 func (v *volume) readAt(p []byte, off int64) error {

@@ -3,11 +3,14 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ferrydr/ferry/agent/restore"
+	"github.com/ferrydr/ferry/transport/repo"
 )
 
 func restoreCmd(g *globals) *cobra.Command {
@@ -40,13 +43,7 @@ device is overwritten in place, holes written as zeros.`,
 			if err != nil {
 				return fmt.Errorf("restore %s: %w", snap.ID[:12], err)
 			}
-			for i, p := range sum.Repaired {
-				if i == 5 {
-					fmt.Fprintf(os.Stderr, "ferry: ... and %d more shards reconstructed from parity\n", len(sum.Repaired)-5)
-					break
-				}
-				fmt.Fprintf(os.Stderr, "ferry: reconstructed from parity: %s\n", p)
-			}
+			reportRepaired(sum.Repaired)
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
@@ -61,4 +58,26 @@ device is overwritten in place, holes written as zeros.`,
 	cmd.Flags().StringVar(&name, "name", "", "with latest: the latest snapshot of this name")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON summary")
 	return cmd
+}
+
+// reportRepaired tells what the restore had to reconstruct: one line per
+// unavailable target, and the first few damaged shards one by one.
+func reportRepaired(problems []repo.ShardProblem) {
+	perTarget := map[int]int{}
+	shown := 0
+	for _, p := range problems {
+		if p.Reason == repo.ReasonTargetUnavailable {
+			perTarget[p.Target]++
+			continue
+		}
+		if shown++; shown <= 5 {
+			fmt.Fprintf(os.Stderr, "ferry: reconstructed from parity: %s\n", p)
+		}
+	}
+	if shown > 5 {
+		fmt.Fprintf(os.Stderr, "ferry: ... and %d more damaged shards reconstructed from parity\n", shown-5)
+	}
+	for _, t := range slices.Sorted(maps.Keys(perTarget)) {
+		fmt.Fprintf(os.Stderr, "ferry: target %d unavailable: %d shard(s) reconstructed from parity\n", t, perTarget[t])
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,7 +23,7 @@ const tmpPrefix = ".tmp-"
 const crcXattr = "user.ferry.crc32c"
 
 type fileStore struct {
-	root string // absolute, cleaned
+	root string // absolute, symlinks resolved
 	loc  string
 }
 
@@ -43,30 +44,17 @@ func NewFile(root string) (Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("file store %q: %w", root, err)
 	}
-	loc := "file://" + abs
+	s := &fileStore{root: abs, loc: "file://" + abs}
 	// Resolve symlinks once so walks start in the real directory.
 	real, err := filepath.EvalSymlinks(abs)
 	if err != nil {
-		kind := err
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			kind = ErrNoBucket
-		case errors.Is(err, fs.ErrPermission):
-			kind = ErrPermission
-		}
-		return nil, &opError{op: "open", name: "", loc: loc, kind: kind, cause: unlessSame(err, kind)}
+		return nil, s.err("open", "", osKind(err, ErrNoBucket), err)
 	}
 	if fi, err := os.Stat(real); err != nil || !fi.IsDir() {
-		return nil, &opError{op: "open", name: "", loc: loc, cause: errors.New("not a directory")}
+		return nil, s.err("open", "", nil, errors.New("not a directory"))
 	}
-	return &fileStore{root: real, loc: loc}, nil
-}
-
-func unlessSame(err, kind error) error {
-	if err == kind || errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	return err
+	s.root = real
+	return s, nil
 }
 
 func (s *fileStore) Location() string { return s.loc }
@@ -75,19 +63,32 @@ func (s *fileStore) path(name string) string {
 	return filepath.Join(s.root, filepath.FromSlash(name))
 }
 
-// kind maps an OS error to a sentinel. notExist is what ENOENT means for
-// this call; a missing root always means ErrNoBucket.
-func (s *fileStore) kind(err, notExist error) error {
+// osKind maps an OS error to a sentinel; notExist is what a missing path
+// means for the call.
+func osKind(err, notExist error) error {
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		if _, rerr := os.Stat(s.root); errors.Is(rerr, fs.ErrNotExist) {
-			return ErrNoBucket
-		}
+	case isNotExist(err):
 		return notExist
 	case errors.Is(err, fs.ErrPermission):
 		return ErrPermission
 	}
 	return nil
+}
+
+// kind is osKind, except that a missing root always means ErrNoBucket.
+func (s *fileStore) kind(err, notExist error) error {
+	if isNotExist(err) {
+		if _, rerr := os.Stat(s.root); errors.Is(rerr, fs.ErrNotExist) {
+			return ErrNoBucket
+		}
+	}
+	return osKind(err, notExist)
+}
+
+// isNotExist: no such file, or a path component is a file, so no object of
+// that name can exist either.
+func isNotExist(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
 }
 
 func (s *fileStore) err(op, name string, kind, cause error) error {
@@ -96,7 +97,7 @@ func (s *fileStore) err(op, name string, kind, cause error) error {
 	if errors.As(cause, &perr) {
 		cause = fmt.Errorf("%s: %w", perr.Op, perr.Err)
 	}
-	if kind != nil && (errors.Is(cause, fs.ErrNotExist) || errors.Is(cause, fs.ErrExist)) {
+	if kind != nil && (isNotExist(cause) || errors.Is(cause, fs.ErrExist)) {
 		cause = nil // the sentinel says it all
 	}
 	return &opError{op: op, name: name, loc: s.loc, kind: kind, cause: cause}
@@ -196,12 +197,16 @@ func syncDir(dir string) error {
 	return err
 }
 
-// open opens an object's file; a directory counts as absent.
+// open opens an object's file. Like Stat and List, it takes only regular
+// files as objects: a directory or a symlink counts as absent.
 func (s *fileStore) open(op, name string) (*os.File, fs.FileInfo, error) {
 	if err := checkName(name); err != nil {
 		return nil, nil, s.err(op, name, nil, err)
 	}
-	f, err := os.Open(s.path(name))
+	f, err := os.OpenFile(s.path(name), os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, nil, s.err(op, name, ErrNotFound, nil)
+	}
 	if err != nil {
 		return nil, nil, s.err(op, name, s.kind(err, ErrNotFound), err)
 	}
@@ -296,7 +301,7 @@ func (s *fileStore) List(ctx context.Context, prefix string, fn func(Info) error
 	}
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
+			if isNotExist(err) {
 				return nil // prefix directory absent, or removed while walking
 			}
 			return err
@@ -312,7 +317,7 @@ func (s *fileStore) List(ctx context.Context, prefix string, fn func(Info) error
 			return nil
 		}
 		fi, err := d.Info()
-		if errors.Is(err, fs.ErrNotExist) {
+		if isNotExist(err) {
 			return nil // deleted while walking
 		}
 		if err != nil {
@@ -355,7 +360,7 @@ func (s *fileStore) Delete(ctx context.Context, name string) error {
 	}
 	if err != nil {
 		kind := s.kind(err, nil)
-		if kind == nil && errors.Is(err, fs.ErrNotExist) {
+		if kind == nil && isNotExist(err) {
 			return nil
 		}
 		return s.err("delete", name, kind, err)

@@ -194,3 +194,30 @@ func TestFileSymlinkedRoot(t *testing.T) {
 		t.Fatalf("List through a symlinked root: %d objects, %v", n, err)
 	}
 }
+
+// Only regular files are objects: a symlink planted in the repository must
+// not lead reads outside it.
+func TestFileSymlinkIsNotAnObject(t *testing.T) {
+	s, root := newFile(t)
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("outside"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(secret, filepath.Join(root, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(t.Context(), "link"); !errors.Is(err, objstore.ErrNotFound) {
+		t.Errorf("Get of a symlink: %v, want ErrNotFound", err)
+	}
+	if _, err := s.GetRange(t.Context(), "link", 0, 1); !errors.Is(err, objstore.ErrNotFound) {
+		t.Errorf("GetRange of a symlink: %v, want ErrNotFound", err)
+	}
+	if _, err := s.Stat(t.Context(), "link"); !errors.Is(err, objstore.ErrNotFound) {
+		t.Errorf("Stat of a symlink: %v, want ErrNotFound", err)
+	}
+	n := 0
+	s.List(t.Context(), "", func(objstore.Info) error { n++; return nil })
+	if n != 0 {
+		t.Errorf("List reported %d objects, want none", n)
+	}
+}

@@ -63,6 +63,23 @@ func TestS3(t *testing.T) {
 			return newS3(t, srv, "shared", fmt.Sprintf("repo/%d", n))
 		})
 	})
+	// One connection: a List callback that uses the store must not deadlock.
+	t.Run("OneConn", func(t *testing.T) {
+		objstoretest.Run(t, func(t *testing.T) objstore.Store {
+			n++
+			s, err := objstore.NewS3(t.Context(), objstore.S3Config{
+				Endpoint: srv.Endpoint,
+				Bucket:   "shared",
+				Prefix:   fmt.Sprintf("one/%d", n),
+				Creds:    credentials.NewStaticV4(srv.AccessKey, srv.SecretKey, ""),
+				MaxConns: 1,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		})
+	})
 	t.Run("BucketRoot", func(t *testing.T) {
 		objstoretest.Run(t, func(t *testing.T) objstore.Store {
 			n++
@@ -209,35 +226,40 @@ func TestS3Unreachable(t *testing.T) {
 	l.Close()
 	t.Setenv("AWS_ACCESS_KEY_ID", "id")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
-	loc, err := objstore.ParseURL("s3+http://" + addr + "/bucket/prefix")
-	if err != nil {
-		t.Fatal(err)
+	// With a region the PUT itself goes out (no GetBucketLocation first),
+	// which is where minio-go would retry on its own.
+	var s objstore.Store
+	for _, raw := range []string{"s3+http://" + addr + "/bucket/prefix", "s3+http://" + addr + "/bucket/prefix?region=us-east-1"} {
+		loc, err := objstore.ParseURL(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err = objstore.Open(t.Context(), loc)
+		if err != nil {
+			t.Fatalf("Open must not contact the server: %v", err)
+		}
+		start := time.Now()
+		err = s.Create(t.Context(), "x", []byte("x"))
+		took := time.Since(start)
+		if err == nil || !objstore.IsTransient(err) {
+			t.Fatalf("Create to a closed port: %v, want a transient error", err)
+		}
+		if took > 5*time.Second {
+			t.Fatalf("Create to a closed port took %v, want a few seconds at most", took)
+		}
+		if took < 500*time.Millisecond {
+			t.Errorf("Create gave up after %v: the retry wrapper did not back off", took)
+		}
+		if !strings.Contains(err.Error(), "5 attempts") || !strings.Contains(err.Error(), addr) {
+			t.Errorf("error lacks context: %v", err)
+		}
+		t.Logf("failed after %v: %v", took, err)
 	}
-	s, err := objstore.Open(t.Context(), loc)
-	if err != nil {
-		t.Fatalf("Open must not contact the server: %v", err)
-	}
-	start := time.Now()
-	err = s.Create(t.Context(), "x", []byte("x"))
-	took := time.Since(start)
-	if err == nil || !objstore.IsTransient(err) {
-		t.Fatalf("Create to a closed port: %v, want a transient error", err)
-	}
-	if took > 5*time.Second {
-		t.Fatalf("Create to a closed port took %v, want a few seconds at most", took)
-	}
-	if took < 500*time.Millisecond {
-		t.Errorf("Create gave up after %v: the retry wrapper did not back off", took)
-	}
-	if !strings.Contains(err.Error(), "attempts") || !strings.Contains(err.Error(), addr) {
-		t.Errorf("error lacks context: %v", err)
-	}
-	t.Logf("failed after %v: %v", took, err)
 
-	// A cancelled context stops the retries at once.
+	// A deadline stops the retries at once.
 	ctx, cancel := context.WithTimeout(t.Context(), 150*time.Millisecond)
 	defer cancel()
-	start = time.Now()
+	start := time.Now()
 	_, err = s.Get(ctx, "x")
 	if time.Since(start) > time.Second || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Get with a 150ms deadline: %v after %v", err, time.Since(start))

@@ -61,6 +61,10 @@ func (p ShardProblem) String() string {
 	return fmt.Sprintf("pack %s shard %d on target %d: %s", p.Pack.Short(), p.Shard, p.Target, p.Reason)
 }
 
+// ReasonTargetUnavailable is the reason given for a shard that was not read
+// because its target is down.
+const ReasonTargetUnavailable = "not read: target unavailable"
+
 // ErrPackLost means fewer than k intact shards of a pack remain.
 var ErrPackLost = errors.New("pack lost")
 
@@ -127,7 +131,7 @@ func (r *Repo) ReadPack(ctx context.Context, id pack.ID) ([]byte, []ShardProblem
 	}
 	for i := 0; i < scheme.K; i++ {
 		if objs[i] == nil && reasons[i] == "" {
-			reasons[i] = "not read: target unavailable"
+			reasons[i] = ReasonTargetUnavailable
 		}
 	}
 	p, rep, err := r.Coder.Decode(id, objs)

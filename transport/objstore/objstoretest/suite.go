@@ -136,7 +136,9 @@ func testCreateExisting(t *testing.T, s objstore.Store) {
 func testNotFound(t *testing.T, s objstore.Store) {
 	ctx := t.Context()
 	mustCreate(t, s, "present/obj", []byte("x"))
-	for _, name := range []string{"absent", "present/absent", "present"} {
+	// "present" is a "directory" of objects and "present/obj/below" lies
+	// under an object: neither is an object.
+	for _, name := range []string{"absent", "present/absent", "present", "present/obj/below"} {
 		_, err := s.Get(ctx, name)
 		wantErr(t, fmt.Sprintf("Get(%q)", name), err, objstore.ErrNotFound)
 		_, err = s.Stat(ctx, name)
