@@ -263,7 +263,11 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 	for range opts.Uploads {
 		g.Go(func() error { // erasure-code and upload
 			for u := range uploads {
-				n, err := r.WritePack(gctx, u.id, u.pack)
+				// Drop the pack once it is erasure-coded: only the shards
+				// need to stay in memory while they upload.
+				p, plen := u.pack, int64(len(u.pack))
+				u.pack = nil
+				n, err := r.WritePack(gctx, u.id, p)
 				if err != nil {
 					return err
 				}
@@ -271,7 +275,7 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 				prog.Stored.Add(n)
 				packs.Add(1)
 				batchMu.Lock()
-				batch.Add(repo.PackInfo{ID: u.id, Length: int64(len(u.pack))}, u.entries)
+				batch.Add(repo.PackInfo{ID: u.id, Length: plen}, u.entries)
 				batchMu.Unlock()
 				if err := flushIndex(gctx, indexFlush); err != nil {
 					return err
