@@ -11,11 +11,11 @@ import (
 	"github.com/ferrydr/ferry/agent/backup"
 	"github.com/ferrydr/ferry/agent/restore"
 	"github.com/ferrydr/ferry/chunk"
+	"github.com/ferrydr/ferry/testenv/volume"
 	"github.com/ferrydr/ferry/transport/crypt"
 	"github.com/ferrydr/ferry/transport/erasure"
 	"github.com/ferrydr/ferry/transport/objstore"
 	"github.com/ferrydr/ferry/transport/repo"
-	"github.com/ferrydr/ferry/testenv/volume"
 )
 
 var params = chunk.Params{Pol: 0x3DA3358B4DC173, MinSize: 64 << 10, MaxSize: 512 << 10, AverageBits: 17}

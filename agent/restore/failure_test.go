@@ -16,12 +16,12 @@ import (
 	"github.com/ferrydr/ferry/agent/restore"
 	"github.com/ferrydr/ferry/agent/source"
 	"github.com/ferrydr/ferry/chunk"
+	"github.com/ferrydr/ferry/testenv/minio"
+	"github.com/ferrydr/ferry/testenv/volume"
 	"github.com/ferrydr/ferry/transport/crypt"
 	"github.com/ferrydr/ferry/transport/erasure"
 	"github.com/ferrydr/ferry/transport/objstore"
 	"github.com/ferrydr/ferry/transport/repo"
-	"github.com/ferrydr/ferry/testenv/minio"
-	"github.com/ferrydr/ferry/testenv/volume"
 )
 
 var password = []byte("test password")

@@ -44,17 +44,17 @@ type Progress struct {
 
 // Summary reports a finished restore.
 type Summary struct {
-	SnapshotID      string               `json:"snapshot_id"`
-	Target          string               `json:"target"`
-	BytesVolume     int64                `json:"bytes_volume"`
-	BytesWritten    int64                `json:"bytes_written"`
-	BytesZero       int64                `json:"bytes_zero"`
-	Packs           int                  `json:"packs"`
-	Digest          string               `json:"digest"`
-	Repaired        []repo.ShardProblem  `json:"-"`
-	RepairedShards  []string             `json:"reconstructed_shards,omitempty"`
-	Duration        time.Duration        `json:"-"`
-	DurationSeconds float64              `json:"duration_seconds"`
+	SnapshotID      string              `json:"snapshot_id"`
+	Target          string              `json:"target"`
+	BytesVolume     int64               `json:"bytes_volume"`
+	BytesWritten    int64               `json:"bytes_written"`
+	BytesZero       int64               `json:"bytes_zero"`
+	Packs           int                 `json:"packs"`
+	Digest          string              `json:"digest"`
+	Repaired        []repo.ShardProblem `json:"-"`
+	RepairedShards  []string            `json:"reconstructed_shards,omitempty"`
+	Duration        time.Duration       `json:"-"`
+	DurationSeconds float64             `json:"duration_seconds"`
 }
 
 type place struct {

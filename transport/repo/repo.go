@@ -60,8 +60,8 @@ func (c Config) Chunking() chunk.Params {
 // Options tune Init.
 type Options struct {
 	Erasure  erasure.Scheme
-	PackSize int            // default DefaultPackSize
-	Chunking *chunk.Params  // default chunk.DefaultParams with a random polynomial
+	PackSize int             // default DefaultPackSize
+	Chunking *chunk.Params   // default chunk.DefaultParams with a random polynomial
 	KDF      crypt.KDFParams // default crypt.DefaultKDF
 }
 
