@@ -2,6 +2,7 @@ package perf
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,21 +50,13 @@ func minioStores(b *testing.B, n int) func(testing.TB) []objstore.Store {
 		calls++
 		var urls []string
 		for _, s := range servers {
-			urls = append(urls, s.URL("bench", "r"+strings.Repeat("x", calls)))
+			urls = append(urls, s.URL("bench", fmt.Sprintf("r%03d", calls)))
 		}
 		locs, err := objstore.ParseRepo(strings.Join(urls, ","))
 		if err != nil {
 			t.Fatal(err)
 		}
-		var out []objstore.Store
-		for _, l := range locs {
-			st, err := objstore.Open(context.Background(), l)
-			if err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, st)
-		}
-		return out
+		return objstore.OpenAll(context.Background(), locs)
 	}
 }
 

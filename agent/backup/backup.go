@@ -38,31 +38,18 @@ type Progress struct {
 	Stored atomic.Int64 // bytes written to the targets
 }
 
-// Summary reports a finished backup.
+// Summary reports a finished backup. BytesStored counts everything
+// written to the targets, the manifest's copies included.
 type Summary struct {
-	SnapshotID      string        `json:"snapshot_id"`
-	Name            string        `json:"name"`
-	BytesVolume     int64         `json:"bytes_volume"`
-	BytesRead       int64         `json:"bytes_read"`
-	BytesNew        int64         `json:"bytes_new"`
-	BytesStored     int64         `json:"bytes_stored"`
-	BytesZero       int64         `json:"bytes_zero"`
-	Chunks          int64         `json:"chunks"`
-	NewChunks       int64         `json:"new_chunks"`
-	Packs           int64         `json:"packs"`
+	SnapshotID  string `json:"snapshot_id"`
+	Name        string `json:"name"`
+	BytesVolume int64  `json:"bytes_volume"`
+	repo.Stats
 	Duration        time.Duration `json:"-"`
 	DurationSeconds float64       `json:"duration_seconds"`
 }
 
-// Budget is the memory a backup holds at most for data in flight, in bytes,
-// for the given chunker maximum and pack size (erasure expansion included).
-func Budget(maxChunk, packSize int, k, m, uploads, workers int) int64 {
-	bufs := int64(chunkBuffers(workers)) * int64(maxChunk)
-	sealedQ := int64(workers) * int64(maxChunk) // sealed copies waiting for the collector
-	perPack := int64(packSize+maxChunk) * int64(k+m+k) / int64(k)
-	return bufs + sealedQ + int64(uploads+1)*perPack
-}
-
+// chunkBuffers is how many chunk buffers a backup reads into at once.
 func chunkBuffers(workers int) int { return 2*workers + 2 }
 
 // indexFlush is how many entries an index object holds at most.
@@ -320,10 +307,7 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 	stored.Add(n)
 	prog.Stored.Add(n)
 	d := time.Since(start)
-	return &Summary{
-		SnapshotID: id, Name: name, BytesVolume: size, BytesRead: stats.BytesRead,
-		BytesNew: stats.BytesNew, BytesStored: stored.Load(), BytesZero: stats.BytesZero,
-		Chunks: stats.Chunks, NewChunks: stats.NewChunks, Packs: stats.Packs,
-		Duration: d, DurationSeconds: d.Seconds(),
-	}, nil
+	sum := &Summary{SnapshotID: id, Name: name, BytesVolume: size, Stats: stats, Duration: d, DurationSeconds: d.Seconds()}
+	sum.BytesStored = stored.Load()
+	return sum, nil
 }

@@ -8,7 +8,8 @@
 //	  -> erasure-code and upload packs (Uploads packs at a time, every shard in parallel)
 //	  -> index objects, then the manifest (the commit point)
 //
-// Memory is bounded by the chunk buffers (ChunkBuffers × the chunker's max
-// size), the pack being filled, and Uploads packs in flight with their
-// shards; see Budget.
+// Memory is bounded by the chunk buffers (2·Workers+2 of the chunker's
+// maximum size), the sealed chunks queued for the collector, the pack being
+// filled, and Uploads packs' shards in flight; nothing grows with the volume
+// but the manifest's extent list (about 40 bytes per MiB).
 package backup

@@ -52,15 +52,7 @@ func (c *cluster) stores(t *testing.T) []objstore.Store {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []objstore.Store
-	for _, l := range locs {
-		s, err := objstore.Open(context.Background(), l)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, s)
-	}
-	return out
+	return objstore.OpenAll(context.Background(), locs)
 }
 
 func (c *cluster) open(t *testing.T) *repo.Repo {

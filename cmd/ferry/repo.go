@@ -22,20 +22,16 @@ func (g *globals) stores(ctx context.Context, create bool) ([]objstore.Store, er
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--repo: %w", err)}
 	}
-	stores := make([]objstore.Store, len(locs))
-	for i, l := range locs {
-		if create && l.Scheme == "file" {
-			if err := os.MkdirAll(l.Path, 0o700); err != nil {
-				return nil, fmt.Errorf("target %d: %w", i+1, err)
+	if create {
+		for i, l := range locs {
+			if l.Scheme == "file" {
+				if err := os.MkdirAll(l.Path, 0o700); err != nil {
+					return nil, fmt.Errorf("target %d: %w", i+1, err)
+				}
 			}
 		}
-		s, err := objstore.Open(ctx, l)
-		if err != nil {
-			s = objstore.Unavailable(l.String(), err)
-		}
-		stores[i] = s
 	}
-	return stores, nil
+	return objstore.OpenAll(ctx, locs), nil
 }
 
 func (g *globals) open(ctx context.Context) (*repo.Repo, error) {

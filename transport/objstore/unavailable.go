@@ -23,3 +23,19 @@ func (u unavailable) List(context.Context, string, func(Info) error) error { ret
 func (u unavailable) GetRange(context.Context, string, int64, int64) ([]byte, error) {
 	return nil, u.err
 }
+
+// OpenAll opens every target of a repository, in order. A target that
+// cannot be opened (a file:// root that is gone, bad credentials) stays in
+// its position as an Unavailable store carrying the error, so a repository
+// keeps working with the others and says which one failed.
+func OpenAll(ctx context.Context, locs []Location) []Store {
+	stores := make([]Store, len(locs))
+	for i, l := range locs {
+		s, err := Open(ctx, l)
+		if err != nil {
+			s = Unavailable(l.String(), err)
+		}
+		stores[i] = s
+	}
+	return stores
+}
