@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ferrydr/ferry/chunk"
+	"github.com/ferrydr/ferry/testenv/loop"
 )
 
 // write describes data written into a sparse test file.
@@ -188,37 +188,11 @@ func TestOpenErrors(t *testing.T) {
 	}
 }
 
-func TestOpenUnreadable(t *testing.T) {
-	if os.Geteuid() == 0 {
-		t.Skip("root reads files whatever their mode")
-	}
-	path, _ := sparseFile(t, 4096, nil)
-	if err := os.Chmod(path, 0); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := Open(path); !errors.Is(err, fs.ErrPermission) {
-		t.Errorf("unreadable file: %v, want fs.ErrPermission", err)
-	}
-}
-
 // TestLoopDevice reads a file through a loop device: a real block device.
-// It needs root and losetup; set FERRY_TEST_NO_LOOP=1 where neither exists.
 func TestLoopDevice(t *testing.T) {
-	if os.Getenv("FERRY_TEST_NO_LOOP") == "1" {
-		t.Skip("FERRY_TEST_NO_LOOP=1")
-	}
 	const size = 6 << 20
 	path, content := sparseFile(t, size, []write{{0, 8192}, {3 << 20, 1 << 20}})
-	out, err := exec.Command("losetup", "--find", "--show", "--read-only", path).CombinedOutput()
-	if err != nil {
-		t.Fatalf("losetup (set FERRY_TEST_NO_LOOP=1 where loop devices cannot be used): %v: %s", err, out)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() {
-		if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
-			t.Errorf("losetup --detach %s: %v: %s", dev, err, out)
-		}
-	})
+	dev := loop.Attach(t, path, true)
 	v, err := Open(dev)
 	if err != nil {
 		t.Fatal(err)
