@@ -11,12 +11,12 @@ import (
 	"github.com/ferrydr/ferry/agent/backup"
 	"github.com/ferrydr/ferry/agent/restore"
 	"github.com/ferrydr/ferry/agent/source"
+	"github.com/ferrydr/ferry/testenv/loop"
+	"github.com/ferrydr/ferry/testenv/volume"
 	"github.com/ferrydr/ferry/transport/crypt"
 	"github.com/ferrydr/ferry/transport/erasure"
 	"github.com/ferrydr/ferry/transport/objstore"
 	"github.com/ferrydr/ferry/transport/repo"
-	"github.com/ferrydr/ferry/testenv/loop"
-	"github.com/ferrydr/ferry/testenv/volume"
 )
 
 // TestBlockDevices backs up from a loop device and restores into others:

@@ -1,0 +1,97 @@
+package params
+
+import (
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParse(t *testing.T) {
+	good := map[string]string{
+		KeyRepository:        "s3+http://127.0.0.1:9000/zone-a,s3+http://127.0.0.1:9001/zone-b",
+		KeySecretName:        "ferry-repo",
+		KeySnapshotName:      "snap-1",
+		KeySnapshotNamespace: "db",
+		"driver-param":       "kept",
+	}
+	r, fwd, err := Parse(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Replication{Repository: good[KeyRepository], SecretName: "ferry-repo", SecretNamespace: "db", SnapshotName: "snap-1", SnapshotNamespace: "db"}
+	if !reflect.DeepEqual(r, want) {
+		t.Fatalf("got %+v\nwant %+v", r, want)
+	}
+	if !reflect.DeepEqual(fwd, map[string]string{"driver-param": "kept", KeySnapshotName: "snap-1", KeySnapshotNamespace: "db"}) {
+		t.Fatalf("forwarded %v", fwd)
+	}
+	if r, fwd, err := Parse(map[string]string{"x": "y"}); r != nil || err != nil || fwd["x"] != "y" {
+		t.Fatalf("no ferry parameters: %v %v %v", r, fwd, err)
+	}
+	off := map[string]string{KeyReplicate: "false", KeyRepository: "file:///x"}
+	if r, fwd, err := Parse(off); r != nil || err != nil || len(fwd) != 0 {
+		t.Fatalf("replicate=false: %v %v %v", r, fwd, err)
+	}
+	if r.SeriesName("db", "data", "vol-1") != "db/data" || (&Replication{Name: "x"}).SeriesName("a", "b", "c") != "x" || r.SeriesName("", "", "vol-1") != "vol-1" {
+		t.Fatal("series names")
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	base := func(extra map[string]string) map[string]string {
+		m := map[string]string{KeyRepository: "file:///repo", KeySecretName: "s", KeySecretNamespace: "ns"}
+		for k, v := range extra {
+			if v == "" {
+				delete(m, k)
+			} else {
+				m[k] = v
+			}
+		}
+		return m
+	}
+	for _, c := range []struct {
+		in  map[string]string
+		key string
+	}{
+		{base(map[string]string{Prefix + "repo": "x"}), Prefix + "repo"},
+		{base(map[string]string{KeyRepository: "ftp://x/y"}), KeyRepository},
+		{base(map[string]string{KeyRepository: ""}), KeyRepository},
+		{base(map[string]string{KeySecretName: ""}), KeySecretName},
+		{base(map[string]string{KeySecretName: "Bad_Name"}), KeySecretName},
+		{base(map[string]string{KeySecretNamespace: "-x"}), KeySecretNamespace},
+		{base(map[string]string{KeySecretNamespace: ""}), KeySecretNamespace},
+		{base(map[string]string{KeyReplicate: "yes"}), KeyReplicate},
+		{base(map[string]string{KeyName: "a\nb"}), KeyName},
+	} {
+		_, _, err := Parse(c.in)
+		var pe *Error
+		if !errors.As(err, &pe) || pe.Key != c.key || !strings.Contains(err.Error(), c.key) {
+			t.Errorf("%v: got %v, want an error naming %s", c.in, err, c.key)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add(KeyRepository, "file:///r", KeySecretName, "s", "ns")
+	f.Add(Prefix+"x", "", "other", "v", "")
+	f.Fuzz(func(t *testing.T, k1, v1, k2, v2, ns string) {
+		in := map[string]string{k1: v1, k2: v2, KeySnapshotNamespace: ns}
+		r, fwd, err := Parse(in)
+		if err != nil {
+			var pe *Error
+			if !errors.As(err, &pe) || strings.ContainsRune(err.Error(), '\n') && !strings.ContainsRune(k1+v1+k2+v2, '\n') {
+				t.Fatalf("error %q is not a one-line parameter error", err)
+			}
+			return
+		}
+		for k := range fwd {
+			if strings.HasPrefix(k, Prefix) {
+				t.Fatalf("forwarded Ferry's parameter %s", k)
+			}
+		}
+		if r != nil && (r.Repository == "" || r.SecretName == "" || r.SecretNamespace == "") {
+			t.Fatalf("incomplete replication %+v", r)
+		}
+	})
+}
