@@ -52,7 +52,7 @@ func (c *cluster) stores(t *testing.T) []objstore.Store {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return objstore.OpenAll(context.Background(), locs)
+	return objstore.OpenAll(context.Background(), locs, os.Getenv)
 }
 
 func (c *cluster) open(t *testing.T) *repo.Repo {

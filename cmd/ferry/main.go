@@ -91,6 +91,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.passwordFile, "password-file", os.Getenv("FERRY_PASSWORD_FILE"), "file holding the repository password (else env FERRY_PASSWORD)")
 	pf.StringVar(&g.logLevel, "log-level", envOr("FERRY_LOG_LEVEL", "warn"), "log level: debug, info, warn, error")
 	root.AddCommand(initCmd(g), backupCmd(g), snapshotsCmd(g), restoreCmd(g))
+	root.AddCommand(agentCmds()...)
 	return root
 }
 

@@ -31,7 +31,7 @@ func (g *globals) stores(ctx context.Context, create bool) ([]objstore.Store, er
 			}
 		}
 	}
-	return objstore.OpenAll(ctx, locs), nil
+	return objstore.OpenAll(ctx, locs, os.Getenv), nil
 }
 
 func (g *globals) open(ctx context.Context) (*repo.Repo, error) {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ferrydr/ferry/transport/repo"
 )
 
 type snapshotJSON struct {
@@ -19,6 +21,7 @@ type snapshotJSON struct {
 	Finished time.Time `json:"finished"`
 	Digest   string    `json:"digest"`
 	Stored   int64     `json:"bytes_stored"`
+	Volume   any       `json:"volume"`
 }
 
 func snapshotsCmd(g *globals) *cobra.Command {
@@ -41,7 +44,7 @@ func snapshotsCmd(g *globals) *cobra.Command {
 				list := make([]snapshotJSON, 0, len(snaps))
 				for _, s := range snaps {
 					list = append(list, snapshotJSON{ID: s.ID, Name: s.Name, Source: s.Volume.Source, Host: s.Volume.Host,
-						Size: s.Size, Started: s.Started, Finished: s.Finished, Digest: s.Digest, Stored: s.Stats.BytesStored})
+						Size: s.Size, Started: s.Started, Finished: s.Finished, Digest: s.Digest, Stored: s.Stats.BytesStored, Volume: s.Volume})
 				}
 				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
@@ -51,11 +54,23 @@ func snapshotsCmd(g *globals) *cobra.Command {
 			fmt.Fprintln(tw, "ID\tTIME\tNAME\tSIZE\tNEW\tSOURCE")
 			for _, s := range snaps {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.ID[:12], s.Started.Local().Format("2006-01-02 15:04:05"),
-					s.Name, human(s.Size), human(s.Stats.BytesNew), s.Volume.Source)
+					s.Name, human(s.Size), human(s.Stats.BytesNew), origin(s.Volume))
 			}
 			return tw.Flush()
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// origin says where a snapshot came from: the VolumeSnapshot for CSI
+// snapshots, else the path read.
+func origin(v repo.Volume) string {
+	if v.VolumeSnapshot != "" {
+		return "volumesnapshot " + v.Namespace + "/" + v.VolumeSnapshot
+	}
+	if v.CSISnapshotID != "" {
+		return "csi snapshot " + v.CSISnapshotID
+	}
+	return v.Source
 }

@@ -280,6 +280,18 @@ func (l Location) identity() string {
 // optionally AWS_SESSION_TOKEN; the "default" profile of that file.
 // Open does not contact the server.
 func Open(ctx context.Context, loc Location) (Store, error) {
+	return OpenEnv(ctx, loc, os.Getenv)
+}
+
+// Env looks up the settings Open reads from the environment
+// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+// AWS_SHARED_CREDENTIALS_FILE). The agent passes one built from a
+// repository's Secret, so jobs of different repositories never share
+// process-wide credentials.
+type Env func(key string) string
+
+// OpenEnv is Open with credentials settings looked up in env.
+func OpenEnv(ctx context.Context, loc Location, env Env) (Store, error) {
 	var (
 		s   Store
 		err error
@@ -289,7 +301,7 @@ func Open(ctx context.Context, loc Location) (Store, error) {
 		s, err = NewFile(loc.Path)
 	case "s3", "s3+http":
 		var creds *credentials.Credentials
-		if creds, err = loc.credentials(ctx); err != nil {
+		if creds, err = loc.credentials(ctx, env); err != nil {
 			return nil, fmt.Errorf("open %s: %w", loc, err)
 		}
 		s, err = NewS3(ctx, S3Config{
@@ -310,8 +322,8 @@ func Open(ctx context.Context, loc Location) (Store, error) {
 	return WithRetry(s, DefaultRetry), nil
 }
 
-func (l Location) credentials(ctx context.Context) (*credentials.Credentials, error) {
-	file := os.Getenv("AWS_SHARED_CREDENTIALS_FILE")
+func (l Location) credentials(ctx context.Context, env Env) (*credentials.Credentials, error) {
+	file := env("AWS_SHARED_CREDENTIALS_FILE")
 	if file == "" {
 		home, err := os.UserHomeDir()
 		if err != nil && l.Profile != "" {
@@ -323,7 +335,7 @@ func (l Location) credentials(ctx context.Context) (*credentials.Credentials, er
 		creds  *credentials.Credentials
 		source string
 	)
-	id, secret := os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY")
+	id, secret := env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")
 	switch {
 	case l.Profile != "":
 		creds, source = credentials.NewFileAWSCredentials(file, l.Profile), fmt.Sprintf("profile %q in %s", l.Profile, file)
@@ -331,7 +343,7 @@ func (l Location) credentials(ctx context.Context) (*credentials.Credentials, er
 		if id == "" || secret == "" {
 			return nil, errors.New("credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together")
 		}
-		creds, source = credentials.NewStaticV4(id, secret, os.Getenv("AWS_SESSION_TOKEN")), "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+		creds, source = credentials.NewStaticV4(id, secret, env("AWS_SESSION_TOKEN")), "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
 	default:
 		creds, source = credentials.NewFileAWSCredentials(file, "default"), fmt.Sprintf("profile \"default\" in %s (no ?profile= and no AWS_ACCESS_KEY_ID)", file)
 	}

@@ -28,10 +28,10 @@ func (u unavailable) GetRange(context.Context, string, int64, int64) ([]byte, er
 // cannot be opened (a file:// root that is gone, bad credentials) stays in
 // its position as an Unavailable store carrying the error, so a repository
 // keeps working with the others and says which one failed.
-func OpenAll(ctx context.Context, locs []Location) []Store {
+func OpenAll(ctx context.Context, locs []Location, env Env) []Store {
 	stores := make([]Store, len(locs))
 	for i, l := range locs {
-		s, err := Open(ctx, l)
+		s, err := OpenEnv(ctx, l, env)
 		if err != nil {
 			s = Unavailable(l.String(), err)
 		}

@@ -36,6 +36,14 @@ type Volume struct {
 	Cluster   string `json:"cluster,omitempty"`
 	Namespace string `json:"namespace,omitempty"`
 	PVC       string `json:"pvc,omitempty"`
+
+	// For CSI snapshots: the driver's handles, and the Kubernetes objects
+	// the external-snapshotter named.
+	Driver                string `json:"driver,omitempty"`
+	CSIVolumeID           string `json:"csi_volume_id,omitempty"`
+	CSISnapshotID         string `json:"csi_snapshot_id,omitempty"`
+	VolumeSnapshot        string `json:"volumesnapshot,omitempty"`
+	VolumeSnapshotContent string `json:"volumesnapshotcontent,omitempty"`
 }
 
 // Stats are a backup's measured costs.

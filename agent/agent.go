@@ -1,0 +1,254 @@
+// Package agent is Ferry's node agent: it serves the CSI hook in front of
+// the node's CSI driver, keeps the replication jobs the hook queues in a
+// durable queue in its state directory, runs them (package replicate), and
+// serves /metrics and /healthz.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ferrydr/ferry/agent/queue"
+	"github.com/ferrydr/ferry/agent/replicate"
+	"github.com/ferrydr/ferry/csi/expose"
+	"github.com/ferrydr/ferry/csi/hook"
+)
+
+// Config is filled from flags and checked once by Validate.
+type Config struct {
+	CSIListen     string // unix:///path: where the hook serves (the socket kubelet and the sidecars use)
+	CSIDriver     string // unix:///path: the driver's own socket
+	StateDir      string // queue, lock and the exposed snapshots' paths
+	NodeID        string // empty: ask the driver (NodeGetInfo)
+	SecretsDir    string // see replicate.DirSecrets
+	MetricsListen string // host:port for /metrics and /healthz; empty: none
+	Workers       int    // jobs run at once (different volumes); default 1
+	HookOnly      bool   // serve the hook and queue jobs, run none (controller-side sidecar)
+	MaxAttempts   int    // a job that failed this often is dropped; default 20
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	for _, f := range []struct{ name, v string }{{"--csi-listen", c.CSIListen}, {"--csi-driver", c.CSIDriver}} {
+		if !strings.HasPrefix(f.v, "unix://") || len(f.v) == len("unix://") {
+			return fmt.Errorf("%s %q: want unix:///path/to/socket", f.name, f.v)
+		}
+	}
+	if c.CSIListen == c.CSIDriver {
+		return errors.New("--csi-listen and --csi-driver are the same socket")
+	}
+	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
+		return fmt.Errorf("--state-dir %q: want an absolute path", c.StateDir)
+	}
+	if c.SecretsDir == "" {
+		return errors.New("--secrets-dir is required: where repository Secrets are mounted")
+	}
+	if c.Workers <= 0 {
+		c.Workers = 1
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 20
+	}
+	return nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func socketPath(u string) string { return strings.TrimPrefix(u, "unix://") }
+
+// Run serves until ctx ends.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return err
+	}
+	unlock, err := lockDir(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	q, err := queue.Open(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient("unix://"+socketPath(cfg.CSIDriver), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("driver socket: %w", err)
+	}
+	defer conn.Close()
+	info, err := csi.NewIdentityClient(conn).GetPluginInfo(ctx, &csi.GetPluginInfoRequest{})
+	if err != nil {
+		return fmt.Errorf("driver at %s: %w", cfg.CSIDriver, err)
+	}
+	if cfg.NodeID == "" && !cfg.HookOnly {
+		ni, err := csi.NewNodeClient(conn).NodeGetInfo(ctx, &csi.NodeGetInfoRequest{})
+		if err != nil {
+			return fmt.Errorf("node id from the driver: %w", err)
+		}
+		cfg.NodeID = ni.GetNodeId()
+	}
+	host, _ := os.Hostname()
+	m := newMetrics(q)
+	runner := &replicate.Runner{
+		Driver: conn, DriverName: info.GetName(), Host: host, Secrets: replicate.DirSecrets(cfg.SecretsDir), Log: log,
+		Expose: expose.Config{Driver: conn, NodeID: cfg.NodeID, Dir: filepath.Join(cfg.StateDir, "expose")},
+	}
+
+	path := socketPath(cfg.CSIListen)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.CSIListen, err)
+	}
+	srv := hook.New(conn, enqueuer{q, m}, log).Server()
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Serve(lis) })
+	g.Go(func() error {
+		<-ctx.Done()
+		srv.GracefulStop()
+		return nil
+	})
+	if cfg.MetricsListen != "" {
+		hs := &http.Server{Addr: cfg.MetricsListen, Handler: handler(m, conn), ReadHeaderTimeout: 10 * time.Second}
+		g.Go(func() error {
+			if err := hs.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-ctx.Done()
+			return hs.Close()
+		})
+	}
+	for range cfg.Workers * boolInt(!cfg.HookOnly) {
+		g.Go(func() error { return work(ctx, q, runner, m, cfg.MaxAttempts, log) })
+	}
+	log.Info("agent serving", "csi_listen", cfg.CSIListen, "driver", info.GetName(), "node", cfg.NodeID, "queued", len(q.List()))
+	err = g.Wait()
+	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
+		return nil
+	}
+	return err
+}
+
+type enqueuer struct {
+	q *queue.Queue
+	m *metrics
+}
+
+// Enqueue stores the job; its ID is the snapshot's, so retries are no-ops.
+func (e enqueuer) Enqueue(_ context.Context, s hook.Snapshot) error {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	return e.q.Put(queue.Job{ID: jobID(s.SnapshotID), Key: s.SourceVolumeID, Kind: "replicate", Payload: b})
+}
+
+// jobID makes a file-name-safe ID from a CSI snapshot ID.
+func jobID(snapshotID string) string {
+	r := strings.NewReplacer("/", "_", "\\", "_", "\x00", "_")
+	id := r.Replace(snapshotID)
+	if strings.HasPrefix(id, ".") {
+		id = "_" + id
+	}
+	return id
+}
+
+func work(ctx context.Context, q *queue.Queue, r *replicate.Runner, m *metrics, maxAttempts int, log *slog.Logger) error {
+	for {
+		j, err := q.Next(ctx)
+		if err != nil {
+			return nil // ctx ended
+		}
+		var s hook.Snapshot
+		if err := json.Unmarshal(j.Payload, &s); err != nil {
+			log.Error("dropping unreadable job", "job", j.ID, "error", err)
+			q.Done(j)
+			continue
+		}
+		start := time.Now()
+		m.running.Inc()
+		res, err := r.Run(ctx, s)
+		m.running.Dec()
+		switch {
+		case err == nil:
+			m.observe(s, res, time.Since(start))
+			if err := q.Done(j); err != nil {
+				log.Error("finish job", "job", j.ID, "error", err)
+			}
+		case ctx.Err() != nil:
+			return nil // the next agent runs it again
+		case j.Attempts+1 >= maxAttempts:
+			m.jobs.WithLabelValues("dropped").Inc()
+			log.Error("replication failed too often, giving up", "snapshot", s.SnapshotID, "attempts", j.Attempts+1, "error", err)
+			q.Done(j)
+		default:
+			m.jobs.WithLabelValues("retry").Inc()
+			delay := min(time.Duration(1<<min(j.Attempts, 8))*5*time.Second, 30*time.Minute)
+			if errors.Is(err, replicate.ErrNotReady) {
+				delay = 5 * time.Second
+			}
+			log.Warn("replication failed, will retry", "snapshot", s.SnapshotID, "attempt", j.Attempts+1, "in", delay, "error", err)
+			if err := q.Retry(j, err, delay); err != nil {
+				log.Error("record retry", "job", j.ID, "error", err)
+			}
+		}
+	}
+}
+
+// lockDir holds an exclusive lock on DIR/lock so two agents never share a
+// state directory.
+func lockDir(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("state directory %s is in use by another agent: %w", dir, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+func handler(m *metrics, conn *grpc.ClientConn) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if _, err := csi.NewIdentityClient(conn).Probe(ctx, &csi.ProbeRequest{}); err != nil {
+			http.Error(w, "driver probe failed: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}

@@ -1,0 +1,44 @@
+package main
+
+import (
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrydr/ferry/agent"
+)
+
+func agentCmds() []*cobra.Command {
+	mk := func(use, short string, hookOnly bool) *cobra.Command {
+		cfg := agent.Config{HookOnly: hookOnly}
+		cmd := &cobra.Command{
+			Use:   use,
+			Short: short,
+			Args:  noArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				if err := cfg.Validate(); err != nil {
+					return usageError{err}
+				}
+				log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+				return agent.Run(cmd.Context(), cfg, log)
+			},
+		}
+		f := cmd.Flags()
+		f.StringVar(&cfg.CSIListen, "csi-listen", "", "socket the hook serves CSI on: unix:///path (what kubelet and the sidecars dial)")
+		f.StringVar(&cfg.CSIDriver, "csi-driver", "", "the CSI driver's own socket: unix:///path")
+		f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/ferry", "durable job queue and working paths")
+		f.StringVar(&cfg.SecretsDir, "secrets-dir", "/etc/ferry/secrets", "repository Secrets, as DIR/NAMESPACE/NAME/KEY files")
+		f.StringVar(&cfg.MetricsListen, "metrics-listen", ":9808", "address for /metrics and /healthz (empty: off)")
+		if !hookOnly {
+			f.StringVar(&cfg.NodeID, "node-id", "", "this node's ID as the driver knows it (default: ask the driver)")
+			f.IntVar(&cfg.Workers, "workers", 1, "replication jobs run at once (one per volume at most)")
+			f.IntVar(&cfg.MaxAttempts, "max-attempts", 20, "failed attempts after which a job is given up")
+		}
+		return cmd
+	}
+	return []*cobra.Command{
+		mk("agent --csi-listen unix:///A.sock --csi-driver unix:///B.sock", "Run the node agent: CSI hook, replication jobs, metrics", false),
+		mk("hook --csi-listen unix:///A.sock --csi-driver unix:///B.sock", "Run the CSI hook alone (controller-side sidecar): validate and queue, replicate nothing", true),
+	}
+}
