@@ -56,7 +56,7 @@ func minioStores(b *testing.B, n int) func(testing.TB) []objstore.Store {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return objstore.OpenAll(context.Background(), locs)
+		return objstore.OpenAll(context.Background(), locs, os.Getenv)
 	}
 }
 
