@@ -36,7 +36,13 @@ type Splitter struct {
 	pos    int64 // offset of the next chunk, always a canonical cut
 	// restart means ch must start afresh at pos.
 	restart bool
-	err     error
+	// perChunk restarts ch at every cut on a stream that ends MaxSize
+	// later, which the chunker never looks past: the cuts stay the same,
+	// but the chunker's read-ahead past a cut shrinks from up to 512 KiB
+	// to at most MaxSize-MinSize. Incremental, which stops at a cut it
+	// cannot predict, relies on that.
+	perChunk bool
+	err      error
 }
 
 // NewSplitter chunks the volume src[0:size). holes are sorted, disjoint
@@ -61,7 +67,7 @@ func newSplitter(src io.ReaderAt, size int64, holes []Range, p Params, bsize int
 		return nil, fmt.Errorf("chunk: %w", err)
 	}
 	s := &Splitter{p: p, stride: stride, v: newVolume(src, size, holes, bsize)}
-	s.rd.v = &s.v
+	s.rd = stream{v: &s.v, end: size}
 	s.ch = p.newChunker(&s.rd)
 	return s, nil
 }
@@ -85,6 +91,10 @@ func (s *Splitter) Next(buf []byte) (Chunk, error) {
 	}
 	if s.restart {
 		s.rd.pos = s.pos
+		s.rd.end = s.v.size
+		if s.perChunk {
+			s.rd.end = min(s.pos+int64(s.p.MaxSize), s.v.size)
+		}
 		s.base = s.pos
 		s.p.reset(s.ch, &s.rd)
 		s.restart = false
@@ -100,7 +110,17 @@ func (s *Splitter) Next(buf []byte) (Chunk, error) {
 		return s.zeroRun(off, off+n)
 	}
 	s.pos = off + n
+	s.restart = s.perChunk
 	return Chunk{Off: off, Len: n, Data: c.Data}, nil
+}
+
+// seek makes the next chunk start at pos, which must be a canonical cut.
+// It is valid until Next has returned io.EOF.
+func (s *Splitter) seek(pos int64) {
+	if pos != s.pos {
+		s.pos = pos
+		s.restart = true
+	}
 }
 
 // zeroRun returns the merged Zero chunk for the zero run that starts at the

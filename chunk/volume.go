@@ -198,18 +198,19 @@ func (v *volume) readAt(p []byte, off int64) error {
 	return fmt.Errorf("read volume at offset %d: %w", off, err)
 }
 
-// stream is the volume byte stream from pos, as the restic chunker reads it.
+// stream is the volume byte stream from pos to end (at most the volume's
+// size), as the restic chunker reads it.
 type stream struct {
-	v   *volume
-	pos int64
+	v        *volume
+	pos, end int64
 }
 
 func (r *stream) Read(p []byte) (int, error) {
 	v := r.v
-	if r.pos >= v.size {
+	if r.pos >= r.end {
 		return 0, io.EOF
 	}
-	p = p[:min(int64(len(p)), v.size-r.pos)]
+	p = p[:min(int64(len(p)), r.end-r.pos)]
 	n := 0
 	for n < len(p) {
 		var k int

@@ -24,7 +24,15 @@ type Options struct {
 	Holes   []chunk.Range     // ranges known to read as zeros (SEEK_HOLE)
 	Params  map[string]string // recorded in the manifest
 	Workers int               // hash/seal workers; default GOMAXPROCS
-	Uploads int               // packs uploaded at once; default 2
+
+	// Parent and Changed make the backup incremental: only the ranges in
+	// Changed (every byte that differs from the parent's volume, as
+	// SnapshotMetadata's delta reports) and their surroundings are read;
+	// every other chunk keeps the parent's ID. The result is identical to
+	// a full backup of the same bytes.
+	Parent  *repo.Snapshot
+	Changed []chunk.Range
+	Uploads int // packs uploaded at once; default 2
 	// Progress, when set, is updated as the backup runs.
 	Progress *Progress
 }
@@ -93,7 +101,7 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 		return nil, fmt.Errorf("load index: %w", err)
 	}
 	params := r.Config.Chunking()
-	sp, err := chunk.NewSplitter(src, size, opts.Holes, params)
+	sp, err := newChunks(src, size, opts, params)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +152,7 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 			case <-gctx.Done():
 				return gctx.Err()
 			}
-			c, err := sp.Next(buf)
+			c, reused, err := sp.next(buf)
 			prog.Read.Store(sp.BytesRead())
 			if err == io.EOF {
 				return nil
@@ -153,7 +161,11 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 				return err
 			}
 			it := &item{c: c, buf: buf, done: make(chan struct{})}
-			if c.Zero {
+			if reused >= 0 {
+				it.id = opts.Parent.Extents[reused].ID
+			}
+			hash := !c.Zero && reused < 0
+			if !hash {
 				free <- buf
 				it.buf = nil
 				close(it.done)
@@ -163,7 +175,7 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 			case <-gctx.Done():
 				return gctx.Err()
 			}
-			if !c.Zero {
+			if hash {
 				select {
 				case work <- it:
 				case <-gctx.Done():
@@ -310,4 +322,38 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 	sum := &Summary{SnapshotID: id, Name: name, BytesVolume: size, Stats: stats, Duration: d, DurationSeconds: d.Seconds()}
 	sum.BytesStored = stored.Load()
 	return sum, nil
+}
+
+// chunks yields the volume's canonical chunks; reused is the index of the
+// parent's extent a chunk keeps (not read), or -1.
+type chunks interface {
+	next(buf []byte) (c chunk.Chunk, reused int, err error)
+	BytesRead() int64
+}
+
+type fullChunks struct{ *chunk.Splitter }
+
+func (f fullChunks) next(buf []byte) (chunk.Chunk, int, error) {
+	c, err := f.Next(buf)
+	return c, -1, err
+}
+
+type incrementalChunks struct{ *chunk.Incremental }
+
+func (x incrementalChunks) next(buf []byte) (chunk.Chunk, int, error) { return x.Next(buf) }
+
+func newChunks(src io.ReaderAt, size int64, opts Options, p chunk.Params) (chunks, error) {
+	if opts.Parent == nil {
+		sp, err := chunk.NewSplitter(src, size, opts.Holes, p)
+		return fullChunks{sp}, err
+	}
+	prev := make([]chunk.Chunk, len(opts.Parent.Extents))
+	for i, e := range opts.Parent.Extents {
+		prev[i] = chunk.Chunk{Off: e.Off, Len: e.Len, Zero: e.Zero}
+	}
+	x, err := chunk.NewIncremental(src, size, opts.Holes, p, prev, opts.Changed)
+	if err != nil {
+		return nil, fmt.Errorf("incremental chunking against snapshot %s: %w", opts.Parent.ID[:12], err)
+	}
+	return incrementalChunks{x}, nil
 }

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 
 	"github.com/ferrydr/ferry/agent/backup"
@@ -120,5 +121,45 @@ func TestEmptyAndTinyVolumes(t *testing.T) {
 		if got := restoreBytes(t, r, s.SnapshotID); !bytes.Equal(got, data) {
 			t.Fatalf("size %d: restore differs", n)
 		}
+	}
+}
+
+// TestIncrementalEqualsFull backs a changed volume up twice, once reading
+// everything and once from the parent's manifest and the changed ranges:
+// the manifests must describe the same chunks, and the second read little.
+func TestIncrementalEqualsFull(t *testing.T) {
+	ctx := context.Background()
+	r := memRepo(t, erasure.Scheme{K: 2, M: 1}, 3)
+	rnd := rand.New(rand.NewPCG(7, 7))
+	a := volume.Data(rnd, 32<<20)
+	s1 := run(t, r, a, nil)
+	parent, err := r.FindSnapshot(ctx, s1.SnapshotID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := append([]byte(nil), a...)
+	var changed []chunk.Range
+	for _, off := range []int{1 << 20, 9<<20 + 123, 20 << 20} {
+		copy(b[off:], volume.Data(rnd, 8192))
+		changed = append(changed, chunk.Range{Off: int64(off), Len: 8192})
+	}
+	b = append(b, volume.Data(rnd, 3<<20)...) // the volume grew
+	changed = append(changed, chunk.Range{Off: int64(len(a)), Len: 3 << 20})
+
+	full := run(t, r, b, nil)
+	inc, err := backup.Run(ctx, r, bytes.NewReader(b), int64(len(b)), backup.Options{Name: "v", Parent: parent, Changed: changed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fm, _ := r.FindSnapshot(ctx, full.SnapshotID, "")
+	im, _ := r.FindSnapshot(ctx, inc.SnapshotID, "")
+	if fm.Digest != im.Digest || !reflect.DeepEqual(fm.Extents, im.Extents) {
+		t.Fatalf("incremental manifest differs from the full one (%d vs %d extents)", len(im.Extents), len(fm.Extents))
+	}
+	if inc.BytesRead > 3<<20+3*2*int64(params.MaxSize)+4*int64(params.MaxSize) {
+		t.Fatalf("incremental backup read %d bytes for %d changed", inc.BytesRead, 3*8192+3<<20)
+	}
+	if got := restoreBytes(t, r, inc.SnapshotID); !bytes.Equal(got, b) {
+		t.Fatal("incremental snapshot restores differently")
 	}
 }

@@ -88,7 +88,7 @@ func (r *Runner) Run(ctx context.Context, s hook.Snapshot) (*Result, error) {
 	}
 
 	res := &Result{Mode: "full"}
-	var holes []chunk.Range
+	var holes, changed []chunk.Range
 	if ok, err := metadata.Supported(ctx, r.Driver); err != nil {
 		return nil, err
 	} else if ok {
@@ -96,7 +96,7 @@ func (r *Runner) Run(ctx context.Context, s hook.Snapshot) (*Result, error) {
 		if parent != nil {
 			md, err = metadata.Delta(ctx, r.Driver, parent.Volume.CSISnapshotID, s.SnapshotID)
 			if err == nil {
-				res.Mode = "delta"
+				res.Mode, changed = "delta", md.Ranges
 			} else {
 				log.Info("no changed-block list against the previous snapshot, reading allocated ranges", "parent", parent.Volume.CSISnapshotID, "error", err)
 			}
@@ -133,7 +133,7 @@ func (r *Runner) Run(ctx context.Context, s hook.Snapshot) (*Result, error) {
 		size = vol.Size
 	}
 	name := s.Replication.SeriesName(s.Replication.SnapshotNamespace, "", s.SourceVolumeID)
-	sum, err := backup.Run(ctx, rp, vol, size, backup.Options{
+	opts := backup.Options{
 		Name:  name,
 		Holes: holes,
 		Volume: repo.Volume{
@@ -142,7 +142,12 @@ func (r *Runner) Run(ctx context.Context, s hook.Snapshot) (*Result, error) {
 			VolumeSnapshot: s.Replication.SnapshotName, VolumeSnapshotContent: s.Replication.SnapshotContentName,
 		},
 		Params: map[string]string{"mode": res.Mode},
-	})
+	}
+	if res.Mode == "delta" {
+		opts.Parent, opts.Changed = parent, changed
+		opts.Params["parent"] = parent.ID
+	}
+	sum, err := backup.Run(ctx, rp, vol, size, opts)
 	if err != nil {
 		return nil, err
 	}

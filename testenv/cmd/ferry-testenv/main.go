@@ -1,6 +1,8 @@
 // Command ferry-testenv prepares the real parts the tests run on loopback.
 //
-//	ferry-testenv install   build MinIO into the cache (once) and print its path
+//	ferry-testenv install   install the Debian packages the loop-mounted XFS and the
+//	                        test CSI driver need (xfsprogs, ...), build MinIO into
+//	                        the cache (once) and print its path
 //
 // `make test` runs it before `go test` so no test waits for a build.
 package main
@@ -12,6 +14,7 @@ import (
 	"os/signal"
 
 	"github.com/ferrydr/ferry/testenv/minio"
+	"github.com/ferrydr/ferry/testenv/xfs"
 )
 
 func main() {
@@ -21,6 +24,10 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if err := xfs.EnsureTools(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "ferry-testenv:", err)
+		os.Exit(1)
+	}
 	if minio.Cached() == "" {
 		fmt.Fprintf(os.Stderr, "building MinIO %s@%s (a few minutes)...\n", minio.Module, minio.Version)
 	}

@@ -1,0 +1,322 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrydr/ferry/agent"
+	"github.com/ferrydr/ferry/agent/restore"
+	"github.com/ferrydr/ferry/csi/expose"
+	"github.com/ferrydr/ferry/csi/params"
+	"github.com/ferrydr/ferry/testenv/loop"
+	"github.com/ferrydr/ferry/testenv/minio"
+	"github.com/ferrydr/ferry/testenv/reflinkcsi"
+	"github.com/ferrydr/ferry/transport/crypt"
+	"github.com/ferrydr/ferry/transport/erasure"
+	"github.com/ferrydr/ferry/transport/objstore"
+	"github.com/ferrydr/ferry/transport/repo"
+)
+
+const password = "e2e password"
+
+type env struct {
+	repoURL string
+	stores  func() []objstore.Store
+	hook    *grpc.ClientConn
+	driver  *grpc.ClientConn
+	secrets string
+	state   string
+}
+
+// start brings up three MinIO servers with a 2+1 repository, the test CSI
+// driver, and the agent with its hook in front of the driver.
+func start(t *testing.T) *env {
+	t.Helper()
+	e := startRepo(t)
+	drv := reflinkcsi.StartTest(t, reflinkcsi.Config{})
+	sockDir, err := os.MkdirTemp("", "ferry-hook-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	e.state = t.TempDir()
+	cfg := agent.Config{
+		CSIListen: "unix://" + filepath.Join(sockDir, "csi.sock"), CSIDriver: drv.Config().Endpoint,
+		StateDir: e.state, SecretsDir: e.secrets,
+	}
+	actx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(actx, cfg, slog.New(slog.NewTextHandler(testWriter{t}, nil))) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	})
+	e.hook = dial(t, cfg.CSIListen)
+	e.driver = dial(t, drv.Config().Endpoint)
+	waitProbe(t, e.hook)
+	return e
+}
+
+func waitProbe(t *testing.T, c *grpc.ClientConn) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := csi.NewIdentityClient(c).Probe(context.Background(), &csi.ProbeRequest{}); err == nil {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("hook did not come up: %v", err)
+		}
+	}
+}
+
+// startRepo brings up three MinIO servers with a 2+1 repository, and a
+// secrets directory holding its password and credentials.
+func startRepo(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	var urls []string
+	var servers []*minio.Server
+	for range 3 {
+		s := minio.Start(t)
+		s.CreateBucket(t, "ferry")
+		servers = append(servers, s)
+		urls = append(urls, s.URL("ferry", "dr"))
+	}
+	e := &env{repoURL: strings.Join(urls, ",")}
+	creds := map[string]string{"AWS_ACCESS_KEY_ID": servers[0].AccessKey, "AWS_SECRET_ACCESS_KEY": servers[0].SecretKey}
+	e.stores = func() []objstore.Store {
+		locs, err := objstore.ParseRepo(e.repoURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return objstore.OpenAll(ctx, locs, func(k string) string { return creds[k] })
+	}
+	if _, err := repo.Init(ctx, e.stores(), []byte(password), repo.Options{Erasure: erasure.Scheme{K: 2, M: 1}, KDF: crypt.KDFParams{N: 1024, R: 8, P: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	e.secrets = t.TempDir()
+	sec := filepath.Join(e.secrets, "ferry-system", "dr-repo")
+	os.MkdirAll(sec, 0o700)
+	os.WriteFile(filepath.Join(sec, "password"), []byte(password+"\n"), 0o600)
+	for k, v := range creds {
+		os.WriteFile(filepath.Join(sec, k), []byte(v), 0o600)
+	}
+
+	return e
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func dial(t *testing.T, endpoint string) *grpc.ClientConn {
+	c, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+var mountCap = &csi.VolumeCapability{
+	AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
+	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+}
+
+// withMounted mounts the volume through the hook (as kubelet would), runs
+// fn on the mount point, and unmounts.
+func withMounted(t *testing.T, e *env, volID string, fn func(dir string)) {
+	t.Helper()
+	ctx := context.Background()
+	node := csi.NewNodeClient(e.hook)
+	base := t.TempDir()
+	staging, target := filepath.Join(base, "staging"), filepath.Join(base, "target")
+	os.MkdirAll(staging, 0o700)
+	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volID, StagingTargetPath: staging, VolumeCapability: mountCap}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: volID, StagingTargetPath: staging, TargetPath: target, VolumeCapability: mountCap}); err != nil {
+		t.Fatal(err)
+	}
+	fn(target)
+	exec.Command("sync").Run()
+	if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: volID, TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: volID, StagingTargetPath: staging}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func writeFiles(t *testing.T, dir string, prefix string, n, size int, seed byte) map[string][]byte {
+	files := map[string][]byte{}
+	for i := range n {
+		b := bytes.Repeat([]byte{seed + byte(i)}, size)
+		copy(b, fmt.Sprintf("%s-%d", prefix, i))
+		name := filepath.Join(dir, fmt.Sprintf("%s-%d.dat", prefix, i))
+		if err := os.WriteFile(name, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files[filepath.Base(name)] = b
+	}
+	return files
+}
+
+func snapshotParams(repoURL, name string) map[string]string {
+	return map[string]string{
+		params.KeyRepository: repoURL, params.KeySecretName: "dr-repo", params.KeySecretNamespace: "ferry-system",
+		params.KeySnapshotName: name, params.KeySnapshotNamespace: "db", params.KeySnapshotContentName: "snapcontent-" + name,
+	}
+}
+
+// waitReplicated waits for the manifest of CSI snapshot id.
+func waitReplicated(t *testing.T, e *env, id string) *repo.Snapshot {
+	t.Helper()
+	ctx := context.Background()
+	r, err := repo.Open(ctx, e.stores(), []byte(password))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		snaps, err := r.Snapshots(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range snaps {
+			if s.Volume.CSISnapshotID == id {
+				return s
+			}
+		}
+	}
+	t.Fatalf("snapshot %s was not replicated within 2 minutes", id)
+	return nil
+}
+
+// snapshotBytes reads a CSI snapshot through the driver.
+func snapshotBytes(t *testing.T, e *env, id string) []byte {
+	t.Helper()
+	ctx := context.Background()
+	v, err := expose.Expose(ctx, expose.Config{Driver: e.driver, NodeID: "node-1", Dir: t.TempDir()}, id, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Release(ctx)
+	b := make([]byte, v.Size)
+	if _, err := v.ReadAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestReplicateCSISnapshots(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	ctrl := csi.NewControllerClient(e.hook)
+	const size = 256 << 20
+	cv, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-1", CapacityRange: &csi.CapacityRange{RequiredBytes: size}, VolumeCapabilities: []*csi.VolumeCapability{mountCap}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	volID := cv.GetVolume().GetVolumeId()
+	var first map[string][]byte
+	withMounted(t, e, volID, func(dir string) { first = writeFiles(t, dir, "a", 40, 512<<10, 1) })
+
+	// A bad Ferry parameter is refused before the driver sees the call.
+	bad := snapshotParams(e.repoURL, "bad")
+	bad[params.Prefix+"retention"] = "7d"
+	_, err = ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{SourceVolumeId: volID, Name: "snap-bad", Parameters: bad})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), params.Prefix+"retention") {
+		t.Fatalf("bad parameter: %v", err)
+	}
+	if ls, err := csi.NewControllerClient(e.driver).ListSnapshots(ctx, &csi.ListSnapshotsRequest{}); err != nil || len(ls.GetEntries()) != 0 {
+		t.Fatalf("a refused snapshot reached the driver: %v %v", ls, err)
+	}
+
+	s1, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{SourceVolumeId: volID, Name: "snap-1", Parameters: snapshotParams(e.repoURL, "snap-1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id1 := s1.GetSnapshot().GetSnapshotId()
+	m1 := waitReplicated(t, e, id1)
+	if m1.Volume.VolumeSnapshot != "snap-1" || m1.Volume.Namespace != "db" || m1.Volume.CSIVolumeID != volID {
+		t.Fatalf("manifest does not name the VolumeSnapshot: %+v", m1.Volume)
+	}
+
+	var second map[string][]byte
+	withMounted(t, e, volID, func(dir string) { second = writeFiles(t, dir, "b", 4, 512<<10, 100) })
+	changed := int64(4 * 512 << 10)
+	s2, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{SourceVolumeId: volID, Name: "snap-2", Parameters: snapshotParams(e.repoURL, "snap-2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id2 := s2.GetSnapshot().GetSnapshotId()
+	m2 := waitReplicated(t, e, id2)
+	t.Logf("first: read %d of %d; second: read %d, new %d, %d bytes of files changed", m1.Stats.BytesRead, m1.Size, m2.Stats.BytesRead, m2.Stats.BytesNew, changed)
+	if m1.Stats.BytesRead >= size/2 {
+		t.Errorf("first replication read %d bytes of a %d-byte volume holding 20 MiB: allocated ranges not used", m1.Stats.BytesRead, size)
+	}
+	if m2.Stats.BytesRead > 8*changed {
+		t.Errorf("second replication read %d bytes for %d changed: not incremental", m2.Stats.BytesRead, changed)
+	}
+
+	// Each snapshot restores to exactly its bytes, and the filesystem mounts.
+	r, err := repo.Open(ctx, e.stores(), []byte(password))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		m     *repo.Snapshot
+		csiID string
+		files []map[string][]byte
+	}{{m1, id1, []map[string][]byte{first}}, {m2, id2, []map[string][]byte{first, second}}} {
+		out := filepath.Join(t.TempDir(), "restored.img")
+		if _, err := restore.Run(ctx, r, c.m, out, restore.Options{}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, snapshotBytes(t, e, c.csiID)) {
+			t.Fatalf("snapshot %s restored differently", c.csiID)
+		}
+		mnt := t.TempDir()
+		dev := loop.Attach(t, out, true)
+		if out, err := exec.Command("mount", "-o", "ro", dev, mnt).CombinedOutput(); err != nil {
+			t.Fatalf("mount restored filesystem: %v %s", err, out)
+		}
+		for _, files := range c.files {
+			for name, want := range files {
+				b, err := os.ReadFile(filepath.Join(mnt, name))
+				if err != nil || !bytes.Equal(b, want) {
+					exec.Command("umount", mnt).Run()
+					t.Fatalf("%s in the restored filesystem: %v", name, err)
+				}
+			}
+		}
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Fatalf("umount: %v %s", err, out)
+		}
+	}
+	if jobs, _ := os.ReadDir(filepath.Join(e.state, "jobs")); len(jobs) != 0 {
+		t.Fatalf("jobs left in the queue after both replications: %v", jobs)
+	}
+}

@@ -1,0 +1,717 @@
+package chunk
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// shape returns the chunks' Off, Len and Zero, as a manifest keeps them.
+func shape(cs []Chunk) []Chunk {
+	out := make([]Chunk, len(cs))
+	for i, c := range cs {
+		out[i] = Chunk{Off: c.Off, Len: c.Len, Zero: c.Zero}
+	}
+	return out
+}
+
+func sameShape(a, b Chunk) bool { return a.Off == b.Off && a.Len == b.Len && a.Zero == b.Zero }
+
+// incrementalRun is one incremental chunking, its data copied.
+type incrementalRun struct {
+	chunks []Chunk
+	reused []int
+	read   int64
+}
+
+func runIncremental(t testing.TB, x *Incremental, p Params) incrementalRun {
+	t.Helper()
+	buf := make([]byte, p.MaxSize)
+	var r incrementalRun
+	for {
+		c, i, err := x.Next(buf)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("Next after %d chunks: %v", len(r.chunks), err)
+		}
+		if !c.Zero && c.Data != nil {
+			c.Data = bytes.Clone(c.Data)
+		}
+		r.chunks = append(r.chunks, c)
+		r.reused = append(r.reused, i)
+	}
+	if _, _, err := x.Next(buf); err != io.EOF {
+		t.Fatalf("Next after the last chunk: %v, want io.EOF", err)
+	}
+	r.read = x.BytesRead()
+	return r
+}
+
+// generation is an old volume, its chunk list, and a new version of it with
+// the changes a changed block tracker would report.
+type generation struct {
+	old, vol []byte
+	prev     []Chunk
+	holes    []Range // of vol
+	changed  []Range // as declared: any order, overlapping
+}
+
+// changedMask marks the bytes of vol that the generation declares changed,
+// including those beyond the old size.
+func (g *generation) changedMask() []bool {
+	m := make([]bool, len(g.vol))
+	for _, r := range g.changed {
+		for i := max(r.Off, 0); i < min(r.End(), int64(len(m))); i++ {
+			m[i] = true
+		}
+	}
+	for i := len(g.old); i < len(m); i++ {
+		m[i] = true
+	}
+	return m
+}
+
+// knownZero marks the bytes Incremental must not read: the declared holes
+// and the unchanged bytes of old Zero chunks.
+func (g *generation) knownZero(changed []bool) []bool {
+	known := make([]bool, len(g.vol))
+	for _, h := range g.holes {
+		for i := h.Off; i < h.End(); i++ {
+			known[i] = true
+		}
+	}
+	for _, c := range g.prev {
+		for i := c.Off; c.Zero && i < min(c.Off+c.Len, int64(len(known))); i++ {
+			known[i] = known[i] || !changed[i]
+		}
+	}
+	return known
+}
+
+// ranges returns the runs of true in m.
+func ranges(m []bool) []Range {
+	var out []Range
+	for i := 0; i < len(m); {
+		if !m[i] {
+			i++
+			continue
+		}
+		j := i
+		for j < len(m) && m[j] {
+			j++
+		}
+		out = append(out, Range{Off: int64(i), Len: int64(j - i)})
+		i = j
+	}
+	return out
+}
+
+// pieces expands merged Zero chunks into their stride-long canonical chunks.
+func pieces(cs []Chunk, stride int64) []Range {
+	var out []Range
+	for _, c := range cs {
+		if !c.Zero {
+			out = append(out, Range{Off: c.Off, Len: c.Len})
+			continue
+		}
+		for off := c.Off; off < c.Off+c.Len; off += stride {
+			out = append(out, Range{Off: off, Len: min(stride, c.Off+c.Len-off)})
+		}
+	}
+	return out
+}
+
+// readBound computes, from the old and new canonical chunkings alone, the
+// bound on BytesRead documented on Incremental. after has, for each run,
+// the bytes that may be read in the run after its last changed chunk:
+// how far resynchronisation took, in the currency that costs.
+func readBound(g *generation, want []Chunk, changed, known []bool, p Params, bsize int64) (bound int64, after []int64) {
+	stride, _ := p.ZeroStride()
+	old := map[Range]bool{}
+	for _, r := range pieces(g.prev, stride) {
+		old[r] = true
+	}
+	oldSize, size := int64(len(g.old)), int64(len(g.vol))
+	var inRun bool
+	var sinceChange int64 = -1 // -1 until the run has a changed chunk
+	endRun := func() {
+		if inRun {
+			bound += int64(p.MaxSize) + 2*bsize
+			if sinceChange >= 0 {
+				after = append(after, sinceChange)
+			}
+		}
+		inRun, sinceChange = false, -1
+	}
+	for _, r := range pieces(want, stride) {
+		touched := slices.Contains(changed[r.Off:r.End()], true)
+		if old[r] && !touched && (r.End() != oldSize || oldSize == size) {
+			endRun()
+			continue
+		}
+		inRun = true
+		var readable int64
+		for _, k := range known[r.Off:r.End()] {
+			if !k {
+				readable++
+			}
+		}
+		bound += readable
+		switch {
+		case touched:
+			sinceChange = 0
+		case sinceChange >= 0:
+			sinceChange += readable
+		}
+	}
+	endRun()
+	return bound, after
+}
+
+// checkGeneration chunks g.vol incrementally with the given read size and
+// checks the result against the reference chunking of the whole volume,
+// every reused chunk against both volumes' bytes, and the bytes read
+// against readBound. It returns the run and readBound's resync costs.
+func checkGeneration(t testing.TB, g *generation, p Params, bsize int64) (incrementalRun, []int64) {
+	t.Helper()
+	stride, err := p.ZeroStride()
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := g.changedMask()
+	known := g.knownZero(changed)
+	rec := &recorder{t: t, vol: g.vol, holes: ranges(known), bsize: bsize}
+	x, err := newIncremental(rec, int64(len(g.vol)), g.holes, p, g.prev, g.changed, bsize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := runIncremental(t, x, p)
+	rec.checkDisjoint()
+	withData := slices.Clone(got.chunks)
+	for k, i := range got.reused {
+		if i < 0 {
+			continue
+		}
+		c, o := got.chunks[k], g.prev[i]
+		if !sameShape(c, o) || c.Data != nil {
+			t.Fatalf("chunk %d [%d,+%d) reported as old chunk %d [%d,+%d)", k, c.Off, c.Len, i, o.Off, o.Len)
+		}
+		if !bytes.Equal(g.old[c.Off:c.Off+c.Len], g.vol[c.Off:c.Off+c.Len]) {
+			t.Fatalf("reused chunk %d [%d,+%d) differs between the volumes", k, c.Off, c.Len)
+		}
+		if !c.Zero {
+			withData[k].Data = g.vol[c.Off : c.Off+c.Len]
+		}
+	}
+	want := reference(t, g.vol, p)
+	checkChunks(t, withData, want, int64(len(g.vol)), stride)
+	bound, after := readBound(g, want, changed, known, p, bsize)
+	if got.read > bound {
+		t.Errorf("read %d bytes, bound %d", got.read, bound)
+	}
+	return got, after
+}
+
+// editor edits a volume the way a filesystem on it would, and records the
+// changed ranges a changed block tracker would report.
+type editor struct {
+	rng     *rand.Rand
+	stride  int
+	g       *generation
+	oldSize int
+}
+
+func (e *editor) random(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(e.rng.Uint32())
+	}
+	return b
+}
+
+// declare records [off,off+n) as changed, sometimes rounded out to 4 KiB
+// blocks, as block-based trackers report it.
+func (e *editor) declare(off, n int) {
+	if e.rng.IntN(3) == 0 {
+		end := (off + n + 4095) &^ 4095
+		off &^= 4095
+		n = end - off
+	}
+	e.g.changed = append(e.g.changed, Range{Off: int64(off), Len: int64(n)})
+}
+
+// length picks edit lengths around the interesting sizes.
+func (e *editor) length() int {
+	switch e.rng.IntN(5) {
+	case 0:
+		return e.rng.IntN(16) + 1
+	case 1:
+		return e.rng.IntN(8192) + 1
+	case 2:
+		return e.stride + e.rng.IntN(129) - 64
+	case 3:
+		return e.rng.IntN(4*e.stride) + 1
+	default:
+		return e.rng.IntN(200<<10) + 1
+	}
+}
+
+// position picks an offset in the volume, often inside a zero run or right
+// after the last change.
+func (e *editor) position() int {
+	vol := e.g.vol
+	if len(vol) == 0 {
+		return 0
+	}
+	if n := len(e.g.changed); n > 0 && e.rng.IntN(5) == 0 {
+		if end := e.g.changed[n-1].End(); end < int64(len(vol)) {
+			return int(end)
+		}
+	}
+	if e.rng.IntN(3) == 0 {
+		if runs := zeroRuns(vol, 64); len(runs) > 0 {
+			r := runs[e.rng.IntN(len(runs))]
+			return int(r.Off) + e.rng.IntN(int(r.Len))
+		}
+	}
+	return e.rng.IntN(len(vol))
+}
+
+func (e *editor) edit() {
+	pos := e.position()
+	n := e.length()
+	switch k := e.rng.IntN(20); {
+	case k < 8: // overwrite
+		end := min(pos+n, len(e.g.vol))
+		copy(e.g.vol[pos:end], e.random(end-pos))
+		e.declare(pos, end-pos)
+	case k < 10: // zero a range, as a discard or a zeroed file would
+		end := min(pos+n, len(e.g.vol))
+		clear(e.g.vol[pos:end])
+		e.declare(pos, end-pos)
+	case k < 11: // rewrite with the same bytes
+		e.declare(pos, min(n, len(e.g.vol)-pos))
+	case k < 13: // insert, shifting the tail
+		e.g.vol = slices.Insert(e.g.vol, pos, e.random(n)...)
+		e.declare(pos, len(e.g.vol)-pos)
+	case k < 15: // delete, shifting the tail back
+		end := min(pos+n, len(e.g.vol))
+		e.g.vol = slices.Delete(e.g.vol, pos, end)
+		e.declare(pos, len(e.g.vol)-pos)
+	case k < 18: // grow, with data or zeros
+		start := len(e.g.vol)
+		if e.rng.IntN(2) == 0 {
+			e.g.vol = append(e.g.vol, e.random(n)...)
+		} else {
+			e.g.vol = append(e.g.vol, make([]byte, n*e.rng.IntN(8))...)
+		}
+		// Bytes beyond the old size need not be declared.
+		if start < e.oldSize || e.rng.IntN(2) == 0 {
+			e.declare(start, len(e.g.vol)-start)
+		}
+	default: // truncate
+		e.g.vol = e.g.vol[:max(len(e.g.vol)-n, 0)]
+	}
+}
+
+// finish shuffles the declared ranges and adds overlapping duplicates, and
+// declares random parts of the new volume's zero runs as holes.
+func (e *editor) finish() {
+	g := e.g
+	for range e.rng.IntN(3) {
+		if len(g.changed) > 0 {
+			r := g.changed[e.rng.IntN(len(g.changed))]
+			g.changed = append(g.changed, Range{Off: r.Off + r.Len/3, Len: r.Len / 2})
+		}
+	}
+	e.rng.Shuffle(len(g.changed), func(i, j int) { g.changed[i], g.changed[j] = g.changed[j], g.changed[i] })
+	g.holes = nil
+	for _, r := range zeroRuns(g.vol, 1) {
+		switch e.rng.IntN(4) {
+		case 0: // allocated zeros
+		case 1:
+			g.holes = append(g.holes, r)
+		default:
+			for pos := r.Off; pos < r.End(); {
+				l := min(int64(e.rng.IntN(int(r.Len))+1), r.End()-pos)
+				if e.rng.IntN(2) == 0 {
+					g.holes = append(g.holes, Range{Off: pos, Len: l})
+				}
+				pos += l
+			}
+		}
+	}
+}
+
+// zeroRuns returns the runs of at least min zero bytes in vol.
+func zeroRuns(vol []byte, min int) []Range {
+	var out []Range
+	for i := 0; i < len(vol); {
+		if vol[i] != 0 {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(vol) && vol[j] == 0 {
+			j++
+		}
+		if j-i >= min {
+			out = append(out, Range{Off: int64(i), Len: int64(j - i)})
+		}
+		i = j
+	}
+	return out
+}
+
+// nextGeneration makes a new version of vol, whose chunk list is prev,
+// with edits random edits.
+func nextGeneration(rng *rand.Rand, stride int64, vol []byte, prev []Chunk, edits int) *generation {
+	g := &generation{old: vol, vol: bytes.Clone(vol), prev: prev}
+	e := &editor{rng: rng, stride: int(stride), g: g, oldSize: len(vol)}
+	for range edits {
+		e.edit()
+	}
+	e.finish()
+	return g
+}
+
+// TestIncrementalMatchesSplitter chains generations of random edits on
+// random volumes, each chunked incrementally from the list of the one
+// before, and compares every list with the reference chunking of the whole
+// volume.
+func TestIncrementalMatchesSplitter(t *testing.T) {
+	p := smallParams
+	stride, err := p.ZeroStride()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var after []int64
+	for seed := range uint64(60) {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 11))
+			b := &volumeBuilder{rng: rng, stride: int(stride)}
+			vol, _ := b.build(rng.IntN(10)+1, rng.IntN(400<<10)+1)
+			prev := shape(reference(t, vol, p))
+			for gen := range 6 {
+				g := nextGeneration(rng, stride, vol, prev, rng.IntN(6)+1)
+				var lists [][]Chunk
+				for _, bsize := range []int64{incrementalBlockSize, 4096, 24<<10 + 13} {
+					run, a := checkGeneration(t, g, p, bsize)
+					lists = append(lists, shape(run.chunks))
+					if bsize == incrementalBlockSize {
+						after = append(after, a...)
+					}
+				}
+				if t.Failed() {
+					t.Fatalf("generation %d: %d bytes, %d declared changes", gen, len(g.vol), len(g.changed))
+				}
+				vol, prev = g.vol, lists[rng.IntN(len(lists))]
+			}
+		})
+	}
+	slices.Sort(after)
+	if n := len(after); n > 0 {
+		t.Logf("bytes to read after the last changed chunk of %d runs: median %d, 90%% %d, 99%% %d, max %d (max size %d)",
+			n, after[n/2], after[n*9/10], after[n*99/100], after[n-1], p.MaxSize)
+	}
+}
+
+// TestIncrementalSmallEdits checks that a few small writes to a large
+// volume read a small multiple of the chunks they touch.
+func TestIncrementalSmallEdits(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		p     Params
+		size  int
+		edits int
+	}{
+		{"small", smallParams, 32 << 20, 20},
+		{"default", DefaultParams(testPol), 96 << 20, 8},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(5, 5))
+			stride, _ := tc.p.ZeroStride()
+			vol := make([]byte, tc.size)
+			for i := 0; i < len(vol); i += 8 {
+				v := rng.Uint64()
+				for j := range 8 {
+					vol[i+j] = byte(v >> (8 * j))
+				}
+			}
+			clear(vol[tc.size/3 : tc.size/2]) // a long run of allocated zeros
+			prev := shape(reference(t, vol, tc.p))
+			for gen := range 3 {
+				g := &generation{old: vol, vol: bytes.Clone(vol), prev: prev}
+				e := &editor{rng: rng, stride: int(stride), g: g, oldSize: len(vol)}
+				var changedBytes int64
+				for range tc.edits {
+					pos, n := rng.IntN(tc.size-4096), rng.IntN(4096)+1
+					copy(g.vol[pos:], e.random(n))
+					e.declare(pos, n)
+					changedBytes += int64(n)
+				}
+				run, _ := checkGeneration(t, g, tc.p, incrementalBlockSize)
+				read := run.read
+				// Far below the volume: a write usually dirties the chunk
+				// it falls in, on average two average chunks long (a
+				// random byte falls in long chunks more often), plus the
+				// read-ahead and the blocks around it.
+				avg := int64(tc.p.MinSize) + 1<<tc.p.AverageBits
+				limit := int64(tc.edits) * (4*avg + 2*incrementalBlockSize)
+				if read > limit || read > int64(tc.size)/4 {
+					t.Errorf("generation %d: read %d bytes of %d for %d bytes in %d writes, want at most %d",
+						gen, read, tc.size, changedBytes, tc.edits, limit)
+				}
+				t.Logf("generation %d: read %d of %d bytes (%.2f%%) for %d writes", gen, read, tc.size, 100*float64(read)/float64(tc.size), tc.edits)
+				vol, prev = g.vol, shape(run.chunks)
+			}
+		})
+	}
+}
+
+// TestIncrementalDefaultParams chains random generations with the default
+// chunk sizes over a bigger volume.
+func TestIncrementalDefaultParams(t *testing.T) {
+	p := DefaultParams(testPol)
+	stride, _ := p.ZeroStride()
+	for seed := range uint64(2) {
+		rng := rand.New(rand.NewPCG(seed, 12))
+		b := &volumeBuilder{rng: rng, stride: int(stride)}
+		vol, _ := b.build(5, 6<<20)
+		prev := shape(reference(t, vol, p))
+		for range 3 {
+			g := nextGeneration(rng, stride, vol, prev, rng.IntN(4)+1)
+			run, _ := checkGeneration(t, g, p, incrementalBlockSize)
+			vol, prev = g.vol, shape(run.chunks)
+		}
+	}
+}
+
+// TestIncrementalEdges covers empty volumes, no change at all, and changes
+// at the very start and end.
+func TestIncrementalEdges(t *testing.T) {
+	p := smallParams
+	rng := rand.New(rand.NewPCG(8, 8))
+	e := &editor{rng: rng}
+	data := e.random(1 << 20)
+	zeros := make([]byte, 300<<10+5)
+	mixed := slices.Concat(data[:100<<10], zeros, data[:200<<10])
+	for _, tc := range []struct {
+		name     string
+		old, vol []byte
+		changed  []Range
+		maxRead  int64
+	}{
+		{"empty to empty", nil, nil, nil, 0},
+		{"empty to data", nil, data, nil, int64(len(data))},
+		{"data to empty", data, nil, nil, 0},
+		{"unchanged", data, data, nil, 0},
+		{"unchanged zeros", zeros, zeros, nil, 0},
+		{"declared but equal", mixed, mixed, []Range{{0, int64(len(mixed))}}, int64(len(mixed))},
+		{"first byte", data, slices.Concat([]byte{^data[0]}, data[1:]), []Range{{0, 1}}, -1},
+		{"last byte", data, slices.Concat(data[:len(data)-1], []byte{^data[len(data)-1]}), []Range{{int64(len(data) - 1), 1}}, -1},
+		{"zeros grow", zeros, slices.Concat(zeros, zeros), nil, int64(len(zeros)) + incrementalBlockSize},
+		{"zeros shrink", zeros, zeros[:len(zeros)-70000], nil, 0},
+		{"zero run grows into data", mixed, slices.Concat(data[:100<<10], zeros, zeros[:8192], data[8192:200<<10]), []Range{{int64(100<<10 + len(zeros)), 8192}}, -1},
+		{"changes beyond the end", data, data, []Range{{int64(len(data)), 100}, {5 << 20, 1}}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := &generation{old: tc.old, vol: tc.vol, prev: shape(reference(t, tc.old, p)), changed: tc.changed}
+			run, _ := checkGeneration(t, g, p, incrementalBlockSize)
+			if read := run.read; tc.maxRead >= 0 && read > tc.maxRead {
+				t.Errorf("read %d bytes, want at most %d", read, tc.maxRead)
+			}
+		})
+	}
+}
+
+// TestIncrementalZeroRunEdit writes into the middle of a long zero run: only
+// the data chunk around the write is re-chunked, and the zeros around it are
+// not read.
+func TestIncrementalZeroRunEdit(t *testing.T) {
+	p := smallParams
+	stride, _ := p.ZeroStride()
+	e := &editor{rng: rand.New(rand.NewPCG(4, 4))}
+	vol := slices.Concat(e.random(1<<20), make([]byte, 8<<20), e.random(1<<20))
+	for _, allocated := range []bool{true, false} {
+		const at = 5<<20 + 1234
+		var holes []Range
+		if !allocated {
+			holes = []Range{{Off: 1 << 20, Len: at - 1<<20}, {Off: at + 100, Len: 9<<20 - at - 100}}
+		}
+		newVol := bytes.Clone(vol)
+		copy(newVol[at:], e.random(100))
+		g := &generation{old: vol, vol: newVol, prev: shape(reference(t, vol, p)), holes: holes, changed: []Range{{Off: at, Len: 100}}}
+		r, _ := checkGeneration(t, g, p, incrementalBlockSize)
+		if r.read > incrementalBlockSize {
+			t.Errorf("allocated zeros %v: read %d bytes for a 100-byte write into zeros", allocated, r.read)
+		}
+		var rechunked int64
+		for k, c := range r.chunks {
+			if r.reused[k] < 0 && !c.Zero {
+				rechunked += c.Len
+			}
+		}
+		if rechunked > 2*stride {
+			t.Errorf("allocated zeros %v: re-chunked %d bytes of data, want at most 2 strides", allocated, rechunked)
+		}
+	}
+}
+
+// TestIncrementalResyncIsDataDependent shows why the bound on bytes read
+// cannot be a constant per change: in a volume that repeats a block shorter
+// than MinSize with one cut candidate in it, the chunker cuts at every
+// other candidate, and a write that removes one candidate shifts every cut
+// after it by one period, up to the end of the pattern. The output is still
+// exact; the read covers the rest of the pattern, within the run bound.
+func TestIncrementalResyncIsDataDependent(t *testing.T) {
+	p := smallParams
+	const period = 5000 // below MinSize, above MinSize/2: every other candidate is a cut
+	rng := rand.New(rand.NewPCG(6, 6))
+	e := &editor{rng: rng}
+	var vol []byte
+	var cuts []int64
+	for try := 0; ; try++ {
+		if try == 1000 {
+			t.Fatal("no block with a single cut candidate found")
+		}
+		block := e.random(period)
+		vol = slices.Concat(e.random(200<<10), bytes.Repeat(block, 200), e.random(200<<10))
+		cuts = cuts[:0]
+		for _, c := range reference(t, vol, p) {
+			cuts = append(cuts, c.Off)
+		}
+		// Inside the pattern, every chunk must be two periods long.
+		var inside int
+		for i := 1; i < len(cuts); i++ {
+			if cuts[i-1] > 250<<10 && cuts[i] < 200<<10+180*period {
+				if cuts[i]-cuts[i-1] != 2*period {
+					inside = -1
+					break
+				}
+				inside++
+			}
+		}
+		if inside > 50 {
+			break
+		}
+	}
+	// Destroy the candidate at a cut in the middle of the pattern.
+	var at int64
+	for _, c := range cuts {
+		if c > 200<<10+60*period {
+			at = c
+			break
+		}
+	}
+	newVol := bytes.Clone(vol)
+	for i := at - 64; i < at; i++ {
+		newVol[i] ^= 0x5a
+	}
+	g := &generation{old: vol, vol: newVol, prev: shape(reference(t, vol, p)), changed: []Range{{Off: at - 64, Len: 64}}}
+	_, after := checkGeneration(t, g, p, incrementalBlockSize)
+	if len(after) != 1 || after[0] < 100*period {
+		t.Fatalf("bytes to read after the change %v, want one run out of step for most of the pattern", after)
+	}
+	t.Logf("a 64-byte write re-chunked %d bytes after it", after[0])
+}
+
+// TestIncrementalUndeclaredChange shows the caller's contract: a change
+// missing from the changed ranges goes unseen, and the old chunk is reused
+// for bytes that differ.
+func TestIncrementalUndeclaredChange(t *testing.T) {
+	p := smallParams
+	e := &editor{rng: rand.New(rand.NewPCG(2, 2))}
+	vol := e.random(2 << 20)
+	prev := shape(reference(t, vol, p))
+	newVol := bytes.Clone(vol)
+	newVol[1<<20] ^= 1
+	x, err := NewIncremental(bytes.NewReader(newVol), int64(len(newVol)), nil, p, prev, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := runIncremental(t, x, p)
+	if got.read != 0 || !slices.EqualFunc(got.chunks, prev, sameShape) {
+		t.Fatalf("with no change declared, got %d chunks after reading %d bytes, want prev unread", len(got.chunks), got.read)
+	}
+	g := &generation{old: vol, vol: newVol, prev: prev, changed: []Range{{Off: 1 << 20, Len: 1}}}
+	checkGeneration(t, g, p, incrementalBlockSize)
+}
+
+func TestNewIncrementalRejectsBadInput(t *testing.T) {
+	p := smallParams
+	stride, _ := p.ZeroStride()
+	src := bytes.NewReader(nil)
+	good := []Chunk{{Off: 0, Len: 10000}, {Off: 10000, Len: 2 * stride, Zero: true}, {Off: 10000 + 2*stride, Len: 9000}}
+	if _, err := NewIncremental(src, 100, nil, p, good, nil); err != nil {
+		t.Fatalf("good list rejected: %v", err)
+	}
+	for _, prev := range [][]Chunk{
+		{{Off: 1, Len: 10000}},
+		{{Off: 0, Len: 10000}, {Off: 10001, Len: 10000}},
+		{{Off: 0, Len: 0}},
+		{{Off: 0, Len: -5}},
+		{{Off: 0, Len: stride, Zero: true}, {Off: stride, Len: stride, Zero: true}},
+		{{Off: 0, Len: stride + 1, Zero: true}, {Off: stride + 1, Len: 10000}},
+		{{Off: 0, Len: int64(p.MaxSize) + 1}},
+		{{Off: 0, Len: 100}, {Off: 100, Len: 10000}},
+		{{Off: 0, Len: 1 << 62}, {Off: 1 << 62, Len: 1 << 62}},
+	} {
+		if _, err := NewIncremental(src, 100, nil, p, prev, nil); err == nil {
+			t.Errorf("prev %v accepted", prev)
+		}
+	}
+	for _, changed := range [][]Range{
+		{{Off: -1, Len: 5}},
+		{{Off: 0, Len: -1}},
+		{{Off: 1, Len: 1<<63 - 1}},
+	} {
+		if _, err := NewIncremental(src, 100, nil, p, good, changed); err == nil {
+			t.Errorf("changed %v accepted", changed)
+		}
+	}
+	if _, err := NewIncremental(src, 100, []Range{{Off: 50, Len: 60}}, p, good, nil); err == nil {
+		t.Error("hole beyond the volume accepted")
+	}
+	if _, err := NewIncremental(src, -1, nil, p, good, nil); err == nil {
+		t.Error("negative size accepted")
+	}
+	if _, err := NewIncremental(src, 100, nil, Params{}, good, nil); err == nil {
+		t.Error("bad params accepted")
+	}
+}
+
+func TestIncrementalReadError(t *testing.T) {
+	p := smallParams
+	e := &editor{rng: rand.New(rand.NewPCG(3, 1))}
+	vol := e.random(3 << 20)
+	prev := shape(reference(t, vol, p))
+	x, err := NewIncremental(failingReader{vol: vol, failAt: 2 << 20}, int64(len(vol)), nil, p, prev, []Range{{Off: 2<<20 + 100, Len: 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, p.MaxSize)
+	if _, _, err := x.Next(buf[:0:100]); err == nil {
+		t.Fatal("Next accepted a buffer below MaxSize")
+	}
+	for {
+		_, _, err := x.Next(buf)
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, errDisk) || !strings.Contains(err.Error(), "read volume at offset") {
+			t.Fatalf("got %v, want %v with offset context", err, errDisk)
+		}
+		break
+	}
+	if _, _, err := x.Next(buf); !errors.Is(err, errDisk) {
+		t.Errorf("Next after a failure: %v, want the same error", err)
+	}
+}
