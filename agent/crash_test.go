@@ -13,6 +13,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/ferrydr/ferry/agent/restore"
+	"github.com/ferrydr/ferry/testenv/csitest"
 	"github.com/ferrydr/ferry/testenv/reflinkcsi"
 	"github.com/ferrydr/ferry/transport/repo"
 )
@@ -39,15 +40,14 @@ func TestAgentSurvivesKill(t *testing.T) {
 	e := startRepo(t)
 	ctx := context.Background()
 	drvEndpoint := reflinkcsi.StartTest(t, reflinkcsi.Config{}).Config().Endpoint
-	driver := dial(t, drvEndpoint)
+	driver := csitest.Dial(t, drvEndpoint)
 	ctrl := csi.NewControllerClient(driver)
-	cv, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-crash", CapacityRange: &csi.CapacityRange{RequiredBytes: 128 << 20}, VolumeCapabilities: []*csi.VolumeCapability{mountCap}})
+	cv, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-crash", CapacityRange: &csi.CapacityRange{RequiredBytes: 128 << 20}, VolumeCapabilities: []*csi.VolumeCapability{csitest.MountCap}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	volID := cv.GetVolume().GetVolumeId()
-	drvEnv := &env{hook: driver}
-	withMounted(t, drvEnv, volID, func(dir string) { writeFiles(t, dir, "c", 48, 1<<20, 7) })
+	csitest.WithMounted(t, driver, volID, func(dir string) { writeFiles(t, dir, "c", 48, 1<<20, 7) })
 
 	sockDir, _ := os.MkdirTemp("", "ferry-crash-")
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
@@ -70,7 +70,7 @@ func TestAgentSurvivesKill(t *testing.T) {
 		})
 		return cmd
 	}
-	hookConn := dial(t, listen)
+	hookConn := csitest.Dial(t, listen)
 	for i, delay := range []time.Duration{0, 150 * time.Millisecond, 400 * time.Millisecond, 900 * time.Millisecond} {
 		agent := startAgent()
 		waitProbe(t, hookConn)

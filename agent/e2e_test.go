@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,13 +18,13 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/agent/restore"
 	"github.com/ferrydr/ferry/csi/expose"
 	"github.com/ferrydr/ferry/csi/params"
+	"github.com/ferrydr/ferry/testenv/csitest"
 	"github.com/ferrydr/ferry/testenv/loop"
 	"github.com/ferrydr/ferry/testenv/minio"
 	"github.com/ferrydr/ferry/testenv/reflinkcsi"
@@ -40,6 +43,8 @@ type env struct {
 	driver  *grpc.ClientConn
 	secrets string
 	state   string
+	metrics string // host:port of /metrics and /healthz
+	creds   map[string]string
 }
 
 // start brings up three MinIO servers with a 2+1 repository, the test CSI
@@ -54,9 +59,15 @@ func start(t *testing.T) *env {
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	e.state = t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.metrics = l.Addr().String()
+	l.Close()
 	cfg := agent.Config{
 		CSIListen: "unix://" + filepath.Join(sockDir, "csi.sock"), CSIDriver: drv.Config().Endpoint,
-		StateDir: e.state, SecretsDir: e.secrets,
+		StateDir: e.state, SecretsDir: e.secrets, MetricsListen: e.metrics,
 	}
 	actx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -67,8 +78,8 @@ func start(t *testing.T) *env {
 			t.Errorf("agent: %v", err)
 		}
 	})
-	e.hook = dial(t, cfg.CSIListen)
-	e.driver = dial(t, drv.Config().Endpoint)
+	e.hook = csitest.Dial(t, cfg.CSIListen)
+	e.driver = csitest.Dial(t, drv.Config().Endpoint)
 	waitProbe(t, e.hook)
 	return e
 }
@@ -106,6 +117,7 @@ func startRepo(t *testing.T) *env {
 		}
 		return objstore.OpenAll(ctx, locs, func(k string) string { return creds[k] })
 	}
+	e.creds = creds
 	if _, err := repo.Init(ctx, e.stores(), []byte(password), repo.Options{Erasure: erasure.Scheme{K: 2, M: 1}, KDF: crypt.KDFParams{N: 1024, R: 8, P: 1}}); err != nil {
 		t.Fatal(err)
 	}
@@ -125,45 +137,6 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
-}
-
-func dial(t *testing.T, endpoint string) *grpc.ClientConn {
-	c, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-var mountCap = &csi.VolumeCapability{
-	AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
-	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-}
-
-// withMounted mounts the volume through the hook (as kubelet would), runs
-// fn on the mount point, and unmounts.
-func withMounted(t *testing.T, e *env, volID string, fn func(dir string)) {
-	t.Helper()
-	ctx := context.Background()
-	node := csi.NewNodeClient(e.hook)
-	base := t.TempDir()
-	staging, target := filepath.Join(base, "staging"), filepath.Join(base, "target")
-	os.MkdirAll(staging, 0o700)
-	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volID, StagingTargetPath: staging, VolumeCapability: mountCap}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: volID, StagingTargetPath: staging, TargetPath: target, VolumeCapability: mountCap}); err != nil {
-		t.Fatal(err)
-	}
-	fn(target)
-	exec.Command("sync").Run()
-	if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: volID, TargetPath: target}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: volID, StagingTargetPath: staging}); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func writeFiles(t *testing.T, dir string, prefix string, n, size int, seed byte) map[string][]byte {
@@ -231,13 +204,13 @@ func TestReplicateCSISnapshots(t *testing.T) {
 	ctx := context.Background()
 	ctrl := csi.NewControllerClient(e.hook)
 	const size = 256 << 20
-	cv, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-1", CapacityRange: &csi.CapacityRange{RequiredBytes: size}, VolumeCapabilities: []*csi.VolumeCapability{mountCap}})
+	cv, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-1", CapacityRange: &csi.CapacityRange{RequiredBytes: size}, VolumeCapabilities: []*csi.VolumeCapability{csitest.MountCap}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	volID := cv.GetVolume().GetVolumeId()
 	var first map[string][]byte
-	withMounted(t, e, volID, func(dir string) { first = writeFiles(t, dir, "a", 40, 512<<10, 1) })
+	csitest.WithMounted(t, e.hook, volID, func(dir string) { first = writeFiles(t, dir, "a", 40, 512<<10, 1) })
 
 	// A bad Ferry parameter is refused before the driver sees the call.
 	bad := snapshotParams(e.repoURL, "bad")
@@ -261,7 +234,7 @@ func TestReplicateCSISnapshots(t *testing.T) {
 	}
 
 	var second map[string][]byte
-	withMounted(t, e, volID, func(dir string) { second = writeFiles(t, dir, "b", 4, 512<<10, 100) })
+	csitest.WithMounted(t, e.hook, volID, func(dir string) { second = writeFiles(t, dir, "b", 4, 512<<10, 100) })
 	changed := int64(4 * 512 << 10)
 	s2, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{SourceVolumeId: volID, Name: "snap-2", Parameters: snapshotParams(e.repoURL, "snap-2")})
 	if err != nil {
@@ -316,7 +289,43 @@ func TestReplicateCSISnapshots(t *testing.T) {
 			t.Fatalf("umount: %v %s", err, out)
 		}
 	}
+	// What an operator sees: metrics, health, and the snapshots by name.
+	metrics := httpGet(t, "http://"+e.metrics+"/metrics")
+	for _, want := range []string{
+		`ferry_replication_jobs_total{result="success"} 2`,
+		`ferry_replication_last_success_timestamp_seconds{namespace="db",volume="` + volID + `"}`,
+		`ferry_replication_duration_seconds_count{mode="delta"} 1`,
+		`ferry_replication_duration_seconds_count{mode="allocated"} 1`,
+		`ferry_replication_bytes_total{kind="read"}`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if h := httpGet(t, "http://"+e.metrics+"/healthz"); strings.TrimSpace(h) != "ok" {
+		t.Errorf("/healthz: %q", h)
+	}
+	cmd := exec.Command(buildFerry(t), "snapshots", "--repo", e.repoURL)
+	cmd.Env = append(os.Environ(), "FERRY_PASSWORD="+password, "AWS_ACCESS_KEY_ID="+e.creds["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY="+e.creds["AWS_SECRET_ACCESS_KEY"])
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "volumesnapshot db/snap-1") || !strings.Contains(string(out), "volumesnapshot db/snap-2") {
+		t.Errorf("ferry snapshots does not list the VolumeSnapshots: %v\n%s", err, out)
+	}
 	if jobs, _ := os.ReadDir(filepath.Join(e.state, "jobs")); len(jobs) != 0 {
 		t.Fatalf("jobs left in the queue after both replications: %v", jobs)
 	}
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %v", url, resp.StatusCode, err)
+	}
+	return string(b)
 }
