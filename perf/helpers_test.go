@@ -4,12 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/ferrydr/ferry/agent/backup"
-	"github.com/ferrydr/ferry/agent/source"
 	"github.com/ferrydr/ferry/chunk"
 	"github.com/ferrydr/ferry/testenv/minio"
 	"github.com/ferrydr/ferry/transport/crypt"
@@ -71,16 +69,7 @@ func newRepo(t testing.TB, stores []objstore.Store, p chunk.Params, s erasure.Sc
 
 func backupFile(t testing.TB, r *repo.Repo, path string) *backup.Summary {
 	t.Helper()
-	v, err := source.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
-	holes, err := v.Holes()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := backup.Run(context.Background(), r, v, v.Size(), backup.Options{Holes: holes, Name: filepath.Base(path)})
+	s, err := backup.File(context.Background(), r, path, backup.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

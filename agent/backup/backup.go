@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ferrydr/ferry/agent/source"
 	"github.com/ferrydr/ferry/chunk"
 	"github.com/ferrydr/ferry/transport/pack"
 	"github.com/ferrydr/ferry/transport/repo"
@@ -356,4 +358,27 @@ func newChunks(src io.ReaderAt, size int64, opts Options, p chunk.Params) (chunk
 		return nil, fmt.Errorf("incremental chunking against snapshot %s: %w", opts.Parent.ID[:12], err)
 	}
 	return incrementalChunks{x}, nil
+}
+
+// File backs up the block device or image file at path: holes are found
+// with SEEK_DATA/SEEK_HOLE, the name defaults to the file's base name and
+// the manifest records the absolute path.
+func File(ctx context.Context, r *repo.Repo, path string, opts Options) (*Summary, error) {
+	vol, err := source.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer vol.Close()
+	holes, err := vol.Holes()
+	if err != nil {
+		return nil, fmt.Errorf("map holes of %s: %w", path, err)
+	}
+	opts.Holes = holes
+	if opts.Name == "" {
+		opts.Name = filepath.Base(path)
+	}
+	if opts.Volume.Source == "" {
+		opts.Volume.Source, _ = filepath.Abs(path)
+	}
+	return Run(ctx, r, vol, vol.Size(), opts)
 }

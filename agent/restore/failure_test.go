@@ -14,7 +14,6 @@ import (
 
 	"github.com/ferrydr/ferry/agent/backup"
 	"github.com/ferrydr/ferry/agent/restore"
-	"github.com/ferrydr/ferry/agent/source"
 	"github.com/ferrydr/ferry/chunk"
 	"github.com/ferrydr/ferry/testenv/minio"
 	"github.com/ferrydr/ferry/testenv/volume"
@@ -100,22 +99,13 @@ func setup(t *testing.T) (*cluster, string, *backup.Summary) {
 	return c, img, sum
 }
 
-func backupImage(t *testing.T, r *repo.Repo, img string) *backup.Summary {
+func backupImage(t testing.TB, r *repo.Repo, path string) *backup.Summary {
 	t.Helper()
-	v, err := source.Open(img)
+	s, err := backup.File(context.Background(), r, path, backup.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer v.Close()
-	holes, err := v.Holes()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum, err := backup.Run(context.Background(), r, v, v.Size(), backup.Options{Name: "vol", Holes: holes})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sum
+	return s
 }
 
 func restoreImage(t *testing.T, r *repo.Repo, id string) (string, *restore.Summary, error) {

@@ -4,13 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ferrydr/ferry/agent/backup"
-	"github.com/ferrydr/ferry/agent/source"
-	"github.com/ferrydr/ferry/transport/repo"
 )
 
 func backupCmd(g *globals) *cobra.Command {
@@ -21,28 +18,13 @@ func backupCmd(g *globals) *cobra.Command {
 		Short: "Back up a block device or raw image file; prints the snapshot ID",
 		Args:  exactArgs(1, "one SOURCE (a block device or image file)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			vol, err := source.Open(args[0])
-			if err != nil {
-				return err
-			}
-			defer vol.Close()
-			holes, err := vol.Holes()
-			if err != nil {
-				return fmt.Errorf("map holes of %s: %w", args[0], err)
-			}
 			r, err := g.open(cmd.Context())
 			if err != nil {
 				return err
 			}
-			abs, _ := filepath.Abs(args[0])
-			if name == "" {
-				name = filepath.Base(args[0])
-			}
 			prog := &backup.Progress{}
 			stopProgress := showProgress(prog.Total.Load, prog.Done.Load, "backup", asJSON)
-			sum, err := backup.Run(cmd.Context(), r, vol, vol.Size(), backup.Options{
-				Name: name, Volume: repo.Volume{Source: abs}, Holes: holes, Progress: prog,
-			})
+			sum, err := backup.File(cmd.Context(), r, args[0], backup.Options{Name: name, Progress: prog})
 			stopProgress()
 			if err != nil {
 				return fmt.Errorf("backup %s: %w", args[0], err)
