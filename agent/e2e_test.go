@@ -49,10 +49,10 @@ type env struct {
 
 // start brings up three MinIO servers with a 2+1 repository, the test CSI
 // driver, and the agent with its hook in front of the driver.
-func start(t *testing.T) *env {
+func start(t *testing.T, drvCfg reflinkcsi.Config) *env {
 	t.Helper()
 	e := startRepo(t)
-	drv := reflinkcsi.StartTest(t, reflinkcsi.Config{})
+	drv := reflinkcsi.StartTest(t, drvCfg)
 	sockDir, err := os.MkdirTemp("", "ferry-hook-")
 	if err != nil {
 		t.Fatal(err)
@@ -200,7 +200,7 @@ func snapshotBytes(t *testing.T, e *env, id string) []byte {
 }
 
 func TestReplicateCSISnapshots(t *testing.T) {
-	e := start(t)
+	e := start(t, reflinkcsi.Config{})
 	ctx := context.Background()
 	ctrl := csi.NewControllerClient(e.hook)
 	const size = 256 << 20
@@ -328,4 +328,39 @@ func httpGet(t *testing.T, url string) string {
 		t.Fatalf("GET %s: %d %v", url, resp.StatusCode, err)
 	}
 	return string(b)
+}
+
+// TestReplicateWithoutSnapshotMetadata: a driver without changed-block
+// tracking gets its snapshots read whole, and they restore exactly.
+func TestReplicateWithoutSnapshotMetadata(t *testing.T) {
+	e := start(t, reflinkcsi.Config{NoSnapshotMetadata: true})
+	ctx := context.Background()
+	ctrl := csi.NewControllerClient(e.hook)
+	const size = 64 << 20
+	cv, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-plain", CapacityRange: &csi.CapacityRange{RequiredBytes: size}, VolumeCapabilities: []*csi.VolumeCapability{csitest.MountCap}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	volID := cv.GetVolume().GetVolumeId()
+	csitest.WithMounted(t, e.hook, volID, func(dir string) { writeFiles(t, dir, "p", 8, 256<<10, 3) })
+	s, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{SourceVolumeId: volID, Name: "snap-plain", Parameters: snapshotParams(e.repoURL, "snap-plain")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := s.GetSnapshot().GetSnapshotId()
+	m := waitReplicated(t, e, id)
+	if m.Params["mode"] != "full" || m.Stats.BytesRead != size {
+		t.Fatalf("mode %q, read %d of %d: want a full read", m.Params["mode"], m.Stats.BytesRead, size)
+	}
+	r, err := repo.Open(ctx, e.stores(), []byte(password))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "restored.img")
+	if _, err := restore.Run(ctx, r, m, out, restore.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, snapshotBytes(t, e, id)) {
+		t.Fatal("restored bytes differ from the snapshot")
+	}
 }

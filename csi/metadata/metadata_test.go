@@ -2,8 +2,10 @@ package metadata_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -71,5 +73,55 @@ func TestAllocatedAndDelta(t *testing.T) {
 	}
 	if _, err := metadata.Allocated(ctx, conn, "no-such-snapshot"); err == nil {
 		t.Fatal("unknown snapshot: no error")
+	}
+}
+
+// TestResumeAndFallback breaks the first metadata stream after one message
+// (a volume whose allocated ranges take several), and checks the client
+// resumes to the same answer; and that a driver without the service says
+// ErrUnsupported.
+func TestResumeAndFallback(t *testing.T) {
+	ctx := context.Background()
+	drv := reflinkcsi.StartTest(t, reflinkcsi.Config{BreakMetadataStreams: 1})
+	conn := csitest.Dial(t, drv.Config().Endpoint)
+	ctrl := csi.NewControllerClient(conn)
+	const size = 320 << 20
+	v, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "frag", CapacityRange: &csi.CapacityRange{RequiredBytes: size}, VolumeCapabilities: []*csi.VolumeCapability{csitest.BlockCap}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol := v.GetVolume().GetVolumeId()
+	const blocks = 2500 // more ranges than the driver sends in one message (1024)
+	csitest.WithBlock(t, conn, vol, func(dev *os.File) {
+		b := []byte("x")
+		for i := range blocks {
+			if _, err := dev.WriteAt(b, int64(i)*128<<10); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	s, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{SourceVolumeId: vol, Name: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resumed, err := metadata.Allocated(ctx, conn, s.GetSnapshot().GetSnapshotId())
+	if err != nil {
+		t.Fatalf("broken stream not resumed: %v", err)
+	}
+	whole, err := metadata.Allocated(ctx, conn, s.GetSnapshot().GetSnapshotId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(whole.Ranges) != blocks || !reflect.DeepEqual(resumed, whole) {
+		t.Fatalf("resumed stream gave %d ranges, an unbroken one %d (want %d)", len(resumed.Ranges), len(whole.Ranges), blocks)
+	}
+
+	none := reflinkcsi.StartTest(t, reflinkcsi.Config{NoSnapshotMetadata: true})
+	nc := csitest.Dial(t, none.Config().Endpoint)
+	if ok, err := metadata.Supported(ctx, nc); ok || err != nil {
+		t.Fatalf("supported on a driver without the service: %v %v", ok, err)
+	}
+	if _, err := metadata.Allocated(ctx, nc, "any"); !errors.Is(err, metadata.ErrUnsupported) {
+		t.Fatalf("want ErrUnsupported, got %v", err)
 	}
 }

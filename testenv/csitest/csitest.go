@@ -22,6 +22,12 @@ var MountCap = &csi.VolumeCapability{
 	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
 }
 
+// BlockCap asks for a raw block volume on a single node.
+var BlockCap = &csi.VolumeCapability{
+	AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+}
+
 // Dial connects to a CSI endpoint (unix:///path) for the test's duration.
 func Dial(t testing.TB, endpoint string) *grpc.ClientConn {
 	t.Helper()
@@ -38,6 +44,28 @@ func Dial(t testing.TB, endpoint string) *grpc.ClientConn {
 // afterwards holds everything fn wrote.
 func WithMounted(t testing.TB, conn *grpc.ClientConn, volID string, fn func(dir string)) {
 	t.Helper()
+	attached(t, conn, volID, MountCap, fn)
+}
+
+// WithBlock publishes the volume as a raw block device and runs fn on it,
+// open for writing; then syncs, closes, unpublishes and unstages.
+func WithBlock(t testing.TB, conn *grpc.ClientConn, volID string, fn func(dev *os.File)) {
+	t.Helper()
+	attached(t, conn, volID, BlockCap, func(target string) {
+		f, err := os.OpenFile(target, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fn(f)
+		if err := f.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	})
+}
+
+func attached(t testing.TB, conn *grpc.ClientConn, volID string, vc *csi.VolumeCapability, fn func(target string)) {
+	t.Helper()
 	ctx := context.Background()
 	node := csi.NewNodeClient(conn)
 	base := t.TempDir()
@@ -45,10 +73,10 @@ func WithMounted(t testing.TB, conn *grpc.ClientConn, volID string, fn func(dir 
 	if err := os.MkdirAll(staging, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volID, StagingTargetPath: staging, VolumeCapability: MountCap}); err != nil {
+	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volID, StagingTargetPath: staging, VolumeCapability: vc}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: volID, StagingTargetPath: staging, TargetPath: target, VolumeCapability: MountCap}); err != nil {
+	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: volID, StagingTargetPath: staging, TargetPath: target, VolumeCapability: vc}); err != nil {
 		t.Fatal(err)
 	}
 	fn(target)

@@ -30,6 +30,17 @@ type Config struct {
 	ControllerPublish bool
 	// Logger receives a line per call; nil means slog.Default().
 	Logger *slog.Logger
+
+	// Fault switches, for tests of the driver's clients; off in normal use.
+	//
+	// NoSnapshotMetadata hides the SnapshotMetadata service: it is not
+	// advertised and its calls answer UNIMPLEMENTED, as a driver without
+	// changed-block tracking would.
+	NoSnapshotMetadata bool
+	// BreakMetadataStreams makes the first N SnapshotMetadata streams
+	// fail with UNAVAILABLE right after their first message, as a
+	// connection reset would.
+	BreakMetadataStreams int
 }
 
 // Validate checks the configuration and makes Dir absolute.

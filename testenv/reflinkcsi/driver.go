@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -35,6 +36,8 @@ type Driver struct {
 	// obviously correct, and no call holds it for long (the metadata
 	// streams release it before they send).
 	mu sync.Mutex
+
+	breaks atomic.Int64 // metadata streams still to break (Config.BreakMetadataStreams)
 }
 
 // New validates cfg, checks that cfg.Dir can hold reflinks and prepares
@@ -53,6 +56,7 @@ func New(cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("reflinkcsi: %w", err)
 	}
 	d := &Driver{cfg: cfg, log: cfg.Logger, store: store{dir: cfg.Dir}}
+	d.breaks.Store(int64(cfg.BreakMetadataStreams))
 	if d.log == nil {
 		d.log = slog.Default()
 	}

@@ -19,10 +19,11 @@ func (d *Driver) GetPluginCapabilities(context.Context, *csi.GetPluginCapabiliti
 			Service: &csi.PluginCapability_Service{Type: t},
 		}}
 	}
-	return &csi.GetPluginCapabilitiesResponse{Capabilities: []*csi.PluginCapability{
-		service(csi.PluginCapability_Service_CONTROLLER_SERVICE),
-		service(csi.PluginCapability_Service_SNAPSHOT_METADATA_SERVICE),
-	}}, nil
+	caps := []*csi.PluginCapability{service(csi.PluginCapability_Service_CONTROLLER_SERVICE)}
+	if !d.cfg.NoSnapshotMetadata {
+		caps = append(caps, service(csi.PluginCapability_Service_SNAPSHOT_METADATA_SERVICE))
+	}
+	return &csi.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
 }
 
 // Probe reports ready while the driver's directory is reachable.

@@ -5,6 +5,8 @@ import (
 	"os"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // defaultMaxResults is the number of ranges per response message when the
@@ -20,6 +22,9 @@ const defaultMaxResults = 1024
 
 // GetMetadataAllocated streams the snapshot file's data ranges.
 func (d *Driver) GetMetadataAllocated(req *csi.GetMetadataAllocatedRequest, stream csi.SnapshotMetadata_GetMetadataAllocatedServer) error {
+	if d.cfg.NoSnapshotMetadata {
+		return status.Error(codes.Unimplemented, "SnapshotMetadata is switched off (NoSnapshotMetadata)")
+	}
 	if req.GetSnapshotId() == "" {
 		return invalid("snapshot ID is required")
 	}
@@ -35,7 +40,7 @@ func (d *Driver) GetMetadataAllocated(req *csi.GetMetadataAllocatedRequest, stre
 	if err := checkOffset(from, sn.Size); err != nil {
 		return err
 	}
-	out := newRangeSender(req.GetMaxResults(), func(b []*csi.BlockMetadata) error {
+	out := d.newRangeSender(req.GetMaxResults(), func(b []*csi.BlockMetadata) error {
 		return stream.Send(&csi.GetMetadataAllocatedResponse{
 			BlockMetadataType:   csi.BlockMetadataType_VARIABLE_LENGTH,
 			VolumeCapacityBytes: sn.Size,
@@ -52,6 +57,9 @@ func (d *Driver) GetMetadataAllocated(req *csi.GetMetadataAllocatedRequest, stre
 // may differ from the base's: those whose disk blocks the two files do
 // not share.
 func (d *Driver) GetMetadataDelta(req *csi.GetMetadataDeltaRequest, stream csi.SnapshotMetadata_GetMetadataDeltaServer) error {
+	if d.cfg.NoSnapshotMetadata {
+		return status.Error(codes.Unimplemented, "SnapshotMetadata is switched off (NoSnapshotMetadata)")
+	}
 	if req.GetBaseSnapshotId() == "" {
 		return invalid("base snapshot ID is required")
 	}
@@ -82,7 +90,7 @@ func (d *Driver) GetMetadataDelta(req *csi.GetMetadataDeltaRequest, stream csi.S
 	if err := checkOffset(from, target.Size); err != nil {
 		return err
 	}
-	out := newRangeSender(req.GetMaxResults(), func(b []*csi.BlockMetadata) error {
+	out := d.newRangeSender(req.GetMaxResults(), func(b []*csi.BlockMetadata) error {
 		return stream.Send(&csi.GetMetadataDeltaResponse{
 			BlockMetadataType:   csi.BlockMetadataType_VARIABLE_LENGTH,
 			VolumeCapacityBytes: target.Size,
@@ -130,10 +138,21 @@ type rangeSender struct {
 	sent  bool
 }
 
-func newRangeSender(maxResults int32, send func([]*csi.BlockMetadata) error) *rangeSender {
+func (d *Driver) newRangeSender(maxResults int32, send func([]*csi.BlockMetadata) error) *rangeSender {
 	n := int(maxResults)
 	if n == 0 {
 		n = defaultMaxResults
+	}
+	if d.breaks.Add(-1) >= 0 {
+		// Config.BreakMetadataStreams: this stream dies after one message.
+		inner, sent := send, false
+		send = func(b []*csi.BlockMetadata) error {
+			if sent {
+				return status.Error(codes.Unavailable, "stream broken on purpose (BreakMetadataStreams)")
+			}
+			sent = true
+			return inner(b)
+		}
 	}
 	return &rangeSender{max: n, send: send}
 }
