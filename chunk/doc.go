@@ -23,6 +23,13 @@
 // Merging is canonical too: the chunk list is identical whether a zero run
 // was declared as a hole or found by reading zeros.
 //
+// Incremental chunking (Incremental). Given the previous snapshot's chunk
+// list and the ranges that changed, only the chunks around the changes are
+// re-chunked, from the old cut before a change to the first new cut that is
+// also an old cut after it; every other chunk is reused unread, and the
+// result is identical to a Splitter over the whole new volume. The caller
+// must list every byte that changed (the SnapshotMetadata delta does).
+//
 // Reads go to the source in aligned blocks of 1 MiB (minus declared holes,
 // which are never read), through a small cache, so each allocated byte is
 // read once; memory is about 2.5 MiB per Splitter plus the caller's buffer.

@@ -89,7 +89,7 @@ func fuzzIncremental(t *testing.T, data, spec, edits []byte) {
 				g.holes = append(g.holes, r)
 			}
 		}
-		run, _ := checkGeneration(t, g, fuzzParams, bsize)
+		run, _ := checkGeneration(t, g, nil, fuzzParams, bsize)
 		if len(edits) < 5 {
 			return
 		}
