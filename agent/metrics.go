@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/ferrydr/ferry/agent/queue"
 	"github.com/ferrydr/ferry/agent/replicate"
@@ -35,7 +36,7 @@ func newMetrics(q *queue.Queue) *metrics {
 			Buckets: prometheus.ExponentialBuckets(1, 2, 14),
 		}, []string{"mode"}),
 		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "ferry_replication_last_success_timestamp_seconds", Help: "When the newest snapshot of a volume was replicated (Unix time).",
+			Name: "ferry_replication_last_success_timestamp_seconds", Help: "Creation time of the newest replicated snapshot of a volume (Unix time): RPO is now minus this.",
 		}, []string{"volume", "namespace"}),
 	}
 	queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_replication_jobs_queued", Help: "Replication jobs in the queue, running ones included."},
@@ -53,5 +54,21 @@ func (m *metrics) observe(s hook.Snapshot, r *replicate.Result, d time.Duration)
 		m.bytes.WithLabelValues("stored").Add(float64(r.Summary.BytesStored))
 		m.duration.WithLabelValues(r.Mode).Observe(d.Seconds())
 	}
-	m.lastSuccess.WithLabelValues(s.SourceVolumeID, s.Replication.SnapshotNamespace).SetToCurrentTime()
+	// The snapshot's own time, so that RPO = now - this gauge.
+	at := s.CreatedAt
+	if at.IsZero() || at.Unix() <= 0 {
+		at = time.Now()
+	}
+	g := m.lastSuccess.WithLabelValues(s.SourceVolumeID, s.Replication.SnapshotNamespace)
+	if cur := gaugeValue(g); float64(at.Unix()) > cur {
+		g.Set(float64(at.Unix()))
+	}
+}
+
+func gaugeValue(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		return 0
+	}
+	return m.GetGauge().GetValue()
 }
