@@ -1,0 +1,243 @@
+package repo
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ferrydr/ferry/transport/erasure"
+	"github.com/ferrydr/ferry/transport/objstore"
+	"github.com/ferrydr/ferry/transport/pack"
+)
+
+// Repairs never overwrite a good object: a missing shard is created, a
+// corrupt one is deleted first and then created with the rebuilt bytes
+// (content-addressed names, so the new object is what the name promised).
+// Every step is idempotent and safe to interrupt; running it again finishes
+// the job.
+
+// RepairPack reads every shard of pack id, rebuilds the missing and corrupt
+// ones from the intact ones (at least k) and writes them back to their
+// targets. Shards on targets that cannot be reached are left for a later
+// run. It returns the shards it rewrote.
+func (r *Repo) RepairPack(ctx context.Context, id pack.ID) ([]ShardProblem, error) {
+	n := r.Config.Erasure.Shards()
+	objs := make([][]byte, n)
+	present := make([]bool, n)
+	unreachable := make([]error, n)
+	g, gctx := errgroup.WithContext(ctx)
+	for i := range n {
+		g.Go(func() error {
+			obj, err := r.TargetOf(i).Store.Get(gctx, ShardName(id, i))
+			switch {
+			case err == nil:
+				objs[i], present[i] = obj, true
+			case errors.Is(err, objstore.ErrNotFound), errors.Is(err, objstore.ErrNoBucket):
+			case gctx.Err() != nil:
+				return gctx.Err()
+			default:
+				unreachable[i] = err
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	rebuilt, rep, err := r.Coder.Rebuild(id, objs)
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w: %v", id.Short(), ErrPackLost, err)
+	}
+	var fixed []ShardProblem
+	var errs []string
+	for i := range n {
+		if rep.States[i] == erasure.OK {
+			continue
+		}
+		t := r.TargetOf(i)
+		if unreachable[i] != nil {
+			errs = append(errs, fmt.Sprintf("shard %d: target %d unreachable: %v", i, t.Index+1, unreachable[i]))
+			continue
+		}
+		name := ShardName(id, i)
+		reason := "missing"
+		if present[i] {
+			reason = rep.Reasons[i]
+			if err := t.Store.Delete(ctx, name); err != nil {
+				errs = append(errs, fmt.Sprintf("shard %d: delete the corrupt copy on target %d: %v", i, t.Index+1, err))
+				continue
+			}
+		}
+		if err := t.Store.Create(ctx, name, rebuilt[i]); err != nil && !errors.Is(err, objstore.ErrExists) {
+			errs = append(errs, fmt.Sprintf("shard %d: write to target %d: %v", i, t.Index+1, err))
+			continue
+		}
+		fixed = append(fixed, ShardProblem{Pack: id, Shard: i, Target: t.Index + 1, Reason: reason})
+	}
+	if len(errs) > 0 {
+		return fixed, fmt.Errorf("pack %s: %s", id.Short(), strings.Join(errs, "; "))
+	}
+	return fixed, nil
+}
+
+// RepairMetadata copies the replicated objects (keys, index objects,
+// manifests) to every reachable target that lacks them, and writes the
+// config of a target that has none (a bucket that came back empty). It
+// returns the names it wrote, as "target N: name".
+func (r *Repo) RepairMetadata(ctx context.Context) ([]string, error) {
+	var mu sync.Mutex
+	var wrote []string
+	have := make([]map[string]bool, len(r.Targets))
+	for _, t := range r.Targets {
+		have[t.Index] = map[string]bool{}
+		for _, prefix := range []string{"keys/", "index/", "snapshots/", "config"} {
+			err := t.Store.List(ctx, prefix, func(i objstore.Info) error {
+				have[t.Index][i.Name] = true
+				return nil
+			})
+			if errors.Is(err, objstore.ErrNoBucket) {
+				return nil, fmt.Errorf("target %d (%s): the bucket does not exist; create it (empty) and run repair again", t.Index+1, t.Store.Location())
+			}
+			if err != nil {
+				return nil, fmt.Errorf("target %d (%s): %w", t.Index+1, t.Store.Location(), err)
+			}
+		}
+	}
+	all := map[string]bool{}
+	for _, h := range have {
+		for name := range h {
+			if name != "config" {
+				all[name] = true
+			}
+		}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for _, t := range r.Targets {
+		if !have[t.Index]["config"] {
+			g.Go(func() error {
+				c := r.Config
+				c.Target = t.Index
+				b, err := json.Marshal(c)
+				if err != nil {
+					return err
+				}
+				if err := t.Store.Create(gctx, "config", r.key.Seal(nil, b, configAD)); err != nil && !errors.Is(err, objstore.ErrExists) {
+					return fmt.Errorf("target %d: write config: %w", t.Index+1, err)
+				}
+				mu.Lock()
+				wrote = append(wrote, fmt.Sprintf("target %d: config", t.Index+1))
+				mu.Unlock()
+				return nil
+			})
+		}
+		for name := range all {
+			if have[t.Index][name] {
+				continue
+			}
+			g.Go(func() error {
+				var obj []byte
+				// Copies are checked before they spread: keys by their
+				// name, the rest by their authentication tag and name.
+				if err := r.getAny(gctx, name, func(b []byte) error {
+					if err := r.checkReplicated(name, b); err != nil {
+						return err
+					}
+					obj = b
+					return nil
+				}); err != nil {
+					return err
+				}
+				if err := t.Store.Create(gctx, name, obj); err != nil && !errors.Is(err, objstore.ErrExists) {
+					return fmt.Errorf("target %d: write %s: %w", t.Index+1, name, err)
+				}
+				mu.Lock()
+				wrote = append(wrote, fmt.Sprintf("target %d: %s", t.Index+1, name))
+				mu.Unlock()
+				return nil
+			})
+		}
+	}
+	return wrote, g.Wait()
+}
+
+// checkReplicated verifies a copy of a replicated object before repair
+// spreads it: content-addressed names must match, sealed objects must open.
+func (r *Repo) checkReplicated(name string, b []byte) error {
+	dir, id, _ := strings.Cut(name, "/")
+	if pack.Sum(b).String() != id {
+		return fmt.Errorf("%s: content does not match its name", name)
+	}
+	switch dir {
+	case "index":
+		_, err := r.key.Open(nil, b, indexAD)
+		return err
+	case "snapshots":
+		_, err := r.key.Open(nil, b, manifestAD)
+		return err
+	}
+	return nil // keys: the name is the hash of the content
+}
+
+// RebuildIndex reads the header of every pack that has shards on the
+// targets but no index entry (its index object was lost, or a backup died
+// between its shards and its index), and writes one index object for them.
+// It returns the packs it indexed.
+func (r *Repo) RebuildIndex(ctx context.Context) ([]pack.ID, error) {
+	idx, err := r.LoadIndex(ctx)
+	if err != nil {
+		return nil, err
+	}
+	known := map[pack.ID]bool{}
+	for _, p := range idx.Packs() {
+		known[p.ID] = true
+	}
+	names, err := r.listAll(ctx, "data/")
+	if err != nil {
+		return nil, err
+	}
+	orphans := map[pack.ID]bool{}
+	for _, n := range names {
+		base := n[strings.LastIndex(n, "/")+1:]
+		hexID, _, ok := strings.Cut(base, ".")
+		if !ok {
+			continue
+		}
+		id, err := pack.ParseID(hexID)
+		if err != nil || known[id] {
+			continue
+		}
+		orphans[id] = true
+	}
+	batch := &IndexBatch{}
+	var done []pack.ID
+	var errs []string
+	for id := range orphans {
+		p, _, err := r.ReadPack(ctx, id)
+		if err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		entries, err := r.Codec.ParseHeader(p)
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("pack %s: %v", id.Short(), err))
+			continue
+		}
+		batch.Add(PackInfo{ID: id, Length: int64(len(p))}, entries)
+		done = append(done, id)
+	}
+	if len(done) > 0 {
+		if _, err := r.WriteIndex(ctx, batch); err != nil {
+			return nil, err
+		}
+	}
+	if len(errs) > 0 {
+		return done, fmt.Errorf("packs not indexed: %s", strings.Join(errs, "; "))
+	}
+	return done, nil
+}
