@@ -65,16 +65,11 @@ type place struct {
 // Run restores snapshot s from r into target.
 func Run(ctx context.Context, r *repo.Repo, s *repo.Snapshot, target string, opts Options) (*Summary, error) {
 	start := time.Now()
-	if opts.Workers <= 0 {
-		opts.Workers = 3
+	if opts.Progress == nil {
+		opts.Progress = &Progress{}
 	}
-	prog := opts.Progress
-	if prog == nil {
-		prog = &Progress{}
-	}
-	prog.Total.Store(s.Size)
-
-	plan, packOrder, err := planRestore(ctx, r, s)
+	opts.Progress.Total.Store(s.Size)
+	plan, err := NewPlan(ctx, r, s, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -83,34 +78,128 @@ func Run(ctx context.Context, r *repo.Repo, s *repo.Snapshot, target string, opt
 		return nil, err
 	}
 	defer out.abort()
+	w, err := plan.WriteTo(ctx, out.f, opts)
+	if err != nil {
+		return nil, err
+	}
+	var zero int64
+	for _, e := range s.Extents {
+		if e.Zero {
+			zero += e.Len
+			if err := out.zero(e.Off, e.Len); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := out.commit(); err != nil {
+		return nil, err
+	}
+	d := time.Since(start)
+	sum := &Summary{
+		SnapshotID: s.ID, Target: target, BytesVolume: s.Size, BytesWritten: w.BytesWritten,
+		BytesZero: zero, Packs: plan.Packs(), Digest: s.Digest, Repaired: w.Repaired,
+		Duration: d, DurationSeconds: d.Seconds(),
+	}
+	for _, p := range w.Repaired {
+		sum.RepairedShards = append(sum.RepairedShards, p.String())
+	}
+	return sum, nil
+}
 
+// Plan is a snapshot's chunks resolved to their packs, checked restorable.
+type Plan struct {
+	r     *repo.Repo
+	snap  *repo.Snapshot
+	packs map[pack.ID][]place
+	order []pack.ID // packs by first use, so writes run roughly in order
+	Data  int64     // bytes of data extents
+}
+
+// Packs is how many packs the restore reads.
+func (p *Plan) Packs() int { return len(p.order) }
+
+// NewPlan maps every data extent of s to its blob (idx, or the repository's
+// index loaded when nil) and checks, by listing the targets, that every
+// pack it needs still has at least k shards, before anything is written.
+func NewPlan(ctx context.Context, r *repo.Repo, s *repo.Snapshot, idx *repo.Index) (*Plan, error) {
+	if idx == nil {
+		var err error
+		if idx, err = r.LoadIndex(ctx); err != nil {
+			return nil, fmt.Errorf("load index: %w", err)
+		}
+	}
+	p := &Plan{r: r, snap: s, packs: map[pack.ID][]place{}}
+	var missing []string
+	for i, e := range s.Extents {
+		if e.Zero {
+			continue
+		}
+		p.Data += e.Len
+		info, entry, ok := idx.Lookup(e.ID)
+		if !ok {
+			if len(missing) < 5 {
+				missing = append(missing, fmt.Sprintf("chunk %s at offset %d", e.ID.Short(), e.Off))
+			}
+			continue
+		}
+		if _, seen := p.packs[info.ID]; !seen {
+			p.order = append(p.order, info.ID)
+		}
+		p.packs[info.ID] = append(p.packs[info.ID], place{extent: i, entry: entry})
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("%w: the index knows no pack for %s (run repair to rebuild the index)", ErrDataLost, strings.Join(missing, ", "))
+	}
+	if err := checkShards(ctx, r, p.order); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Written reports what WriteTo did.
+type Written struct {
+	BytesWritten int64
+	BytesFetched int64
+	Repaired     []repo.ShardProblem // shards done without (reconstructed from parity)
+}
+
+// WriteTo writes the snapshot's data extents into w, Workers packs at a
+// time: every chunk decrypted, its keyed hash checked, written at its
+// offset; then the whole-volume digest recomputed from what was written.
+// Zero extents are not written: the caller makes w read as zeros there.
+func (p *Plan) WriteTo(ctx context.Context, w io.WriterAt, opts Options) (*Written, error) {
+	if opts.Workers <= 0 {
+		opts.Workers = 3
+	}
+	prog := opts.Progress
+	if prog == nil {
+		prog = &Progress{}
+	}
+	s, r := p.snap, p.r
 	ids := make([]chunk.ID, len(s.Extents)) // recomputed from written bytes
-	var (
-		mu       sync.Mutex
-		repaired []repo.ShardProblem
-	)
+	var mu sync.Mutex
+	out := &Written{}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(opts.Workers)
-	for _, pid := range packOrder {
-		places := plan[pid]
+	for _, pid := range p.order {
+		places := p.packs[pid]
 		g.Go(func() error {
-			p, problems, err := r.ReadPack(gctx, pid)
+			pk, problems, err := r.ReadPack(gctx, pid)
 			if err != nil {
 				if errors.Is(err, repo.ErrPackLost) {
 					return fmt.Errorf("%w: %v", ErrDataLost, err)
 				}
 				return err
 			}
-			prog.Fetched.Add(int64(len(p)))
-			if len(problems) > 0 {
-				mu.Lock()
-				repaired = append(repaired, problems...)
-				mu.Unlock()
-			}
+			prog.Fetched.Add(int64(len(pk)))
+			mu.Lock()
+			out.BytesFetched += int64(len(pk))
+			out.Repaired = append(out.Repaired, problems...)
+			mu.Unlock()
 			var buf []byte
 			for _, pl := range places {
 				e := s.Extents[pl.extent]
-				buf, err = r.Codec.OpenBlob(buf[:0], p, pl.entry)
+				buf, err = r.Codec.OpenBlob(buf[:0], pk, pl.entry)
 				if err != nil {
 					return fmt.Errorf("%w: chunk at offset %d in pack %s: %v", ErrMismatch, e.Off, pid.Short(), err)
 				}
@@ -118,8 +207,8 @@ func Run(ctx context.Context, r *repo.Repo, s *repo.Snapshot, target string, opt
 				if got != e.ID || int64(len(buf)) != e.Len {
 					return fmt.Errorf("%w: chunk at offset %d: hash or length differs from the manifest", ErrMismatch, e.Off)
 				}
-				if _, err := out.f.WriteAt(buf, e.Off); err != nil {
-					return fmt.Errorf("write %s at offset %d: %w", target, e.Off, err)
+				if _, err := w.WriteAt(buf, e.Off); err != nil {
+					return fmt.Errorf("write at offset %d: %w", e.Off, err)
 				}
 				ids[pl.extent] = got
 				prog.Written.Add(e.Len)
@@ -130,16 +219,9 @@ func Run(ctx context.Context, r *repo.Repo, s *repo.Snapshot, target string, opt
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-
-	var zero int64
 	digest := repo.NewVolumeDigest()
 	for i, e := range s.Extents {
-		if e.Zero {
-			zero += e.Len
-			if err := out.zero(e.Off, e.Len); err != nil {
-				return nil, err
-			}
-		} else {
+		if !e.Zero {
 			e.ID = ids[i]
 		}
 		digest.Add(e)
@@ -147,54 +229,8 @@ func Run(ctx context.Context, r *repo.Repo, s *repo.Snapshot, target string, opt
 	if got := digest.Hex(); got != s.Digest {
 		return nil, fmt.Errorf("%w: volume digest %s, snapshot says %s", ErrMismatch, got[:16], s.Digest[:min(16, len(s.Digest))])
 	}
-	if err := out.commit(); err != nil {
-		return nil, err
-	}
-	d := time.Since(start)
-	sum := &Summary{
-		SnapshotID: s.ID, Target: target, BytesVolume: s.Size, BytesWritten: prog.Written.Load(),
-		BytesZero: zero, Packs: len(packOrder), Digest: s.Digest, Repaired: repaired,
-		Duration: d, DurationSeconds: d.Seconds(),
-	}
-	for _, p := range repaired {
-		sum.RepairedShards = append(sum.RepairedShards, p.String())
-	}
-	return sum, nil
-}
-
-// planRestore maps every data extent to its blob and checks that every pack
-// it needs still has enough shards, before anything is written.
-func planRestore(ctx context.Context, r *repo.Repo, s *repo.Snapshot) (map[pack.ID][]place, []pack.ID, error) {
-	idx, err := r.LoadIndex(ctx)
-	if err != nil {
-		return nil, nil, fmt.Errorf("load index: %w", err)
-	}
-	plan := map[pack.ID][]place{}
-	var order []pack.ID
-	var missing []string
-	for i, e := range s.Extents {
-		if e.Zero {
-			continue
-		}
-		p, entry, ok := idx.Lookup(e.ID)
-		if !ok {
-			if len(missing) < 5 {
-				missing = append(missing, fmt.Sprintf("chunk %s at offset %d", e.ID.Short(), e.Off))
-			}
-			continue
-		}
-		if _, seen := plan[p.ID]; !seen {
-			order = append(order, p.ID)
-		}
-		plan[p.ID] = append(plan[p.ID], place{extent: i, entry: entry})
-	}
-	if len(missing) > 0 {
-		return nil, nil, fmt.Errorf("%w: the index knows no pack for %s (run repair to rebuild the index)", ErrDataLost, strings.Join(missing, ", "))
-	}
-	if err := checkShards(ctx, r, order); err != nil {
-		return nil, nil, err
-	}
-	return plan, order, nil
+	out.BytesWritten = prog.Written.Load()
+	return out, nil
 }
 
 // checkShards lists the shards on every reachable target and fails, naming

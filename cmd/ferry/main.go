@@ -17,6 +17,7 @@ import (
 	"github.com/ferrydr/ferry/agent/restore"
 	"github.com/ferrydr/ferry/transport/crypt"
 	"github.com/ferrydr/ferry/transport/repo"
+	"github.com/ferrydr/ferry/verify"
 )
 
 // Exit codes.
@@ -25,6 +26,7 @@ const (
 	exitError    = 1 // anything that went wrong: bad repository, unreachable, wrong password ...
 	exitUsage    = 2 // bad command line
 	exitDataLost = 3 // the data cannot be restored or did not verify
+	exitDegraded = 4 // verify: damage that repair can fix, nothing lost
 )
 
 type usageError struct{ error }
@@ -49,6 +51,8 @@ func report(err error) int {
 		return exitUsage
 	case errors.Is(err, restore.ErrDataLost), errors.Is(err, restore.ErrMismatch):
 		return exitDataLost
+	case errors.Is(err, verify.ErrDegraded):
+		return exitDegraded
 	default:
 		return exitError
 	}
@@ -90,7 +94,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.repo, "repo", os.Getenv("FERRY_REPO"), "comma-separated targets: s3://host:port/bucket[/prefix], s3+http://..., file:///path (env FERRY_REPO)")
 	pf.StringVar(&g.passwordFile, "password-file", os.Getenv("FERRY_PASSWORD_FILE"), "file holding the repository password (else env FERRY_PASSWORD)")
 	pf.StringVar(&g.logLevel, "log-level", envOr("FERRY_LOG_LEVEL", "warn"), "log level: debug, info, warn, error")
-	root.AddCommand(initCmd(g), backupCmd(g), snapshotsCmd(g), restoreCmd(g))
+	root.AddCommand(initCmd(g), backupCmd(g), snapshotsCmd(g), restoreCmd(g), verifyCmd(g), repairCmd(g))
 	root.AddCommand(agentCmds()...)
 	return root
 }

@@ -1,0 +1,37 @@
+// Package verify proves that a repository's snapshots can be restored, and
+// says precisely what is wrong when they cannot.
+//
+// Three levels, each a superset of the cost of the one before:
+//
+//   - Structural (always): lists config, keys/, index/, snapshots/ and data/
+//     on every target, reads every index object and manifest once (from one
+//     target each), and checks manifest -> index -> pack -> shards: every
+//     chunk a manifest names is in the index, every pack the index names has
+//     all k+m shard objects on their targets with the size the pack length
+//     implies (64-byte header + ceil(packLen/k)), and every replicated object
+//     (config, keys, index objects, manifests) is on every target. Shards of
+//     packs no index knows are reported as unreferenced (garbage for prune),
+//     unless a manifest needs chunks the index lost: then their pack headers
+//     are read to tell a rebuildable index from lost data. Cost: one LIST
+//     per prefix and target (about one request per 1000 objects), plus the
+//     index and manifests; no shard data is downloaded.
+//   - Read data (ReadDataPercent N): downloads every shard of N% of the
+//     packs the index knows and checks each shard's header and CRC-32C, the
+//     decoded pack against its ID, the pack header, that the index agrees
+//     with it, and that every blob decrypts and hashes to its chunk ID. The
+//     packs are taken in pack-ID order from a cursor kept in a state file,
+//     so ceil(100/N) runs cover every pack and then start over. Cost: N% of
+//     the stored bytes ((k+m)/k times the packed data) per run. Memory:
+//     Workers × about (2 + m/k) pack sizes.
+//   - Drill: restores one snapshot into an io.WriterAt (Discard, or a scratch
+//     file or device), checks every chunk hash and the whole-volume digest,
+//     and measures the time it took: the RTO evidence. Cost: the snapshot's
+//     packs, k shards each (parity only where shards are bad).
+//
+// Every problem is classified: Notice (harmless, such as garbage shards),
+// Degraded (repairable: every pack still has at least k intact shards, lost
+// index objects can be rebuilt from pack headers, replicated objects survive
+// on some target) or DataLost (a pack with fewer than k intact shards, a
+// corrupt blob, a manifest no target can give). Data loss names the
+// snapshots it affects.
+package verify

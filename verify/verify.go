@@ -1,0 +1,614 @@
+package verify
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ferrydr/ferry/chunk"
+	"github.com/ferrydr/ferry/transport/erasure"
+	"github.com/ferrydr/ferry/transport/objstore"
+	"github.com/ferrydr/ferry/transport/pack"
+	"github.com/ferrydr/ferry/transport/repo"
+)
+
+// Options select what Run checks beyond the structure.
+type Options struct {
+	// ReadDataPercent, 1..100, downloads and fully checks that share of the
+	// packs, continuing from the cursor in StateFile; 0 reads no data.
+	ReadDataPercent int
+	// StateFile keeps the read-data cursor between runs (see DefaultStateFile).
+	StateFile string
+	// Workers is how many packs are read at once; default 4.
+	Workers int
+	// Progress, when set, counts the shard bytes the read-data level reads.
+	Progress *Progress
+}
+
+// Progress counts a running verification's downloads.
+type Progress struct {
+	Total atomic.Int64 // bytes planned
+	Done  atomic.Int64 // bytes read so far
+}
+
+// Run checks the repository at the structural level and, with
+// ReadDataPercent, reads a rotating share of the packs. Problems found go
+// into the report; an error means the check itself could not be done (no
+// target could be listed, the context ended, the state file failed).
+func Run(ctx context.Context, r *repo.Repo, opts Options) (*Report, error) {
+	if opts.ReadDataPercent < 0 || opts.ReadDataPercent > 100 {
+		return nil, fmt.Errorf("read-data percent %d: want 1..100", opts.ReadDataPercent)
+	}
+	if opts.ReadDataPercent > 0 && opts.StateFile == "" {
+		return nil, errors.New("read data: no state file for the rotation cursor")
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 4
+	}
+	c := newChecker(r)
+	if err := c.structural(ctx, opts.Workers); err != nil {
+		return nil, err
+	}
+	if opts.ReadDataPercent > 0 {
+		if err := c.readData(ctx, opts); err != nil {
+			return nil, err
+		}
+	}
+	c.attribute()
+	c.rep.Duration = time.Since(c.rep.Started).Seconds()
+	return c.rep, nil
+}
+
+// checker holds what one verification learned. Maps are keyed by pack and
+// hold small values: memory is about 200 bytes per pack plus the index
+// (about 100 bytes per chunk).
+type checker struct {
+	r       *repo.Repo
+	rep     *Report
+	k, n, T int
+
+	mu        sync.Mutex // guards rep, lost, reported and badChunks during parallel reads
+	reachable []bool
+	listings  []*listing
+	idx       *repo.Index
+	entries   map[pack.ID][]pack.Entry // from the index objects
+	packLen   map[pack.ID]int64        // packs that should have shards: indexed, or recovered for missing chunks
+	recovered map[chunk.ID]pack.ID     // chunks the index lacks, found in pack headers
+	snaps     []*repo.Snapshot
+	lost      map[pack.ID]string   // packs with fewer than k intact shards (or bad content), and why
+	badChunks map[chunk.ID]string  // chunks whose blob failed the deep check
+	reported  map[shardKey]bool    // shard problems already reported
+	shards    map[pack.ID][]int64  // listed size of shard i on its target, -1 if absent
+	stray     map[pack.ID]struct{} // packs with shards but in no index
+}
+
+type shardKey struct {
+	pack  pack.ID
+	shard int
+}
+
+// listing is what one target holds.
+type listing struct {
+	err       error
+	config    bool
+	keys      map[string]int64
+	index     map[string]int64
+	snapshots map[string]int64
+}
+
+func newChecker(r *repo.Repo) *checker {
+	s := r.Config.Erasure
+	return &checker{
+		r: r, k: s.K, n: s.Shards(), T: len(r.Targets),
+		rep:     &Report{RepoID: r.Config.ID, Scheme: s.String(), Started: time.Now().UTC(), Problems: []Problem{}},
+		entries: map[pack.ID][]pack.Entry{}, packLen: map[pack.ID]int64{}, recovered: map[chunk.ID]pack.ID{},
+		lost: map[pack.ID]string{}, badChunks: map[chunk.ID]string{}, reported: map[shardKey]bool{},
+		shards: map[pack.ID][]int64{}, stray: map[pack.ID]struct{}{},
+	}
+}
+
+func (c *checker) add(p Problem) {
+	c.mu.Lock()
+	c.rep.add(p)
+	c.mu.Unlock()
+}
+
+func (c *checker) structural(ctx context.Context, workers int) error {
+	if err := c.list(ctx); err != nil {
+		return err
+	}
+	c.checkReplicas()
+	if err := c.loadIndex(ctx, workers); err != nil {
+		return err
+	}
+	if err := c.loadSnapshots(ctx, workers); err != nil {
+		return err
+	}
+	if err := c.recoverUnindexed(ctx); err != nil {
+		return err
+	}
+	c.checkShards()
+	return nil
+}
+
+// list lists every target's objects, all targets at once.
+func (c *checker) list(ctx context.Context) error {
+	c.listings = make([]*listing, c.T)
+	c.reachable = make([]bool, c.T)
+	c.rep.Targets = make([]TargetStatus, c.T)
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	for _, t := range c.r.Targets {
+		g.Go(func() error {
+			l, shards, bytes := c.listTarget(gctx, t, &mu)
+			if gctx.Err() != nil {
+				return gctx.Err()
+			}
+			c.listings[t.Index] = l
+			ts := TargetStatus{Target: t.Index + 1, Location: t.Store.Location(), Reachable: l.err == nil, Shards: shards, Bytes: bytes}
+			if l.err != nil {
+				ts.Error = l.err.Error()
+				c.add(Problem{Severity: Degraded, Kind: KindTargetUnavailable, Target: t.Index + 1,
+					Detail: fmt.Sprintf("%s: %s; every object on it counts as missing", t.Store.Location(), describeTargetErr(l.err))})
+			}
+			c.rep.Targets[t.Index] = ts
+			c.reachable[t.Index] = l.err == nil
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if !slices.Contains(c.reachable, true) {
+		return fmt.Errorf("list targets: %w", repo.ErrUnavailable)
+	}
+	return nil
+}
+
+func describeTargetErr(err error) string {
+	switch {
+	case errors.Is(err, objstore.ErrNoBucket):
+		return "bucket missing (" + err.Error() + ")"
+	case errors.Is(err, objstore.ErrPermission):
+		return "access denied (" + err.Error() + ")"
+	}
+	return err.Error()
+}
+
+func (c *checker) listTarget(ctx context.Context, t *repo.Target, mu *sync.Mutex) (*listing, int, int64) {
+	l := &listing{keys: map[string]int64{}, index: map[string]int64{}, snapshots: map[string]int64{}}
+	put := func(m map[string]int64, prefix string) func(objstore.Info) error {
+		return func(i objstore.Info) error {
+			m[strings.TrimPrefix(i.Name, prefix)] = i.Size
+			return nil
+		}
+	}
+	steps := []struct {
+		prefix string
+		fn     func(objstore.Info) error
+	}{
+		{"config", func(i objstore.Info) error { l.config = l.config || i.Name == "config"; return nil }},
+		{"keys/", put(l.keys, "keys/")},
+		{"index/", put(l.index, "index/")},
+		{"snapshots/", put(l.snapshots, "snapshots/")},
+	}
+	for _, s := range steps {
+		if err := t.Store.List(ctx, s.prefix, s.fn); err != nil {
+			l.err = err
+			return l, 0, 0
+		}
+	}
+	var shards int
+	var bytes int64
+	err := t.Store.List(ctx, "data/", func(i objstore.Info) error {
+		id, shard, ok := parseShardName(i.Name)
+		if !ok || shard >= c.n || erasure.TargetFor(shard, c.T) != t.Index {
+			c.add(Problem{Severity: Notice, Kind: KindStrayObject, Target: t.Index + 1, Object: i.Name,
+				Detail: "not a shard of this repository's layout on this target"})
+			return nil
+		}
+		shards++
+		bytes += i.Size
+		mu.Lock()
+		sizes := c.shards[id]
+		if sizes == nil {
+			sizes = make([]int64, c.n)
+			for j := range sizes {
+				sizes[j] = -1
+			}
+			c.shards[id] = sizes
+		}
+		sizes[shard] = i.Size
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		l.err = err
+	}
+	return l, shards, bytes
+}
+
+// parseShardName splits "data/<pp>/<pack>.<i>".
+func parseShardName(name string) (pack.ID, int, bool) {
+	rest, ok := strings.CutPrefix(name, "data/")
+	if !ok || len(rest) < 3 || rest[2] != '/' {
+		return pack.ID{}, 0, false
+	}
+	hexID, idx, ok := strings.Cut(rest[3:], ".")
+	if !ok || !strings.HasPrefix(hexID, rest[:2]) {
+		return pack.ID{}, 0, false
+	}
+	id, err := pack.ParseID(hexID)
+	if err != nil {
+		return pack.ID{}, 0, false
+	}
+	i, err := strconv.Atoi(idx)
+	if err != nil || i < 0 || strconv.Itoa(i) != idx {
+		return pack.ID{}, 0, false
+	}
+	return id, i, true
+}
+
+// checkReplicas reports replicated objects that some reachable target lacks.
+func (c *checker) checkReplicas() {
+	for t, l := range c.listings {
+		if l.err != nil {
+			continue
+		}
+		if !l.config {
+			c.add(Problem{Severity: Degraded, Kind: KindObjectMissing, Target: t + 1, Object: "config", Detail: "missing"})
+		}
+		for _, kind := range []struct {
+			dir string
+			get func(*listing) map[string]int64
+		}{
+			{"keys/", func(l *listing) map[string]int64 { return l.keys }},
+			{"index/", func(l *listing) map[string]int64 { return l.index }},
+			{"snapshots/", func(l *listing) map[string]int64 { return l.snapshots }},
+		} {
+			for _, n := range c.names(kind.get) {
+				if _, ok := kind.get(l)[n]; !ok {
+					c.add(Problem{Severity: Degraded, Kind: KindObjectMissing, Target: t + 1, Object: kind.dir + n, Detail: "missing (other targets have it)"})
+				}
+			}
+		}
+	}
+}
+
+// fetchReplicated reads a replicated object from the reachable targets that
+// list it, until one copy opens. Copies that fail to open are reported; a
+// copy whose listed size differs from the good one is reported as corrupt
+// without reading it.
+func (c *checker) fetchReplicated(ctx context.Context, dir, id string, sizes func(*listing) map[string]int64, open func([]byte) error) (bool, error) {
+	var good = -1
+	var goodSize int
+	for t, l := range c.listings {
+		if l.err != nil {
+			continue
+		}
+		if _, ok := sizes(l)[id]; !ok {
+			continue
+		}
+		b, err := c.r.Targets[t].Store.Get(ctx, dir+id)
+		if err == nil {
+			if err = open(b); err == nil {
+				good, goodSize = t, len(b)
+				break
+			}
+		}
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		c.add(Problem{Severity: Degraded, Kind: KindObjectCorrupt, Target: t + 1, Object: dir + id, Detail: err.Error()})
+	}
+	if good < 0 {
+		return false, nil
+	}
+	for t, l := range c.listings {
+		if size, ok := sizes(l)[id]; ok && l.err == nil && t > good && size != int64(goodSize) {
+			c.add(Problem{Severity: Degraded, Kind: KindObjectCorrupt, Target: t + 1, Object: dir + id,
+				Detail: fmt.Sprintf("%d bytes, the good copy on target %d has %d", size, good+1, goodSize)})
+		}
+	}
+	return true, nil
+}
+
+func (c *checker) names(get func(*listing) map[string]int64) []string {
+	seen := map[string]bool{}
+	for _, l := range c.listings {
+		if l.err == nil {
+			for n := range get(l) {
+				seen[n] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for n := range seen {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (c *checker) loadIndex(ctx context.Context, workers int) error {
+	c.idx = repo.NewIndex()
+	names := c.names(func(l *listing) map[string]int64 { return l.index })
+	c.rep.IndexObjs = len(names)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
+	for _, id := range names {
+		g.Go(func() error {
+			var batch *repo.IndexBatch
+			ok, err := c.fetchReplicated(gctx, "index/", id, func(l *listing) map[string]int64 { return l.index }, func(b []byte) error {
+				var err error
+				batch, err = c.r.OpenIndexObject(id, b)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			if !ok {
+				c.add(Problem{Severity: Degraded, Kind: KindIndexUnreadable, Object: "index/" + id,
+					Detail: "no target has a good copy; rebuildable from pack headers"})
+				return nil
+			}
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			for i, p := range batch.Packs {
+				c.idx.AddPack(p, batch.Entries[i])
+				if _, dup := c.packLen[p.ID]; !dup {
+					c.packLen[p.ID] = p.Length
+					c.entries[p.ID] = batch.Entries[i]
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	c.rep.Packs = len(c.packLen)
+	return nil
+}
+
+func (c *checker) loadSnapshots(ctx context.Context, workers int) error {
+	names := c.names(func(l *listing) map[string]int64 { return l.snapshots })
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
+	for _, id := range names {
+		g.Go(func() error {
+			var s *repo.Snapshot
+			ok, err := c.fetchReplicated(gctx, "snapshots/", id, func(l *listing) map[string]int64 { return l.snapshots }, func(b []byte) error {
+				var err error
+				s, err = c.r.OpenSnapshot(id, b)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			if !ok {
+				c.add(Problem{Severity: DataLost, Kind: KindSnapshotLost, Object: "snapshots/" + id,
+					Detail: "no target has a good copy of the manifest"})
+				c.mu.Lock()
+				c.rep.Lost = append(c.rep.Lost, SnapshotRef{ID: id, Why: []string{"manifest unreadable on every target"}})
+				c.mu.Unlock()
+				return nil
+			}
+			c.mu.Lock()
+			c.snaps = append(c.snaps, s)
+			c.mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	slices.SortFunc(c.snaps, func(a, b *repo.Snapshot) int {
+		if d := a.Started.Compare(b.Started); d != 0 {
+			return d
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	c.rep.Snapshots = len(c.snaps) + len(c.rep.Lost)
+	return nil
+}
+
+// recoverUnindexed looks for the chunks that manifests name and the index
+// lacks in the headers of packs no index knows (an index object lost from
+// every target). Only then does the structural level read pack data.
+func (c *checker) recoverUnindexed(ctx context.Context) error {
+	missing := map[chunk.ID]bool{}
+	chunks := map[chunk.ID]bool{}
+	for _, s := range c.snaps {
+		for _, e := range s.Extents {
+			if e.Zero {
+				continue
+			}
+			chunks[e.ID] = true
+			if !c.idx.Has(e.ID) {
+				missing[e.ID] = true
+			}
+		}
+	}
+	c.rep.Chunks = len(chunks)
+	for id := range c.shards {
+		if _, ok := c.packLen[id]; !ok {
+			c.stray[id] = struct{}{}
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	for _, id := range slices.SortedFunc(func(yield func(pack.ID) bool) {
+		for id := range c.stray {
+			if !yield(id) {
+				return
+			}
+		}
+	}, func(a, b pack.ID) int { return slices.Compare(a[:], b[:]) }) {
+		p, _, err := c.r.ReadPack(ctx, id)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			continue // not readable: it stays garbage, and its chunks stay missing
+		}
+		entries, err := c.r.Codec.ParseHeader(p)
+		if err != nil {
+			continue
+		}
+		found := false
+		for _, e := range entries {
+			if missing[e.ID] {
+				c.recovered[e.ID] = id
+				found = true
+			}
+		}
+		if found {
+			delete(c.stray, id)
+			c.packLen[id] = int64(len(p))
+			c.add(Problem{Severity: Degraded, Kind: KindIndexRebuildable, Pack: id.String(),
+				Detail: "holds chunks the index lost; repair rebuilds the index from its header"})
+		}
+	}
+	return nil
+}
+
+// checkShards compares the listings with what every pack should have.
+func (c *checker) checkShards() {
+	for _, id := range slices.SortedFunc(func(yield func(pack.ID) bool) {
+		for id := range c.packLen {
+			if !yield(id) {
+				return
+			}
+		}
+	}, func(a, b pack.ID) int { return slices.Compare(a[:], b[:]) }) {
+		c.checkPackShards(id)
+	}
+	for id := range c.stray {
+		n := 0
+		for _, s := range c.shards[id] {
+			if s >= 0 {
+				n++
+			}
+		}
+		c.add(Problem{Severity: Notice, Kind: KindUnreferencedPack, Pack: id.String(),
+			Detail: fmt.Sprintf("%d shard(s) of a pack no index knows (an interrupted backup?); garbage for prune", n)})
+	}
+}
+
+func (c *checker) checkPackShards(id pack.ID) {
+	sizes := c.shards[id]
+	want := int64(erasure.HeaderSize) + (c.packLen[id]+int64(c.k)-1)/int64(c.k)
+	intact := 0
+	var bad []string
+	for i := 0; i < c.n; i++ {
+		t := erasure.TargetFor(i, c.T)
+		switch {
+		case !c.reachable[t]:
+			bad = append(bad, fmt.Sprintf("shard %d: target %d unreachable", i, t+1))
+		case sizes == nil || sizes[i] < 0:
+			bad = append(bad, fmt.Sprintf("shard %d: missing", i))
+			if sizes != nil {
+				c.reportShard(id, i, t, KindShardMissing, "missing")
+			}
+		case sizes[i] != want:
+			bad = append(bad, fmt.Sprintf("shard %d: %d bytes", i, sizes[i]))
+			c.reportShard(id, i, t, KindShardSize, fmt.Sprintf("%d bytes, want %d", sizes[i], want))
+		default:
+			intact++
+		}
+	}
+	switch {
+	case sizes == nil && !slices.Contains(c.reachable, false):
+		c.markLost(id, KindPackNoShards, fmt.Sprintf("the index names this pack but no target has a shard of it (%s)", strings.Join(bad, "; ")))
+	case intact < c.k:
+		c.markLost(id, KindPackLost, fmt.Sprintf("%d of %d shards intact, %d needed: %s", intact, c.n, c.k, strings.Join(bad, "; ")))
+	}
+}
+
+func (c *checker) reportShard(id pack.ID, shard, target int, kind, detail string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	key := shardKey{id, shard}
+	if c.reported[key] {
+		return
+	}
+	c.reported[key] = true
+	c.rep.add(Problem{Severity: Degraded, Kind: kind, Target: target + 1, Pack: id.String(), Shard: intp(shard),
+		Object: repo.ShardName(id, shard), Detail: detail})
+}
+
+func (c *checker) markLost(id pack.ID, kind, why string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, done := c.lost[id]; done {
+		return
+	}
+	c.lost[id] = why
+	c.rep.add(Problem{Severity: DataLost, Kind: kind, Pack: id.String(), Detail: why})
+}
+
+// attribute names the snapshots that lost data or need repair to restore.
+func (c *checker) attribute() {
+	for _, s := range c.snaps {
+		var lost, fix []string
+		for _, e := range s.Extents {
+			if e.Zero {
+				continue
+			}
+			if why, ok := c.badChunks[e.ID]; ok {
+				lost = append(lost, fmt.Sprintf("chunk %s at offset %d: %s", e.ID.Short(), e.Off, why))
+				continue
+			}
+			p, _, ok := c.idx.Lookup(e.ID)
+			pid := p.ID
+			if !ok {
+				if pid, ok = c.recovered[e.ID]; !ok {
+					lost = append(lost, fmt.Sprintf("chunk %s at offset %d is in no index and no pack header", e.ID.Short(), e.Off))
+					continue
+				}
+				fix = append(fix, fmt.Sprintf("chunk %s needs the index rebuilt", e.ID.Short()))
+			}
+			if _, bad := c.lost[pid]; bad {
+				lost = append(lost, "pack "+pid.Short()+" lost")
+			}
+		}
+		if len(lost) > 0 {
+			ref := refOf(s)
+			ref.Why = firstDistinct(lost, 5)
+			c.rep.Lost = append(c.rep.Lost, ref)
+			c.rep.add(Problem{Severity: DataLost, Kind: KindSnapshotUnrestorable, Object: "snapshots/" + s.ID,
+				Detail: fmt.Sprintf("snapshot %s cannot be restored: %s", ref, strings.Join(ref.Why, "; "))})
+		} else if len(fix) > 0 {
+			ref := refOf(s)
+			ref.Why = firstDistinct(fix, 5)
+			c.rep.NeedRebuild = append(c.rep.NeedRebuild, ref)
+			c.rep.add(Problem{Severity: Degraded, Kind: KindChunkUnindexed, Object: "snapshots/" + s.ID,
+				Detail: fmt.Sprintf("snapshot %s: %d chunk(s) missing from the index, found in pack headers", ref, len(fix))})
+		}
+	}
+}
+
+func firstDistinct(xs []string, n int) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, x := range xs {
+		if !seen[x] {
+			seen[x] = true
+			out = append(out, x)
+		}
+	}
+	if len(out) > n {
+		out = append(out[:n], fmt.Sprintf("and %d more", len(out)-n))
+	}
+	return out
+}
