@@ -36,11 +36,12 @@ type fixture struct {
 	servers  []*minio.Server
 	urls     []string
 	db, logs *backup.Summary
+	images   map[string]string // snapshot ID -> the image backed up
 }
 
 func setup(t *testing.T) *fixture {
 	t.Helper()
-	f := &fixture{}
+	f := &fixture{images: map[string]string{}}
 	for range 3 {
 		s := minio.Start(t)
 		s.CreateBucket(t, "ferry")
@@ -77,6 +78,7 @@ func setup(t *testing.T) *fixture {
 			t.Fatal(err)
 		}
 		*v.out = s
+		f.images[s.SnapshotID] = img
 	}
 	if f.db.Packs < 4 {
 		t.Fatalf("want several packs, got %d", f.db.Packs)

@@ -2,11 +2,9 @@ package main
 
 import (
 	"fmt"
-	"slices"
 
 	"github.com/spf13/cobra"
 
-	"github.com/ferrydr/ferry/transport/pack"
 	"github.com/ferrydr/ferry/verify"
 )
 
@@ -42,49 +40,19 @@ verifies again and exits like verify.`,
 				return err
 			}
 			out := cmd.OutOrStdout()
-			var packs []pack.ID
-			metadata, index := false, false
-			for _, p := range rep.Problems {
-				switch p.Kind {
-				case verify.KindObjectMissing, verify.KindObjectCorrupt:
-					metadata = true
-				case verify.KindIndexRebuildable, verify.KindUnreferencedPack, verify.KindChunkUnindexed:
-					index = true
-				case verify.KindShardMissing, verify.KindShardSize, verify.KindShardCorrupt:
-					id, err := pack.ParseID(p.Pack)
-					if err == nil && !slices.Contains(packs, id) {
-						packs = append(packs, id)
-					}
-				}
+			// Failures are listed; the verify run below decides the exit status.
+			done, _ := verify.Repair(ctx, r, rep)
+			for _, c := range done.Copied {
+				fmt.Fprintf(out, "copied %s\n", c)
 			}
-			if metadata {
-				wrote, err := r.RepairMetadata(ctx)
-				for _, w := range wrote {
-					fmt.Fprintf(out, "copied %s\n", w)
-				}
-				if err != nil {
-					return fmt.Errorf("repair metadata: %w", err)
-				}
+			if done.Indexed > 0 {
+				fmt.Fprintf(out, "rebuilt the index of %d pack(s) from their headers\n", done.Indexed)
 			}
-			if index {
-				done, err := r.RebuildIndex(ctx)
-				fmt.Fprintf(out, "rebuilt the index of %d pack(s) from their headers\n", len(done))
-				if err != nil {
-					return fmt.Errorf("rebuild index: %w", err)
-				}
+			for _, f := range done.Shards {
+				fmt.Fprintf(out, "rebuilt %s\n", f)
 			}
-			var failed []string
-			for _, id := range packs {
-				fixed, err := r.RepairPack(ctx, id)
-				for _, f := range fixed {
-					fmt.Fprintf(out, "rebuilt %s\n", f)
-				}
-				if err != nil {
-					failed = append(failed, err.Error())
-				}
-			}
-			if len(failed) > 0 {
-				fmt.Fprintf(out, "could not repair: %v\n", failed)
+			for _, f := range done.Failed {
+				fmt.Fprintf(out, "could not repair: %s\n", f)
 			}
 			// Corrupt shards are only found by reading: verify again at
 			// the structural level to show what is left.
