@@ -41,6 +41,13 @@ type Config struct {
 	Workers       int    // jobs run at once (different volumes); default 1
 	HookOnly      bool   // serve the hook and queue jobs, run none (controller-side sidecar)
 	MaxAttempts   int    // a job that failed this often is dropped; default 20
+
+	// Continuous verification of the repositories replicated into (see
+	// verifyloop.go). Zero values take the defaults.
+	VerifyInterval       time.Duration // between verify runs of a repository; default 1h; negative: no verification or drills
+	DrillInterval        time.Duration // between drills of each volume's newest snapshot; default 24h; negative: no drills
+	VerifyBytesPerSecond int64         // read rate of a verify run; default 8 MiB/s
+	VerifyMaxShare       float64       // share of the interval a run may spend reading, in (0, 1]; default 0.1
 }
 
 // Validate checks the configuration.
@@ -64,6 +71,21 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxAttempts <= 0 {
 		c.MaxAttempts = 20
+	}
+	if c.VerifyInterval == 0 {
+		c.VerifyInterval = time.Hour
+	}
+	if c.DrillInterval == 0 {
+		c.DrillInterval = 24 * time.Hour
+	}
+	if c.VerifyBytesPerSecond <= 0 {
+		c.VerifyBytesPerSecond = 8 << 20
+	}
+	if c.VerifyMaxShare == 0 {
+		c.VerifyMaxShare = 0.1
+	}
+	if c.VerifyMaxShare < 0 || c.VerifyMaxShare > 1 {
+		return fmt.Errorf("--verify-max-share %g: want a share of time in (0, 1]", c.VerifyMaxShare)
 	}
 	return nil
 }
@@ -116,6 +138,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Driver: conn, DriverName: info.GetName(), Host: host, Secrets: replicate.DirSecrets(cfg.SecretsDir), Log: log,
 		Expose: expose.Config{Driver: conn, NodeID: cfg.NodeID, Dir: filepath.Join(cfg.StateDir, "expose")},
 	}
+	var v *verifier
+	if !cfg.HookOnly && cfg.VerifyInterval > 0 {
+		if v, err = newVerifier(cfg, runner.Secrets, m, log); err != nil {
+			return err
+		}
+	}
 
 	path := socketPath(cfg.CSIListen)
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -147,8 +175,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return hs.Close()
 		})
 	}
+	if v != nil {
+		g.Go(func() error { return v.run(ctx) })
+	}
 	for range cfg.Workers * boolInt(!cfg.HookOnly) {
-		g.Go(func() error { return work(ctx, q, runner, m, cfg.MaxAttempts, log) })
+		g.Go(func() error { return work(ctx, q, runner, v, m, cfg.MaxAttempts, log) })
 	}
 	log.Info("agent serving", "csi_listen", cfg.CSIListen, "driver", info.GetName(), "node", cfg.NodeID, "queued", len(q.List()))
 	err = g.Wait()
@@ -182,7 +213,9 @@ func jobID(snapshotID string) string {
 	return id
 }
 
-func work(ctx context.Context, q *queue.Queue, r *replicate.Runner, m *metrics, maxAttempts int, log *slog.Logger) error {
+// work runs jobs from q; the repositories they replicate into are handed
+// to v (when not nil) to be verified.
+func work(ctx context.Context, q *queue.Queue, r *replicate.Runner, v *verifier, m *metrics, maxAttempts int, log *slog.Logger) error {
 	for {
 		j, err := q.Next(ctx)
 		if err != nil {
@@ -203,6 +236,9 @@ func work(ctx context.Context, q *queue.Queue, r *replicate.Runner, m *metrics, 
 			m.observe(s, res, time.Since(start))
 			if err := q.Done(j); err != nil {
 				log.Error("finish job", "job", j.ID, "error", err)
+			}
+			if v != nil {
+				v.remember(ctx, repoRef{s.Replication.Repository, s.Replication.SecretNamespace, s.Replication.SecretName})
 			}
 		case ctx.Err() != nil:
 			return nil // the next agent runs it again

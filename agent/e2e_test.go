@@ -48,8 +48,9 @@ type env struct {
 }
 
 // start brings up three MinIO servers with a 2+1 repository, the test CSI
-// driver, and the agent with its hook in front of the driver.
-func start(t *testing.T, drvCfg reflinkcsi.Config) *env {
+// driver, and the agent with its hook in front of the driver; tune, when
+// given, adjusts the agent's configuration first.
+func start(t *testing.T, drvCfg reflinkcsi.Config, tune ...func(*agent.Config)) *env {
 	t.Helper()
 	e := startRepo(t)
 	drv := reflinkcsi.StartTest(t, drvCfg)
@@ -68,6 +69,9 @@ func start(t *testing.T, drvCfg reflinkcsi.Config) *env {
 	cfg := agent.Config{
 		CSIListen: "unix://" + filepath.Join(sockDir, "csi.sock"), CSIDriver: drv.Config().Endpoint,
 		StateDir: e.state, SecretsDir: e.secrets, MetricsListen: e.metrics,
+	}
+	for _, f := range tune {
+		f(&cfg)
 	}
 	actx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -19,6 +19,18 @@ type metrics struct {
 	bytes       *prometheus.CounterVec
 	duration    *prometheus.HistogramVec
 	lastSuccess *prometheus.GaugeVec
+
+	// Continuous verification (verifyloop.go).
+	restorable          *prometheus.GaugeVec
+	drillDuration       *prometheus.GaugeVec
+	drillBytesPerSecond *prometheus.GaugeVec
+	drillRuns           *prometheus.CounterVec
+	shardsMissing       *prometheus.GaugeVec
+	shardsCorrupt       *prometheus.GaugeVec
+	packsAtRisk         *prometheus.GaugeVec
+	repairShards        prometheus.Counter
+	verifyBytes         prometheus.Counter
+	verifyRuns          *prometheus.CounterVec
 }
 
 func newMetrics(q *queue.Queue) *metrics {
@@ -38,10 +50,44 @@ func newMetrics(q *queue.Queue) *metrics {
 		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ferry_replication_last_success_timestamp_seconds", Help: "Creation time of the newest replicated snapshot of a volume (Unix time): RPO is now minus this.",
 		}, []string{"volume", "namespace"}),
+
+		restorable: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ferry_restorable_snapshot_timestamp_seconds",
+			Help: "Creation time of the newest snapshot of a volume proven restorable by a drill or the last verification (Unix time; 0: none): RPO is now minus this.",
+		}, []string{"volume", "namespace"}),
+		drillDuration: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ferry_drill_duration_seconds", Help: "Time the last successful drill of a volume's newest snapshot took: RTO evidence.",
+		}, []string{"volume"}),
+		drillBytesPerSecond: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ferry_drill_bytes_per_second", Help: "Volume bytes per second of the last successful drill of a volume.",
+		}, []string{"volume"}),
+		drillRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_drill_runs_total", Help: "Drills of one snapshot, by result (ok, data_lost, error).",
+		}, []string{"result"}),
+		shardsMissing: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ferry_verify_shards_missing", Help: "Shards the last verification of a repository found missing. Label: the repository ID.",
+		}, []string{"repository"}),
+		shardsCorrupt: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ferry_verify_shards_corrupt", Help: "Shards the last verification of a repository found corrupt or of the wrong size. Label: the repository ID.",
+		}, []string{"repository"}),
+		packsAtRisk: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ferry_verify_packs_at_risk", Help: "Packs the last verification of a repository found with fewer than k+m healthy shards. Label: the repository ID.",
+		}, []string{"repository"}),
+		repairShards: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ferry_repair_shards_total", Help: "Shards the agent rewrote by repair (the agent does not repair yet: see ferry repair).",
+		}),
+		verifyBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ferry_verify_bytes_read_total", Help: "Shard bytes verification downloaded to check data.",
+		}),
+		verifyRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_verify_runs_total", Help: "Verification runs, by result (ok, degraded, data_lost, error).",
+		}, []string{"result"}),
 	}
 	queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_replication_jobs_queued", Help: "Replication jobs in the queue, running ones included."},
 		func() float64 { return float64(len(q.List())) })
 	m.reg.MustRegister(m.jobs, m.running, m.bytes, m.duration, m.lastSuccess, queued,
+		m.restorable, m.drillDuration, m.drillBytesPerSecond, m.drillRuns, m.shardsMissing, m.shardsCorrupt, m.packsAtRisk,
+		m.repairShards, m.verifyBytes, m.verifyRuns,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

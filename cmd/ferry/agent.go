@@ -3,6 +3,7 @@ package main
 import (
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -34,6 +35,10 @@ func agentCmds() []*cobra.Command {
 			f.StringVar(&cfg.NodeID, "node-id", "", "this node's ID as the driver knows it (default: ask the driver)")
 			f.IntVar(&cfg.Workers, "workers", 1, "replication jobs run at once (one per volume at most)")
 			f.IntVar(&cfg.MaxAttempts, "max-attempts", 20, "failed attempts after which a job is given up")
+			f.DurationVar(&cfg.VerifyInterval, "verify-interval", time.Hour, "verify each repository replicated into this often, ±10% (negative: never, and no drills)")
+			f.DurationVar(&cfg.DrillInterval, "drill-interval", 24*time.Hour, "restore each volume's newest snapshot into nothing this often, ±10%, to prove it and time it (negative: never)")
+			f.Int64Var(&cfg.VerifyBytesPerSecond, "verify-bytes-per-second", 8<<20, "read rate of verification, per repository")
+			f.Float64Var(&cfg.VerifyMaxShare, "verify-max-share", 0.1, "share of each verify interval spent reading at that rate: bounds the data read per run")
 		}
 		return cmd
 	}

@@ -1,0 +1,513 @@
+package agent
+
+// Continuous verification: every repository the agent has replicated into
+// is verified (structure, plus a rotating share of the packs' data) every
+// VerifyInterval, and the newest snapshot of each of its volumes is drilled
+// into verify.Discard every DrillInterval. Both are jittered by ±10% so
+// agents started together spread their load.
+//
+// Budget: a verify run reads at most VerifyBytesPerSecond × VerifyInterval ×
+// VerifyMaxShare bytes of shard data (the read-data percent is derived from
+// the repository's size, estimated from the index's pack lengths), and its
+// reads are paced at VerifyBytesPerSecond, so a run takes at most about
+// VerifyMaxShare of the interval. Both hold per repository. A run reads at
+// least 1% of the packs, so a repository larger than 100 times that budget
+// is verified at the paced rate for longer than the share. Drills are not
+// paced: they measure how fast a restore is (the RTO evidence), and read
+// the snapshot's packs once per DrillInterval.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ferrydr/ferry/agent/replicate"
+	"github.com/ferrydr/ferry/agent/restore"
+	"github.com/ferrydr/ferry/transport/objstore"
+	"github.com/ferrydr/ferry/transport/repo"
+	"github.com/ferrydr/ferry/verify"
+)
+
+// repoRef names a repository the agent replicated into, and the Secret
+// that opens it.
+type repoRef struct {
+	Repository      string `json:"repository"`
+	SecretNamespace string `json:"secret_namespace"`
+	SecretName      string `json:"secret_name"`
+}
+
+// key is a file-name-safe name for the repository's state files.
+func (r repoRef) key() string {
+	h := sha256.Sum256([]byte(r.Repository + "\x00" + r.SecretNamespace + "\x00" + r.SecretName))
+	return hex.EncodeToString(h[:8])
+}
+
+// verifier remembers the repositories (DIR/repos.json) and runs one loop
+// for each.
+type verifier struct {
+	cfg     Config
+	secrets replicate.Secrets
+	m       *metrics
+	log     *slog.Logger
+
+	mu    sync.Mutex
+	repos []repoRef
+	added chan repoRef
+}
+
+func newVerifier(cfg Config, secrets replicate.Secrets, m *metrics, log *slog.Logger) (*verifier, error) {
+	v := &verifier{cfg: cfg, secrets: secrets, m: m, log: log.With("component", "verify"), added: make(chan repoRef)}
+	b, err := os.ReadFile(v.reposFile())
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return nil, err
+	default:
+		if err := json.Unmarshal(b, &v.repos); err != nil {
+			return nil, fmt.Errorf("%s: %w", v.reposFile(), err)
+		}
+	}
+	return v, nil
+}
+
+func (v *verifier) reposFile() string { return filepath.Join(v.cfg.StateDir, "repos.json") }
+
+// remember adds a repository a job replicated into; known ones are a no-op.
+// It blocks until the loop takes it, or ctx ends.
+func (v *verifier) remember(ctx context.Context, ref repoRef) {
+	v.mu.Lock()
+	if slices.Contains(v.repos, ref) {
+		v.mu.Unlock()
+		return
+	}
+	v.repos = append(v.repos, ref)
+	b, err := json.MarshalIndent(v.repos, "", "  ")
+	if err == nil {
+		err = writeFileSync(v.reposFile(), b)
+	}
+	v.mu.Unlock()
+	if err != nil {
+		// Verified until the agent restarts, and remembered by the next job.
+		v.log.Error("remember repository", "repository", ref.Repository, "error", err)
+	}
+	select {
+	case v.added <- ref:
+	case <-ctx.Done():
+	}
+}
+
+// run starts a loop for every known repository and for each one added,
+// until ctx ends.
+func (v *verifier) run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	v.mu.Lock()
+	known := slices.Clone(v.repos)
+	v.mu.Unlock()
+	for _, ref := range known {
+		wg.Go(func() { v.loop(ctx, ref) })
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ref := <-v.added:
+			wg.Go(func() { v.loop(ctx, ref) })
+		}
+	}
+}
+
+// jitter returns d ± 10%.
+func jitter(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.9 + 0.2*rand.Float64()))
+}
+
+// repoLoop is one repository's loop and what it learned. Only its own
+// goroutine touches it.
+type repoLoop struct {
+	v   *verifier
+	ref repoRef
+	log *slog.Logger
+
+	snaps       []*repo.Snapshot // as last listed
+	verified    bool             // a verify run has completed
+	lost        map[string]bool  // snapshots the last verify run found unrestorable or needing repair
+	drillOK     map[string]bool
+	drillFailed map[string]bool
+}
+
+func (v *verifier) loop(ctx context.Context, ref repoRef) {
+	l := &repoLoop{v: v, ref: ref, log: v.log.With("repository", ref.Repository),
+		lost: map[string]bool{}, drillOK: map[string]bool{}, drillFailed: map[string]bool{}}
+	// The first runs come at a random point of the first interval, so a
+	// restarted agent does not verify everything at once.
+	now := time.Now()
+	nextVerify := now.Add(time.Duration(rand.Int64N(int64(v.cfg.VerifyInterval))))
+	nextDrill := now.Add(time.Duration(rand.Int64N(int64(max(v.cfg.DrillInterval, 1)))))
+	if v.cfg.DrillInterval < 0 {
+		nextDrill = time.Time{}
+	}
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		next := nextVerify
+		if !nextDrill.IsZero() && nextDrill.Before(next) {
+			next = nextDrill
+		}
+		t.Reset(time.Until(next))
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if now := time.Now(); !now.Before(nextVerify) {
+			l.verify(ctx)
+			nextVerify = time.Now().Add(jitter(v.cfg.VerifyInterval))
+		}
+		if now := time.Now(); !nextDrill.IsZero() && !now.Before(nextDrill) {
+			l.drill(ctx)
+			nextDrill = time.Now().Add(jitter(v.cfg.DrillInterval))
+		}
+	}
+}
+
+// open opens the repository, reading the Secret afresh (it may have been
+// rotated). With lim, every object read is paced by it.
+func (l *repoLoop) open(ctx context.Context, lim *limiter) (*repo.Repo, error) {
+	sec, err := l.v.secrets.Secret(ctx, l.ref.SecretNamespace, l.ref.SecretName)
+	if err != nil {
+		return nil, err
+	}
+	locs, err := objstore.ParseRepo(l.ref.Repository)
+	if err != nil {
+		return nil, err
+	}
+	stores := objstore.OpenAll(ctx, locs, sec.Env)
+	if lim != nil {
+		for i, s := range stores {
+			stores[i] = pacedStore{s, lim}
+		}
+	}
+	r, err := repo.Open(ctx, stores, sec.Password)
+	if err != nil {
+		return nil, fmt.Errorf("open repository: %w", err)
+	}
+	return r, nil
+}
+
+// readPercent is the share of the packs one run may read: budget bytes per
+// run over the stored shard bytes, at least 1 when there is any data.
+func readPercent(budget float64, stored int64) int {
+	if stored <= 0 {
+		return 0
+	}
+	return int(min(max(budget*100/float64(stored), 1), 100))
+}
+
+func (l *repoLoop) verify(ctx context.Context) {
+	cfg := l.v.cfg
+	m := l.v.m
+	start := time.Now()
+	fail := func(what string, err error) {
+		if ctx.Err() != nil {
+			return
+		}
+		m.verifyRuns.WithLabelValues("error").Inc()
+		l.log.Error("verification could not run", "step", what, "error", err, "seconds", time.Since(start).Seconds())
+	}
+	r, err := l.open(ctx, newLimiter(float64(cfg.VerifyBytesPerSecond)))
+	if err != nil {
+		fail("open", err)
+		return
+	}
+	idx, err := r.LoadIndex(ctx)
+	if err != nil {
+		fail("load index", err)
+		return
+	}
+	var packed int64
+	for _, p := range idx.Packs() {
+		packed += p.Length
+	}
+	s := r.Config.Erasure
+	stored := packed * int64(s.K+s.M) / int64(max(s.K, 1))
+	budget := float64(cfg.VerifyBytesPerSecond) * cfg.VerifyInterval.Seconds() * cfg.VerifyMaxShare
+	pct := readPercent(budget, stored)
+	stateDir := filepath.Join(cfg.StateDir, "verify")
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		fail("state dir", err)
+		return
+	}
+	rep, err := verify.Run(ctx, r, verify.Options{ReadDataPercent: pct, StateFile: filepath.Join(stateDir, l.ref.key()+".json")})
+	if err != nil {
+		fail("verify", err)
+		return
+	}
+	// The listing names the snapshots whose restorability the report speaks for.
+	snaps, err := r.Snapshots(ctx)
+	if err != nil {
+		l.log.Warn("list snapshots after verification", "error", err)
+	} else {
+		l.snaps = snaps
+	}
+
+	missing, corrupt, atRisk := tally(rep)
+	m.shardsMissing.WithLabelValues(rep.RepoID).Set(float64(missing))
+	m.shardsCorrupt.WithLabelValues(rep.RepoID).Set(float64(corrupt))
+	m.packsAtRisk.WithLabelValues(rep.RepoID).Set(float64(atRisk))
+	var read int64
+	if rep.Read != nil {
+		read = rep.Read.Bytes
+	}
+	m.verifyBytes.Add(float64(read))
+	result := resultLabel(rep.Status)
+	m.verifyRuns.WithLabelValues(result).Inc()
+
+	l.verified = true
+	l.lost = map[string]bool{}
+	for _, refs := range [][]verify.SnapshotRef{rep.Lost, rep.NeedRebuild} {
+		for _, s := range refs {
+			l.lost[s.ID] = true
+			delete(l.drillOK, s.ID)
+		}
+	}
+	l.publish()
+
+	attrs := []any{"status", result, "snapshots", rep.Snapshots, "packs", rep.Packs, "read_percent", pct,
+		"bytes_read", read, "shards_missing", missing, "shards_corrupt", corrupt, "packs_at_risk", atRisk,
+		"problems", len(rep.Problems), "lost_snapshots", len(rep.Lost), "seconds", time.Since(start).Seconds()}
+	if err := rep.Err(); err != nil {
+		l.log.Warn("verified: repository damaged", append(attrs, "error", err)...)
+		return
+	}
+	l.log.Info("verified", attrs...)
+}
+
+// tally counts the report's damaged shards and the packs with fewer than
+// k+m healthy shards (all of them when a target could not be listed).
+func tally(rep *verify.Report) (missing, corrupt, atRisk int) {
+	risk := map[string]bool{}
+	for _, p := range rep.Problems {
+		switch p.Kind {
+		case verify.KindShardMissing:
+			missing++
+		case verify.KindShardSize, verify.KindShardCorrupt:
+			corrupt++
+		case verify.KindPackLost, verify.KindPackNoShards, verify.KindPackCorrupt:
+		default:
+			continue
+		}
+		risk[p.Pack] = true
+	}
+	for _, t := range rep.Targets {
+		if !t.Reachable {
+			return missing, corrupt, rep.Packs
+		}
+	}
+	return missing, corrupt, len(risk)
+}
+
+func resultLabel(s verify.Severity) string {
+	switch s {
+	case verify.Degraded:
+		return "degraded"
+	case verify.DataLost:
+		return "data_lost"
+	}
+	return "ok"
+}
+
+// volumeKey groups a repository's snapshots by volume.
+func volumeKey(s *repo.Snapshot) string {
+	if s.Volume.CSIVolumeID != "" {
+		return s.Volume.CSIVolumeID
+	}
+	return s.Name
+}
+
+// newestByVolume returns the newest snapshot of each volume.
+func newestByVolume(snaps []*repo.Snapshot) map[string]*repo.Snapshot {
+	out := map[string]*repo.Snapshot{}
+	for _, s := range snaps {
+		if cur, ok := out[volumeKey(s)]; !ok || s.Started.After(cur.Started) {
+			out[volumeKey(s)] = s
+		}
+	}
+	return out
+}
+
+// publish sets each volume's restorable timestamp to the creation time of
+// its newest proven snapshot: drilled successfully, or found healthy by the
+// last verify run and not failed by a drill. A volume with none gets 0, so
+// that an RPO alert fires rather than the series vanishing.
+func (l *repoLoop) publish() {
+	type best struct {
+		at        time.Time
+		namespace string
+	}
+	vols := map[string]best{}
+	for _, s := range l.snaps {
+		k := volumeKey(s)
+		b, seen := vols[k]
+		if !seen {
+			b.namespace = s.Volume.Namespace
+		}
+		proven := l.drillOK[s.ID] || (l.verified && !l.lost[s.ID] && !l.drillFailed[s.ID])
+		if proven && s.Started.After(b.at) {
+			b = best{s.Started, s.Volume.Namespace}
+		}
+		vols[k] = b
+	}
+	for k, b := range vols {
+		v := 0.0
+		if !b.at.IsZero() {
+			v = float64(b.at.Unix())
+		}
+		l.v.m.restorable.WithLabelValues(k, b.namespace).Set(v)
+	}
+}
+
+func (l *repoLoop) drill(ctx context.Context) {
+	m := l.v.m
+	r, err := l.open(ctx, nil)
+	var idx *repo.Index
+	var snaps []*repo.Snapshot
+	if err == nil {
+		snaps, err = r.Snapshots(ctx)
+	}
+	if err == nil {
+		idx, err = r.LoadIndex(ctx)
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			m.drillRuns.WithLabelValues("error").Inc()
+			l.log.Error("drill could not run", "error", err)
+		}
+		return
+	}
+	l.snaps = snaps
+	newest := newestByVolume(snaps)
+	for _, k := range slices.Sorted(func(yield func(string) bool) {
+		for k := range newest {
+			if !yield(k) {
+				return
+			}
+		}
+	}) {
+		s := newest[k]
+		log := l.log.With("volume", k, "snapshot", s.ID[:min(12, len(s.ID))], "started", s.Started)
+		res, err := verify.Drill(ctx, r, s, verify.Discard, verify.DrillOptions{Index: idx})
+		switch {
+		case err == nil:
+			l.drillOK[s.ID] = true
+			delete(l.drillFailed, s.ID)
+			delete(l.lost, s.ID)
+			m.drillDuration.WithLabelValues(k).Set(res.DurationSeconds)
+			m.drillBytesPerSecond.WithLabelValues(k).Set(res.BytesPerSecond)
+			m.drillRuns.WithLabelValues("ok").Inc()
+			log.Info("drill restored the snapshot", "seconds", res.DurationSeconds, "bytes_volume", res.BytesVolume,
+				"bytes_fetched", res.BytesFetched, "bytes_per_second", res.BytesPerSecond, "shards_reconstructed", res.Reconstructed)
+		case errors.Is(err, restore.ErrDataLost), errors.Is(err, restore.ErrMismatch):
+			l.drillFailed[s.ID] = true
+			delete(l.drillOK, s.ID)
+			m.drillRuns.WithLabelValues("data_lost").Inc()
+			log.Error("drill: snapshot cannot be restored", "error", err)
+		case ctx.Err() != nil:
+			return
+		default:
+			m.drillRuns.WithLabelValues("error").Inc()
+			log.Error("drill could not run", "error", err)
+		}
+	}
+	l.publish()
+}
+
+// limiter paces reads to a rate in bytes per second: each read is paid for
+// after it arrives, by waiting until the bytes read so far fit the rate.
+type limiter struct {
+	rate float64
+	mu   sync.Mutex
+	next time.Time
+}
+
+func newLimiter(rate float64) *limiter { return &limiter{rate: rate} }
+
+func (l *limiter) pay(ctx context.Context, n int) error {
+	l.mu.Lock()
+	now := time.Now()
+	if l.next.Before(now) {
+		l.next = now
+	}
+	l.next = l.next.Add(time.Duration(float64(n) / l.rate * float64(time.Second)))
+	until := l.next
+	l.mu.Unlock()
+	t := time.NewTimer(time.Until(until))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// pacedStore is a Store whose reads are paced by a limiter.
+type pacedStore struct {
+	objstore.Store
+	lim *limiter
+}
+
+func (s pacedStore) Get(ctx context.Context, name string) ([]byte, error) {
+	b, err := s.Store.Get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return b, s.lim.pay(ctx, len(b))
+}
+
+func (s pacedStore) GetRange(ctx context.Context, name string, off, length int64) ([]byte, error) {
+	b, err := s.Store.GetRange(ctx, name, off, length)
+	if err != nil {
+		return nil, err
+	}
+	return b, s.lim.pay(ctx, len(b))
+}
+
+// writeFileSync replaces path with b durably: tmp, fsync, rename, fsync(dir).
+func writeFileSync(path string, b []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
