@@ -104,24 +104,13 @@ func waitProbe(t *testing.T, c *grpc.ClientConn) {
 func startRepo(t *testing.T) *env {
 	t.Helper()
 	ctx := context.Background()
-	var urls []string
-	var servers []*minio.Server
-	for range 3 {
-		s := minio.Start(t)
-		s.CreateBucket(t, "ferry")
-		servers = append(servers, s)
-		urls = append(urls, s.URL("ferry", "dr"))
+	c := minio.StartCluster(t, 3, "ferry", "dr")
+	e := &env{repoURL: c.Repo()}
+	e.stores = func() []objstore.Store { return c.Stores(t) }
+	e.creds = map[string]string{}
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} {
+		e.creds[k] = c.Env(k)
 	}
-	e := &env{repoURL: strings.Join(urls, ",")}
-	creds := map[string]string{"AWS_ACCESS_KEY_ID": servers[0].AccessKey, "AWS_SECRET_ACCESS_KEY": servers[0].SecretKey}
-	e.stores = func() []objstore.Store {
-		locs, err := objstore.ParseRepo(e.repoURL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return objstore.OpenAll(ctx, locs, func(k string) string { return creds[k] })
-	}
-	e.creds = creds
 	if _, err := repo.Init(ctx, e.stores(), []byte(password), repo.Options{Erasure: erasure.Scheme{K: 2, M: 1}, KDF: crypt.KDFParams{N: 1024, R: 8, P: 1}}); err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +118,7 @@ func startRepo(t *testing.T) *env {
 	sec := filepath.Join(e.secrets, "ferry-system", "dr-repo")
 	os.MkdirAll(sec, 0o700)
 	os.WriteFile(filepath.Join(sec, "password"), []byte(password+"\n"), 0o600)
-	for k, v := range creds {
+	for k, v := range e.creds {
 		os.WriteFile(filepath.Join(sec, k), []byte(v), 0o600)
 	}
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strings"
 	"testing"
 
 	"github.com/ferrydr/ferry/agent/backup"
@@ -35,26 +34,15 @@ func memStores(n int) func(testing.TB) []objstore.Store {
 // minioStores starts n MinIO servers once and returns a fresh prefix on
 // each for every call, so every repository starts empty.
 func minioStores(b *testing.B, n int) func(testing.TB) []objstore.Store {
-	var servers []*minio.Server
-	for range n {
-		s := minio.Start(b)
-		s.CreateBucket(b, "bench")
-		servers = append(servers, s)
-	}
-	b.Setenv("AWS_ACCESS_KEY_ID", servers[0].AccessKey)
-	b.Setenv("AWS_SECRET_ACCESS_KEY", servers[0].SecretKey)
+	c := minio.StartCluster(b, n, "bench", "")
 	calls := 0
 	return func(t testing.TB) []objstore.Store {
 		calls++
-		var urls []string
-		for _, s := range servers {
-			urls = append(urls, s.URL("bench", fmt.Sprintf("r%03d", calls)))
+		fresh := &minio.Cluster{Servers: c.Servers}
+		for _, s := range c.Servers {
+			fresh.URLs = append(fresh.URLs, s.URL("bench", fmt.Sprintf("r%03d", calls)))
 		}
-		locs, err := objstore.ParseRepo(strings.Join(urls, ","))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return objstore.OpenAll(context.Background(), locs, os.Getenv)
+		return fresh.Stores(t)
 	}
 }
 

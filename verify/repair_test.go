@@ -33,7 +33,7 @@ func (f *fixture) repairAndCheck(t *testing.T, without int) *verify.Repaired {
 	if after := f.run(t, verify.Options{ReadDataPercent: 100, StateFile: state}); after.Status != verify.OK {
 		t.Fatalf("after repair: status %s: %v", after.Status, after.Problems)
 	}
-	f.servers[without].Stop()
+	f.Servers[without].Stop()
 	r := f.open(t)
 	for id, img := range f.images {
 		out := filepath.Join(t.TempDir(), "restored.img")
@@ -52,8 +52,8 @@ func (f *fixture) repairAndCheck(t *testing.T, without int) *verify.Repaired {
 // in it and recreated empty; repair refills it from the others.
 func TestRepairBucketRecreated(t *testing.T) {
 	f := setup(t)
-	f.servers[1].DeleteBucket(t, "ferry")
-	f.servers[1].CreateBucket(t, "ferry")
+	f.Servers[1].DeleteBucket(t, "ferry")
+	f.Servers[1].CreateBucket(t, "ferry")
 	done := f.repairAndCheck(t, 0)
 	if len(done.Shards) < 4 || len(done.Copied) < 4 {
 		t.Fatalf("repair rebuilt %d shards and copied %d objects; want every shard and the metadata of target 2", len(done.Shards), len(done.Copied))
@@ -74,11 +74,11 @@ func TestRepairCorruptTruncatedAndIndex(t *testing.T) {
 	f.rewrite(t, a, 0, func(x []byte) []byte { x[len(x)-100] ^= 0x40; return x })
 	f.rewrite(t, b, 2, func(x []byte) []byte { return x[:len(x)/2] })
 	var names []string
-	for o := range f.servers[0].Client(t).ListObjects(ctx, "ferry", miniogo.ListObjectsOptions{Prefix: "repo/index/", Recursive: true}) {
+	for o := range f.Servers[0].Client(t).ListObjects(ctx, "ferry", miniogo.ListObjectsOptions{Prefix: "repo/index/", Recursive: true}) {
 		names = append(names, o.Key)
 	}
 	slices.Sort(names)
-	for _, s := range f.servers {
+	for _, s := range f.Servers {
 		if err := s.Client(t).RemoveObject(ctx, "ferry", names[0], miniogo.RemoveObjectOptions{}); err != nil {
 			t.Fatal(err)
 		}

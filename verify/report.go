@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
+
 	"github.com/ferrydr/ferry/agent/restore"
 	"github.com/ferrydr/ferry/transport/repo"
 )
@@ -231,7 +233,7 @@ func (r *Report) WriteText(w io.Writer) {
 		r.RepoID, r.Scheme, len(r.Targets), r.Snapshots, r.IndexObjs, r.Packs, r.Chunks)
 	for _, t := range r.Targets {
 		if t.Reachable {
-			fmt.Fprintf(w, "  target %d %s: %d shards, %s\n", t.Target, t.Location, t.Shards, humanBytes(t.Bytes))
+			fmt.Fprintf(w, "  target %d %s: %d shards, %s\n", t.Target, t.Location, t.Shards, humanize.IBytes(uint64(t.Bytes)))
 		} else {
 			fmt.Fprintf(w, "  target %d %s: UNREACHABLE: %s\n", t.Target, t.Location, t.Error)
 		}
@@ -242,11 +244,11 @@ func (r *Report) WriteText(w io.Writer) {
 			wrapped = ", completed a pass over every pack"
 		}
 		fmt.Fprintf(w, "read data: %d of %d packs (%d%% per run), %s downloaded%s\n",
-			r.Read.Packs, r.Read.TotalPacks, r.Read.Percent, humanBytes(r.Read.Bytes), wrapped)
+			r.Read.Packs, r.Read.TotalPacks, r.Read.Percent, humanize.IBytes(uint64(r.Read.Bytes)), wrapped)
 	}
 	if d := r.Drill; d != nil {
 		fmt.Fprintf(w, "drill: restored %s (%s) in %s, %s/s; digest verified\n",
-			d.SnapshotID[:min(12, len(d.SnapshotID))], humanBytes(d.BytesVolume), d.Duration.Round(time.Millisecond), humanBytes(int64(d.BytesPerSecond)))
+			d.SnapshotID[:min(12, len(d.SnapshotID))], humanize.IBytes(uint64(d.BytesVolume)), d.Duration.Round(time.Millisecond), humanize.IBytes(uint64(d.BytesPerSecond)))
 	}
 	byKind := map[string][]Problem{}
 	for _, p := range r.Problems {
@@ -277,19 +279,6 @@ func (r *Report) WriteText(w io.Writer) {
 	case DataLost:
 		fmt.Fprintf(w, "status: DATA LOST, %d snapshot(s) cannot be restored\n", len(r.Lost))
 	}
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 func intp(i int) *int { return &i }

@@ -19,7 +19,6 @@ import (
 	"github.com/ferrydr/ferry/testenv/volume"
 	"github.com/ferrydr/ferry/transport/crypt"
 	"github.com/ferrydr/ferry/transport/erasure"
-	"github.com/ferrydr/ferry/transport/objstore"
 	"github.com/ferrydr/ferry/transport/pack"
 	"github.com/ferrydr/ferry/transport/repo"
 	"github.com/ferrydr/ferry/verify"
@@ -33,25 +32,16 @@ var smallChunks = chunk.Params{Pol: 0x3DA3358B4DC173, MinSize: 64 << 10, MaxSize
 // snapshots with disjoint data: "db" (48 MiB, from namespace shop) and
 // "logs" (8 MiB).
 type fixture struct {
-	servers  []*minio.Server
-	urls     []string
+	*minio.Cluster
 	db, logs *backup.Summary
 	images   map[string]string // snapshot ID -> the image backed up
 }
 
 func setup(t *testing.T) *fixture {
 	t.Helper()
-	f := &fixture{images: map[string]string{}}
-	for range 3 {
-		s := minio.Start(t)
-		s.CreateBucket(t, "ferry")
-		f.servers = append(f.servers, s)
-		f.urls = append(f.urls, s.URL("ferry", "repo"))
-	}
-	t.Setenv("AWS_ACCESS_KEY_ID", f.servers[0].AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", f.servers[0].SecretKey)
+	f := &fixture{Cluster: minio.StartCluster(t, 3, "ferry", "repo"), images: map[string]string{}}
 	ctx := context.Background()
-	r, err := repo.Init(ctx, f.stores(t), password, repo.Options{
+	r, err := repo.Init(ctx, f.Stores(t), password, repo.Options{
 		Erasure: erasure.Scheme{K: 2, M: 1}, PackSize: 2 << 20, Chunking: &smallChunks,
 		KDF: crypt.KDFParams{N: 1024, R: 8, P: 1},
 	})
@@ -86,18 +76,9 @@ func setup(t *testing.T) *fixture {
 	return f
 }
 
-func (f *fixture) stores(t *testing.T) []objstore.Store {
-	t.Helper()
-	locs, err := objstore.ParseRepo(strings.Join(f.urls, ","))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return objstore.OpenAll(context.Background(), locs, os.Getenv)
-}
-
 func (f *fixture) open(t *testing.T) *repo.Repo {
 	t.Helper()
-	r, err := repo.Open(context.Background(), f.stores(t), password)
+	r, err := repo.Open(context.Background(), f.Stores(t), password)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +123,7 @@ func (f *fixture) packOf(t *testing.T, id string) pack.ID {
 // shard returns the MinIO client and key of shard i of pack id (2+1 over 3
 // targets: shard i lives on server i).
 func (f *fixture) shard(t *testing.T, id pack.ID, i int) (*miniogo.Client, string) {
-	return f.servers[i].Client(t), "repo/" + repo.ShardName(id, i)
+	return f.Servers[i].Client(t), "repo/" + repo.ShardName(id, i)
 }
 
 func (f *fixture) rewrite(t *testing.T, id pack.ID, i int, change func([]byte) []byte) {
@@ -186,7 +167,7 @@ func TestHealthyRepository(t *testing.T) {
 
 func TestBucketDeletedIsDegraded(t *testing.T) {
 	f := setup(t)
-	f.servers[1].DeleteBucket(t, "ferry")
+	f.Servers[1].DeleteBucket(t, "ferry")
 	rep := f.run(t, verify.Options{})
 	if rep.Status != verify.Degraded || !errors.Is(rep.Err(), verify.ErrDegraded) || len(rep.Lost) != 0 {
 		t.Fatalf("status %s, lost %v: %v", rep.Status, rep.Lost, rep.Problems)
@@ -236,7 +217,7 @@ func TestIndexObjectDeleted(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
 	var names []string
-	for o := range f.servers[0].Client(t).ListObjects(ctx, "ferry", miniogo.ListObjectsOptions{Prefix: "repo/index/", Recursive: true}) {
+	for o := range f.Servers[0].Client(t).ListObjects(ctx, "ferry", miniogo.ListObjectsOptions{Prefix: "repo/index/", Recursive: true}) {
 		if o.Err != nil {
 			t.Fatal(o.Err)
 		}
@@ -247,7 +228,7 @@ func TestIndexObjectDeleted(t *testing.T) {
 	}
 	slices.Sort(names)
 	// The first index object goes from every target, the second from target 3 only.
-	for i, s := range f.servers {
+	for i, s := range f.Servers {
 		for j, n := range names[:2] {
 			if j == 1 && i != 2 {
 				continue
@@ -363,7 +344,7 @@ func TestDrillRestoresIntoDiscard(t *testing.T) {
 	f := setup(t)
 	r := f.open(t)
 	// A lost target costs the drill nothing but parity reads.
-	f.servers[0].Stop()
+	f.Servers[0].Stop()
 	res, err := verify.Drill(context.Background(), r, mustSnapshot(t, r, f.db.SnapshotID), verify.Discard, verify.DrillOptions{})
 	if err != nil {
 		t.Fatal(err)

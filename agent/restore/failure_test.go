@@ -19,44 +19,22 @@ import (
 	"github.com/ferrydr/ferry/testenv/volume"
 	"github.com/ferrydr/ferry/transport/crypt"
 	"github.com/ferrydr/ferry/transport/erasure"
-	"github.com/ferrydr/ferry/transport/objstore"
 	"github.com/ferrydr/ferry/transport/repo"
 )
 
 var password = []byte("test password")
 
 // cluster is a 2+1 repository over three real MinIO servers.
-type cluster struct {
-	servers []*minio.Server
-	urls    []string
-}
+type cluster struct{ *minio.Cluster }
 
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
-	c := &cluster{}
-	for i := 0; i < 3; i++ {
-		s := minio.Start(t)
-		s.CreateBucket(t, "ferry")
-		c.servers = append(c.servers, s)
-		c.urls = append(c.urls, s.URL("ferry", "repo"))
-	}
-	t.Setenv("AWS_ACCESS_KEY_ID", c.servers[0].AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", c.servers[0].SecretKey)
-	return c
-}
-
-func (c *cluster) stores(t *testing.T) []objstore.Store {
-	t.Helper()
-	locs, err := objstore.ParseRepo(strings.Join(c.urls, ","))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return objstore.OpenAll(context.Background(), locs, os.Getenv)
+	return &cluster{minio.StartCluster(t, 3, "ferry", "repo")}
 }
 
 func (c *cluster) open(t *testing.T) *repo.Repo {
 	t.Helper()
-	r, err := repo.Open(context.Background(), c.stores(t), password)
+	r, err := repo.Open(context.Background(), c.Stores(t), password)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +44,7 @@ func (c *cluster) open(t *testing.T) *repo.Repo {
 // raw returns a plain S3 client for server i, to damage objects behind
 // Ferry's back (its own stores never overwrite).
 func (c *cluster) raw(t *testing.T, i int) *miniogo.Client {
-	s := c.servers[i]
+	s := c.Servers[i]
 	cl, err := miniogo.New(s.Endpoint, &miniogo.Options{Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, "")})
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +59,7 @@ func setup(t *testing.T) (*cluster, string, *backup.Summary) {
 	t.Helper()
 	c := newCluster(t)
 	ctx := context.Background()
-	_, err := repo.Init(ctx, c.stores(t), password, repo.Options{
+	_, err := repo.Init(ctx, c.Stores(t), password, repo.Options{
 		Erasure: erasure.Scheme{K: 2, M: 1}, PackSize: 2 << 20, Chunking: &smallChunks,
 		KDF: crypt.KDFParams{N: 1024, R: 8, P: 1},
 	})
@@ -151,7 +129,7 @@ func shardNames(t *testing.T, c *cluster, i int) []string {
 
 func TestRestoreWithTargetServerStopped(t *testing.T) {
 	c, img, sum := setup(t)
-	c.servers[1].Stop()
+	c.Servers[1].Stop()
 	out, rs, err := restoreImage(t, c.open(t), sum.SnapshotID)
 	if err != nil {
 		t.Fatalf("restore with one of three targets stopped: %v", err)
@@ -164,7 +142,7 @@ func TestRestoreWithTargetServerStopped(t *testing.T) {
 
 func TestRestoreWithBucketDeleted(t *testing.T) {
 	c, img, sum := setup(t)
-	c.servers[0].DeleteBucket(t, "ferry")
+	c.Servers[0].DeleteBucket(t, "ferry")
 	out, rs, err := restoreImage(t, c.open(t), sum.SnapshotID)
 	if err != nil {
 		t.Fatalf("restore with the first target's bucket deleted: %v", err)

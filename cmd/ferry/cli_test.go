@@ -278,7 +278,7 @@ func TestCLIErrors(t *testing.T) {
 
 func TestProgressLine(t *testing.T) {
 	got := progressLine("backup", 512<<20, 2<<30, 2*time.Second)
-	for _, want := range []string{"512.0 MiB / 2.0 GiB", "25%", "256.0 MiB/s", "ETA 6s"} {
+	for _, want := range []string{"512 MiB / 2.0 GiB", "25%", "256 MiB/s", "ETA 6s"} {
 		if !strings.Contains(got, want) {
 			t.Fatalf("%q lacks %q", got, want)
 		}

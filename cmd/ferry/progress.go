@@ -5,6 +5,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/dustin/go-humanize"
 )
 
 func isTerminal(f *os.File) bool {
@@ -52,15 +54,5 @@ func progressLine(verb string, done, total int64, elapsed time.Duration) string 
 	return fmt.Sprintf("%s %s / %s (%.0f%%), %s/s, ETA %s", verb, human(done), human(total), pct, human(int64(rate)), eta)
 }
 
-func human(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+// human prints a byte count the way people read them (1.5 GiB).
+func human(n int64) string { return humanize.IBytes(uint64(max(n, 0))) }

@@ -19,6 +19,8 @@ import (
 
 	miniogo "github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/ferrydr/ferry/transport/objstore"
 )
 
 // Root credentials of every test server. Test-only values.
@@ -351,4 +353,49 @@ func (b *tailBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return string(b.buf)
+}
+
+// Cluster is n MinIO servers with one bucket each, standing for n zones
+// or regions: the targets of one repository.
+type Cluster struct {
+	Servers []*Server
+	URLs    []string // one target URL per server, in order
+}
+
+// StartCluster starts n servers, each with bucket, and targets under prefix.
+func StartCluster(t testing.TB, n int, bucket, prefix string) *Cluster {
+	t.Helper()
+	c := &Cluster{}
+	for range n {
+		s := Start(t)
+		s.CreateBucket(t, bucket)
+		c.Servers = append(c.Servers, s)
+		c.URLs = append(c.URLs, s.URL(bucket, prefix))
+	}
+	return c
+}
+
+// Repo is the targets as --repo takes them.
+func (c *Cluster) Repo() string { return strings.Join(c.URLs, ",") }
+
+// Env looks up the servers' credentials (they share them), for
+// objstore.OpenEnv, so tests need not touch the process environment.
+func (c *Cluster) Env(key string) string {
+	switch key {
+	case "AWS_ACCESS_KEY_ID":
+		return RootUser
+	case "AWS_SECRET_ACCESS_KEY":
+		return RootPassword
+	}
+	return ""
+}
+
+// Stores opens the cluster's targets, in order.
+func (c *Cluster) Stores(t testing.TB) []objstore.Store {
+	t.Helper()
+	locs, err := objstore.ParseRepo(c.Repo())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objstore.OpenAll(context.Background(), locs, c.Env)
 }
