@@ -15,8 +15,10 @@ build:
 demo: build
 	FERRY=$(BIN) bash testenv/demo.sh
 
-# Installs what the tests need (MinIO built from the Go module proxy, cached
-# in ~/.cache/ferry), then runs vet, every test, and each fuzz target briefly.
+# Installs what the tests need (MinIO, etcd, kube-apiserver,
+# kube-controller-manager and the CSI snapshot sidecars, built from the Go
+# module proxy and cached in ~/.cache/ferry), then runs vet, every test, and
+# each fuzz target briefly.
 test: testenv vet unit fuzz
 
 testenv:

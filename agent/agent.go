@@ -48,11 +48,28 @@ type Config struct {
 	DrillInterval        time.Duration // between drills of each volume's newest snapshot; default 24h; negative: no drills
 	VerifyBytesPerSecond int64         // read rate of a verify run; default 8 MiB/s
 	VerifyMaxShare       float64       // share of the interval a run may spend reading, in (0, 1]; default 0.1
+	ChecksumInterval     time.Duration // between verify runs that check every shard's stored checksum (one HEAD each); default 24h
+	NoRepair             bool          // verification only reports damage; by default the agent repairs it
+
+	// In a Kubernetes cluster (see kube.go): jobs are FerryJobs handed out
+	// through the API instead of the local queue, and Secrets are read from
+	// the API instead of SecretsDir.
+	Kube        bool
+	Kubeconfig  string        // empty: the in-cluster configuration
+	Namespace   string        // the agents' namespace: FerryJobs, Leases, Secrets
+	NodeName    string        // this agent's identity in FerryJobs and Leases; default: the host name
+	ClusterName string        // recorded in manifests; may be empty
+	Heartbeat   time.Duration // a running FerryJob's heartbeat; default 10s
 }
 
 // Validate checks the configuration.
 func (c *Config) Validate() error {
-	for _, f := range []struct{ name, v string }{{"--csi-listen", c.CSIListen}, {"--csi-driver", c.CSIDriver}} {
+	sockets := []struct{ name, v string }{{"--csi-driver", c.CSIDriver}}
+	if c.CSIListen != "" || !c.Kube || c.HookOnly {
+		// A node agent in a cluster needs no hook: the controller's runs it.
+		sockets = append(sockets, struct{ name, v string }{"--csi-listen", c.CSIListen})
+	}
+	for _, f := range sockets {
 		if !strings.HasPrefix(f.v, "unix://") || len(f.v) == len("unix://") {
 			return fmt.Errorf("%s %q: want unix:///path/to/socket", f.name, f.v)
 		}
@@ -63,7 +80,11 @@ func (c *Config) Validate() error {
 	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
 		return fmt.Errorf("--state-dir %q: want an absolute path", c.StateDir)
 	}
-	if c.SecretsDir == "" {
+	if c.Kube {
+		if err := c.validateKube(); err != nil {
+			return err
+		}
+	} else if c.SecretsDir == "" {
 		return errors.New("--secrets-dir is required: where repository Secrets are mounted")
 	}
 	if c.Workers <= 0 {
@@ -81,6 +102,9 @@ func (c *Config) Validate() error {
 	if c.VerifyBytesPerSecond <= 0 {
 		c.VerifyBytesPerSecond = 8 << 20
 	}
+	if c.ChecksumInterval == 0 {
+		c.ChecksumInterval = 24 * time.Hour
+	}
 	if c.VerifyMaxShare == 0 {
 		c.VerifyMaxShare = 0.1
 	}
@@ -88,13 +112,6 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--verify-max-share %g: want a share of time in (0, 1]", c.VerifyMaxShare)
 	}
 	return nil
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 func socketPath(u string) string { return strings.TrimPrefix(u, "unix://") }
@@ -112,10 +129,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer unlock()
-	q, err := queue.Open(cfg.StateDir)
-	if err != nil {
-		return err
-	}
 	conn, err := grpc.NewClient("unix://"+socketPath(cfg.CSIDriver), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return fmt.Errorf("driver socket: %w", err)
@@ -133,35 +146,60 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		cfg.NodeID = ni.GetNodeId()
 	}
 	host, _ := os.Hostname()
-	m := newMetrics(q)
 	runner := &replicate.Runner{
-		Driver: conn, DriverName: info.GetName(), Host: host, Secrets: replicate.DirSecrets(cfg.SecretsDir), Log: log,
+		Driver: conn, DriverName: info.GetName(), Host: host, Cluster: cfg.ClusterName, Log: log,
 		Expose: expose.Config{Driver: conn, NodeID: cfg.NodeID, Dir: filepath.Join(cfg.StateDir, "expose")},
+	}
+
+	g, ctx := errgroup.WithContext(ctx)
+	var (
+		q   *queue.Queue
+		enq hook.Enqueuer
+		kc  *kubeMode
+	)
+	if cfg.Kube {
+		if kc, err = newKubeMode(cfg, info.GetName(), runner, log); err != nil {
+			return err
+		}
+		runner.Secrets, enq = kc.secrets, kc.enqueuer
+	} else {
+		if q, err = queue.Open(cfg.StateDir); err != nil {
+			return err
+		}
+		runner.Secrets = replicate.DirSecrets(cfg.SecretsDir)
+	}
+	m := newMetrics(q)
+	if q != nil {
+		enq = enqueuer{q, m}
 	}
 	var v *verifier
 	if !cfg.HookOnly && cfg.VerifyInterval > 0 {
 		if v, err = newVerifier(cfg, runner.Secrets, m, log); err != nil {
 			return err
 		}
+		if kc != nil {
+			v.exclusive = kc.exclusive
+		}
+		g.Go(func() error { return v.run(ctx) })
 	}
 
-	path := socketPath(cfg.CSIListen)
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale socket: %w", err)
+	if cfg.CSIListen != "" {
+		path := socketPath(cfg.CSIListen)
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove stale socket: %w", err)
+		}
+		lis, err := net.Listen("unix", path)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", cfg.CSIListen, err)
+		}
+		srv := hook.New(conn, enq, log).Server()
+		g.Go(func() error { return srv.Serve(lis) })
+		g.Go(func() error {
+			<-ctx.Done()
+			srv.GracefulStop()
+			return nil
+		})
 	}
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", cfg.CSIListen, err)
-	}
-	srv := hook.New(conn, enqueuer{q, m}, log).Server()
-
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return srv.Serve(lis) })
-	g.Go(func() error {
-		<-ctx.Done()
-		srv.GracefulStop()
-		return nil
-	})
 	if cfg.MetricsListen != "" {
 		hs := &http.Server{Addr: cfg.MetricsListen, Handler: handler(m, conn), ReadHeaderTimeout: 10 * time.Second}
 		g.Go(func() error {
@@ -175,13 +213,20 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return hs.Close()
 		})
 	}
-	if v != nil {
-		g.Go(func() error { return v.run(ctx) })
+	switch {
+	case cfg.HookOnly:
+	case kc != nil:
+		kc.serve(ctx, g, m, v)
+	default:
+		for range cfg.Workers {
+			g.Go(func() error { return work(ctx, q, runner, v, m, cfg.MaxAttempts, log) })
+		}
 	}
-	for range cfg.Workers * boolInt(!cfg.HookOnly) {
-		g.Go(func() error { return work(ctx, q, runner, v, m, cfg.MaxAttempts, log) })
+	queued := 0
+	if q != nil {
+		queued = len(q.List())
 	}
-	log.Info("agent serving", "csi_listen", cfg.CSIListen, "driver", info.GetName(), "node", cfg.NodeID, "queued", len(q.List()))
+	log.Info("agent serving", "csi_listen", cfg.CSIListen, "driver", info.GetName(), "node", cfg.NodeID, "kube", cfg.Kube, "queued", queued)
 	err = g.Wait()
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
 		return nil
@@ -229,7 +274,7 @@ func work(ctx context.Context, q *queue.Queue, r *replicate.Runner, v *verifier,
 		}
 		start := time.Now()
 		m.running.Inc()
-		res, err := r.Run(ctx, s)
+		res, err := r.Run(ctx, s, replicate.Options{})
 		m.running.Dec()
 		switch {
 		case err == nil:

@@ -74,7 +74,7 @@ func newMetrics(q *queue.Queue) *metrics {
 			Name: "ferry_verify_packs_at_risk", Help: "Packs the last verification of a repository found with fewer than k+m healthy shards. Label: the repository ID.",
 		}, []string{"repository"}),
 		repairShards: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "ferry_repair_shards_total", Help: "Shards the agent rewrote by repair (the agent does not repair yet: see ferry repair).",
+			Name: "ferry_repair_shards_total", Help: "Shards the agent rebuilt from the survivors and wrote back, repairing what verification found.",
 		}),
 		verifyBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ferry_verify_bytes_read_total", Help: "Shard bytes verification downloaded to check data.",
@@ -83,9 +83,11 @@ func newMetrics(q *queue.Queue) *metrics {
 			Name: "ferry_verify_runs_total", Help: "Verification runs, by result (ok, degraded, data_lost, error).",
 		}, []string{"result"}),
 	}
-	queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_replication_jobs_queued", Help: "Replication jobs in the queue, running ones included."},
-		func() float64 { return float64(len(q.List())) })
-	m.reg.MustRegister(m.jobs, m.running, m.bytes, m.duration, m.lastSuccess, queued,
+	if q != nil { // in a cluster, the FerryJobs are the queue
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_replication_jobs_queued", Help: "Replication jobs in the queue, running ones included."},
+			func() float64 { return float64(len(q.List())) }))
+	}
+	m.reg.MustRegister(m.jobs, m.running, m.bytes, m.duration, m.lastSuccess,
 		m.restorable, m.drillDuration, m.drillBytesPerSecond, m.drillRuns, m.shardsMissing, m.shardsCorrupt, m.packsAtRisk,
 		m.repairShards, m.verifyBytes, m.verifyRuns,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

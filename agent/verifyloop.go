@@ -1,10 +1,11 @@
 package agent
 
 // Continuous verification: every repository the agent has replicated into
-// is verified (structure, plus a rotating share of the packs' data) every
-// VerifyInterval, and the newest snapshot of each of its volumes is drilled
-// into verify.Discard every DrillInterval. Both are jittered by ±10% so
-// agents started together spread their load.
+// is verified (structure with the shard checksums the targets keep, plus a
+// rotating share of the packs' data) every VerifyInterval, and the newest
+// snapshot of each of its volumes is drilled into verify.Discard every
+// DrillInterval. Both are jittered by ±10% so agents started together
+// spread their load.
 //
 // Budget: a verify run reads at most VerifyBytesPerSecond × VerifyInterval ×
 // VerifyMaxShare bytes of shard data (the read-data percent is derived from
@@ -14,7 +15,10 @@ package agent
 // least 1% of the packs, so a repository larger than 100 times that budget
 // is verified at the paced rate for longer than the share. Drills are not
 // paced: they measure how fast a restore is (the RTO evidence), and read
-// the snapshot's packs once per DrillInterval.
+// the snapshot's packs once per DrillInterval. The checksum pass is one
+// HEAD request per shard per run, not paced (it moves no data): on a
+// provider that bills requests, it costs as many GET-priced requests per
+// run as the repository has shards.
 
 import (
 	"context"
@@ -63,6 +67,11 @@ type verifier struct {
 	mu    sync.Mutex
 	repos []repoRef
 	added chan repoRef
+
+	// exclusive, when set (in a cluster), runs fn while this agent holds
+	// the repository's Lease, so one agent at a time verifies and repairs
+	// it; nil runs fn at once.
+	exclusive func(ctx context.Context, lease string, fn func(ctx context.Context))
 }
 
 func newVerifier(cfg Config, secrets replicate.Secrets, m *metrics, log *slog.Logger) (*verifier, error) {
@@ -114,15 +123,22 @@ func (v *verifier) run(ctx context.Context) error {
 	v.mu.Lock()
 	known := slices.Clone(v.repos)
 	v.mu.Unlock()
+	start := func(ref repoRef) {
+		if v.exclusive == nil {
+			wg.Go(func() { v.loop(ctx, ref) })
+			return
+		}
+		wg.Go(func() { v.exclusive(ctx, "ferry-verify-"+ref.key(), func(ctx context.Context) { v.loop(ctx, ref) }) })
+	}
 	for _, ref := range known {
-		wg.Go(func() { v.loop(ctx, ref) })
+		start(ref)
 	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case ref := <-v.added:
-			wg.Go(func() { v.loop(ctx, ref) })
+			start(ref)
 		}
 	}
 }
@@ -144,6 +160,7 @@ type repoLoop struct {
 	lost        map[string]bool  // snapshots the last verify run found unrestorable or needing repair
 	drillOK     map[string]bool
 	drillFailed map[string]bool
+	checksummed time.Time // when the last run with the checksum pass ended
 }
 
 func (v *verifier) loop(ctx context.Context, ref repoRef) {
@@ -248,10 +265,22 @@ func (l *repoLoop) verify(ctx context.Context) {
 		fail("state dir", err)
 		return
 	}
-	rep, err := verify.Run(ctx, r, verify.Options{ReadDataPercent: pct, StateFile: filepath.Join(stateDir, l.ref.key()+".json")})
+	// The checksum pass (one HEAD per shard) finds a shard replaced by
+	// bytes of its size without reading it; it runs every ChecksumInterval,
+	// the cheaper size check in between.
+	sizesOnly := time.Since(l.checksummed) < cfg.ChecksumInterval
+	rep, err := verify.Run(ctx, r, verify.Options{ReadDataPercent: pct, SizesOnly: sizesOnly, StateFile: filepath.Join(stateDir, l.ref.key()+".json")})
 	if err != nil {
 		fail("verify", err)
 		return
+	}
+	if !sizesOnly {
+		l.checksummed = time.Now()
+	}
+	if rep.Status != verify.OK && !cfg.NoRepair {
+		if again := l.repair(ctx, rep); again != nil {
+			rep = again
+		}
 	}
 	// The listing names the snapshots whose restorability the report speaks for.
 	snaps, err := r.Snapshots(ctx)
@@ -284,13 +313,39 @@ func (l *repoLoop) verify(ctx context.Context) {
 	l.publish()
 
 	attrs := []any{"status", result, "snapshots", rep.Snapshots, "packs", rep.Packs, "read_percent", pct,
-		"bytes_read", read, "shards_missing", missing, "shards_corrupt", corrupt, "packs_at_risk", atRisk,
+		"bytes_read", read, "head_requests", rep.HeadRequests, "shards_by_checksum", rep.Shards.Checksum, "shards_by_size_only", rep.Shards.SizeOnly,
+		"shards_missing", missing, "shards_corrupt", corrupt, "packs_at_risk", atRisk,
 		"problems", len(rep.Problems), "lost_snapshots", len(rep.Lost), "seconds", time.Since(start).Seconds()}
 	if err := rep.Err(); err != nil {
 		l.log.Warn("verified: repository damaged", append(attrs, "error", err)...)
 		return
 	}
 	l.log.Info("verified", attrs...)
+}
+
+// repair fixes what rep found and returns a fresh structural report (nil
+// when repair could not run), so the metrics show the repository as it is
+// after the repair.
+func (l *repoLoop) repair(ctx context.Context, rep *verify.Report) *verify.Report {
+	r, err := l.open(ctx, nil) // writes are not paced: they are what the repository lacks
+	if err != nil {
+		l.log.Error("repair could not run", "step", "open", "error", err)
+		return nil
+	}
+	res, err := verify.Repair(ctx, r, rep)
+	if res != nil {
+		l.v.m.repairShards.Add(float64(len(res.Shards)))
+		l.log.Info("repaired", "shards", len(res.Shards), "objects_copied", len(res.Copied), "packs_indexed", res.Indexed, "failed", len(res.Failed))
+	}
+	if err != nil {
+		l.log.Warn("repair incomplete", "error", err)
+	}
+	after, err := verify.Run(ctx, r, verify.Options{})
+	if err != nil {
+		l.log.Error("verify after repair", "error", err)
+		return nil
+	}
+	return after
 }
 
 // tally counts the report's damaged shards and the packs with fewer than

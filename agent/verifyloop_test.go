@@ -85,9 +85,31 @@ func TestVerifyLoop(t *testing.T) {
 		t.Errorf("the repository was not remembered: %v", err)
 	}
 
+	// Remove shard 0 of one pack: the agent repairs it on its own.
+	stores := e.stores()
+	var repairable string
+	err = stores[erasure.TargetFor(0, len(stores))].List(ctx, "data/", func(i objstore.Info) error {
+		if repairable == "" && strings.HasSuffix(i.Name, ".0") {
+			repairable = i.Name
+		}
+		return nil
+	})
+	if err != nil || repairable == "" {
+		t.Fatalf("no shard 0 found: %v", err)
+	}
+	if err := stores[erasure.TargetFor(0, len(stores))].Delete(ctx, repairable); err != nil {
+		t.Fatal(err)
+	}
+	waitMetrics(t, e, "the shard repaired", func(text string) bool {
+		n, _ := metricValue(text, "ferry_repair_shards_total")
+		return n >= 1
+	})
+	if _, err := stores[erasure.TargetFor(0, len(stores))].Stat(ctx, repairable); err != nil {
+		t.Fatalf("the repaired shard %s: %v", repairable, err)
+	}
+
 	// Remove shards 0 and 1 of one pack, each from the target holding it:
 	// only parity is left.
-	stores := e.stores()
 	var victim string
 	err = stores[erasure.TargetFor(0, len(stores))].List(ctx, "data/", func(i objstore.Info) error {
 		if victim == "" && strings.HasSuffix(i.Name, ".0") {

@@ -3,22 +3,37 @@
 //
 // Three levels, each a superset of the cost of the one before:
 //
-//   - Structural (always): lists config, keys/, index/, snapshots/ and data/
-//     on every target, reads every index object and manifest once (from one
-//     target each), and checks manifest -> index -> pack -> shards: every
-//     chunk a manifest names is in the index, every pack the index names has
-//     all k+m shard objects on their targets with the size the pack length
-//     implies (64-byte header + ceil(packLen/k)), and every replicated object
-//     (config, keys, index objects, manifests) is on every target. Shards of
-//     packs no index knows are reported as unreferenced (garbage for prune),
+//   - Structural (always): lists config, keys/, snapshots/, index/ and
+//     data/ on every target (in that order, each prefix on all targets
+//     before the next: the reverse of a backup's commit order, so a backup
+//     running meanwhile shows up as unreferenced shards at worst), reads
+//     every index object and manifest once (from one target each), and
+//     checks manifest -> index -> pack -> shards: every chunk a manifest
+//     names is in the index, every pack the index names has all k+m shard
+//     objects on their targets with the size the pack length implies
+//     (64-byte header + ceil(packLen/k)), and every replicated object
+//     (config, keys, index objects, manifests) is on every target (one
+//     that a listing lacks is looked up again, since a backup may have been
+//     writing it). Then the checksum pass (unless SizesOnly): every shard of
+//     the right size is looked up with Stat, StatWorkers per target at
+//     once, and the CRC32C the store keeps is compared with the one the
+//     index recorded; a mismatch is a corrupt shard, found without a
+//     download. Shards of packs indexed without CRCs (index version 1), or
+//     that the store keeps no checksum for, are checked by size only and
+//     counted (Report.Shards). Shards of packs no index knows are reported
+//     as unreferenced (garbage for prune, or a backup still running),
 //     unless a manifest needs chunks the index lost: then their pack headers
 //     are read to tell a rebuildable index from lost data. Cost: one LIST
-//     per prefix and target (about one request per 1000 objects), plus the
-//     index and manifests; no shard data is downloaded.
+//     per prefix and target (about one request per 1000 objects), the index
+//     and manifests, and one HEAD per shard (Report.HeadRequests); no shard
+//     data is downloaded.
 //   - Read data (ReadDataPercent N): downloads every shard of N% of the
 //     packs the index knows and checks each shard's header and CRC-32C, the
 //     decoded pack against its ID, the pack header, that the index agrees
-//     with it, and that every blob decrypts and hashes to its chunk ID. The
+//     with it, and that every blob decrypts and hashes to its chunk ID;
+//     each shard's CRC32C is also compared with the index's record, so a
+//     shard that passes its own checks but is not the one written is
+//     found too. The
 //     packs are taken in pack-ID order from a cursor kept in a state file,
 //     so ceil(100/N) runs cover every pack and then start over. Cost: N% of
 //     the stored bytes ((k+m)/k times the packed data) per run. Memory:

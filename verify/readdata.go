@@ -202,6 +202,15 @@ func (c *checker) deepCheck(ctx context.Context, id pack.ID) (int64, error) {
 				c.reportShard(id, i, t, KindShardCorrupt, err.Error())
 				return
 			}
+			// A shard can pass its own checks and still not be the one
+			// written (its header's CRCs made to match other data): the
+			// index's record tells, and decoding must not use it.
+			if crcs := c.crcs[id]; crcs != nil {
+				if got := repo.ShardCRC(obj); got != crcs[i] {
+					c.reportShard(id, i, t, KindShardCorrupt, fmt.Sprintf("downloaded shard has CRC32C %08x, the index recorded %08x", got, crcs[i]))
+					return
+				}
+			}
 			objs[i] = obj
 		}()
 	}

@@ -19,25 +19,31 @@ type Repaired struct {
 }
 
 // Repair fixes what a verify report found: replicated objects are copied to
-// targets that lack them (a bucket recreated empty included), packs no
-// index knows get an index object rebuilt from their headers, and every
-// pack with missing, truncated or corrupt shards is rebuilt from at least k
-// intact ones. Corrupt shards are known only to a report that read the
-// data (ReadDataPercent). Every step is idempotent and safe to interrupt.
-// The error is non-nil when something could not be repaired.
+// targets that lack them (a bucket recreated empty included), packs that
+// hold chunks a snapshot needs but no index names get an index object
+// rebuilt from their headers, and every pack with missing, truncated or
+// corrupt shards is rebuilt from at least k intact ones, each rewritten
+// shard checked against the CRC32C the index recorded for it. Packs whose
+// index was rebuilt have every shard checked and repaired too. Shards of
+// packs no index knows are left alone: they may belong to a backup still
+// running, which indexes them when its shards are written. Every step is
+// idempotent and safe to interrupt, and safe while backups run. The error
+// is non-nil when something could not be repaired.
 func Repair(ctx context.Context, r *repo.Repo, rep *Report) (*Repaired, error) {
 	out := &Repaired{}
-	var packs []pack.ID
-	metadata, index := false, false
+	var damaged, unindexed []pack.ID
+	metadata := false
 	for _, p := range rep.Problems {
 		switch p.Kind {
 		case KindObjectMissing, KindObjectCorrupt:
 			metadata = true
-		case KindIndexRebuildable, KindUnreferencedPack, KindChunkUnindexed:
-			index = true
+		case KindIndexRebuildable:
+			if id, err := pack.ParseID(p.Pack); err == nil && !slices.Contains(unindexed, id) {
+				unindexed = append(unindexed, id)
+			}
 		case KindShardMissing, KindShardSize, KindShardCorrupt:
-			if id, err := pack.ParseID(p.Pack); err == nil && !slices.Contains(packs, id) {
-				packs = append(packs, id)
+			if id, err := pack.ParseID(p.Pack); err == nil && !slices.Contains(damaged, id) {
+				damaged = append(damaged, id)
 			}
 		}
 	}
@@ -48,24 +54,65 @@ func Repair(ctx context.Context, r *repo.Repo, rep *Report) (*Repaired, error) {
 			out.Failed = append(out.Failed, fmt.Sprintf("metadata: %v", err))
 		}
 	}
-	if index {
-		done, err := r.RebuildIndex(ctx)
-		out.Indexed = len(done)
-		if err != nil {
-			out.Failed = append(out.Failed, fmt.Sprintf("index: %v", err))
-		}
-	}
-	for _, id := range packs {
-		fixed, err := r.RepairPack(ctx, id)
-		out.Shards = append(out.Shards, fixed...)
-		if err != nil {
-			out.Failed = append(out.Failed, err.Error())
+	if len(damaged)+len(unindexed) > 0 {
+		if err := repairPacks(ctx, r, damaged, unindexed, out); err != nil {
+			return out, err
 		}
 	}
 	if len(out.Failed) > 0 {
 		return out, fmt.Errorf("%d repair(s) failed: %w", len(out.Failed), errors.Join(toErrs(out.Failed)...))
 	}
 	return out, nil
+}
+
+// repairPacks rebuilds the index of the unindexed packs the index still
+// lacks, then repairs the damaged packs and the reindexed ones. Only a
+// cancelled context is returned; failures go into out.
+func repairPacks(ctx context.Context, r *repo.Repo, damaged, unindexed []pack.ID, out *Repaired) error {
+	// The index gives the shard CRCs repair checks against, and tells which
+	// packs another repair has reindexed since the report was made.
+	idx, err := r.LoadIndex(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		out.Failed = append(out.Failed, fmt.Sprintf("load index: %v", err))
+		return nil
+	}
+	var rebuild []pack.ID
+	for _, id := range unindexed {
+		if _, ok := idx.Pack(id); !ok {
+			rebuild = append(rebuild, id)
+		}
+	}
+	if len(rebuild) > 0 {
+		done, err := r.RebuildIndex(ctx, rebuild)
+		out.Indexed = len(done)
+		for _, p := range done {
+			idx.AddPack(p, nil)
+			if !slices.Contains(damaged, p.ID) {
+				damaged = append(damaged, p.ID)
+			}
+		}
+		if err != nil {
+			out.Failed = append(out.Failed, fmt.Sprintf("index: %v", err))
+		}
+	}
+	for _, id := range damaged {
+		p, ok := idx.Pack(id)
+		if !ok {
+			p = repo.PackInfo{ID: id} // recovered from a pack header, not reindexed: no CRCs to check against
+		}
+		fixed, err := r.RepairPack(ctx, p)
+		out.Shards = append(out.Shards, fixed...)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			out.Failed = append(out.Failed, err.Error())
+		}
+	}
+	return nil
 }
 
 func toErrs(ss []string) []error {

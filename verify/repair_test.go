@@ -1,17 +1,14 @@
 package verify_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
 	"slices"
 	"testing"
 
 	miniogo "github.com/minio/minio-go/v7"
 
-	"github.com/ferrydr/ferry/agent/restore"
 	"github.com/ferrydr/ferry/verify"
 )
 
@@ -34,17 +31,7 @@ func (f *fixture) repairAndCheck(t *testing.T, without int) *verify.Repaired {
 		t.Fatalf("after repair: status %s: %v", after.Status, after.Problems)
 	}
 	f.Servers[without].Stop()
-	r := f.open(t)
-	for id, img := range f.images {
-		out := filepath.Join(t.TempDir(), "restored.img")
-		if _, err := restore.Run(ctx, r, mustSnapshot(t, r, id), out, restore.Options{}); err != nil {
-			t.Fatalf("restore %s after repair: %v", id[:8], err)
-		}
-		want, _ := os.ReadFile(img)
-		if got, _ := os.ReadFile(out); !bytes.Equal(got, want) {
-			t.Fatalf("snapshot %s restores differently after repair", id[:8])
-		}
-	}
+	f.restoresAll(t)
 	return done
 }
 

@@ -60,7 +60,8 @@ const (
 	KindSnapshotLost         = "snapshot-lost"    // no target has a good copy of a manifest
 	KindShardMissing         = "shard-missing"
 	KindShardSize            = "shard-size"            // listed size differs from header + ceil(packLen/k)
-	KindShardCorrupt         = "shard-corrupt"         // downloaded shard fails its header or CRC check
+	KindShardCorrupt         = "shard-corrupt"         // the store's CRC32C differs from the index's, or a downloaded shard fails its checks
+	KindChecksumUnchecked    = "checksum-unchecked"    // shards checked by size only where checksums were expected (Stat failed, or no checksum stored)
 	KindPackLost             = "pack-lost"             // fewer than k intact shards
 	KindPackNoShards         = "pack-no-shards"        // an index entry whose pack has no shard anywhere
 	KindPackCorrupt          = "pack-corrupt"          // decoded pack does not hash to its ID, or its header does not open
@@ -160,23 +161,41 @@ type ReadStats struct {
 	Checked []string `json:"-"`
 }
 
+// ShardChecks counts how the structural level checked the listed shards of
+// the packs the index knows: by checksum (the CRC32C the store keeps,
+// compared with the one the index recorded) or by listed size only, and
+// why. Shards missing or of the wrong size are problems, not counted here.
+type ShardChecks struct {
+	Checksum int `json:"checksum"`
+	SizeOnly int `json:"size_only"`
+	// Why shards were checked by size only.
+	NotRecorded  int `json:"not_recorded,omitempty"`   // the index has no CRCs for the pack (index version 1)
+	StoreHasNone int `json:"store_has_none,omitempty"` // the store keeps no CRC32C for the object
+	StatFailed   int `json:"stat_failed,omitempty"`    // the Stat request failed
+	Skipped      int `json:"skipped,omitempty"`        // the checksum pass was not run (SizesOnly)
+}
+
 // Report is the outcome of a verification.
 type Report struct {
-	RepoID      string         `json:"repo_id"`
-	Scheme      string         `json:"scheme"`
-	Started     time.Time      `json:"started"`
-	Duration    float64        `json:"duration_seconds"`
-	Status      Severity       `json:"status"` // worst problem; notices count as ok
-	Targets     []TargetStatus `json:"targets"`
-	Snapshots   int            `json:"snapshots"`
-	IndexObjs   int            `json:"index_objects"`
-	Packs       int            `json:"packs"`  // known to the index
-	Chunks      int            `json:"chunks"` // distinct chunks the manifests reference
-	Read        *ReadStats     `json:"read_data,omitempty"`
-	Drill       *DrillResult   `json:"drill,omitempty"`
-	Lost        []SnapshotRef  `json:"lost_snapshots,omitempty"`
-	NeedRebuild []SnapshotRef  `json:"snapshots_needing_repair,omitempty"`
-	Problems    []Problem      `json:"problems"`
+	RepoID    string         `json:"repo_id"`
+	Scheme    string         `json:"scheme"`
+	Started   time.Time      `json:"started"`
+	Duration  float64        `json:"duration_seconds"`
+	Status    Severity       `json:"status"` // worst problem; notices count as ok
+	Targets   []TargetStatus `json:"targets"`
+	Snapshots int            `json:"snapshots"`
+	IndexObjs int            `json:"index_objects"`
+	Packs     int            `json:"packs"`  // known to the index
+	Chunks    int            `json:"chunks"` // distinct chunks the manifests reference
+	Shards    ShardChecks    `json:"shard_checks"`
+	// HeadRequests counts the Stat requests made (S3 HEAD): one per shard
+	// in the checksum pass, one per replicated object a listing lacked.
+	HeadRequests int64         `json:"head_requests"`
+	Read         *ReadStats    `json:"read_data,omitempty"`
+	Drill        *DrillResult  `json:"drill,omitempty"`
+	Lost         []SnapshotRef `json:"lost_snapshots,omitempty"`
+	NeedRebuild  []SnapshotRef `json:"snapshots_needing_repair,omitempty"`
+	Problems     []Problem     `json:"problems"`
 }
 
 // Err returns nil when the report is OK (notices included), else an error
@@ -238,6 +257,8 @@ func (r *Report) WriteText(w io.Writer) {
 			fmt.Fprintf(w, "  target %d %s: UNREACHABLE: %s\n", t.Target, t.Location, t.Error)
 		}
 	}
+	fmt.Fprintf(w, "shards: %d checked by checksum, %d by size only%s; %d HEAD requests\n",
+		r.Shards.Checksum, r.Shards.SizeOnly, r.Shards.sizeOnlyWhy(), r.HeadRequests)
 	if r.Read != nil {
 		wrapped := ""
 		if r.Read.Wrapped {
@@ -279,6 +300,28 @@ func (r *Report) WriteText(w io.Writer) {
 	case DataLost:
 		fmt.Fprintf(w, "status: DATA LOST, %d snapshot(s) cannot be restored\n", len(r.Lost))
 	}
+}
+
+// sizeOnlyWhy says why shards were checked by size only, " (...)" or "".
+func (s ShardChecks) sizeOnlyWhy() string {
+	var why []string
+	for _, c := range []struct {
+		n    int
+		what string
+	}{
+		{s.Skipped, "checksum pass skipped"},
+		{s.NotRecorded, "no checksum in the index, version 1"},
+		{s.StoreHasNone, "the store keeps no checksum"},
+		{s.StatFailed, "HEAD failed"},
+	} {
+		if c.n > 0 {
+			why = append(why, fmt.Sprintf("%d: %s", c.n, c.what))
+		}
+	}
+	if len(why) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(why, ", ") + ")"
 }
 
 func intp(i int) *int { return &i }

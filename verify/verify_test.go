@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	miniogo "github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/ferrydr/ferry/agent/backup"
 	"github.com/ferrydr/ferry/agent/restore"
@@ -126,6 +127,8 @@ func (f *fixture) shard(t *testing.T, id pack.ID, i int) (*miniogo.Client, strin
 	return f.Servers[i].Client(t), "repo/" + repo.ShardName(id, i)
 }
 
+// rewrite writes change(shard i of pack id) straight to the bucket without
+// a checksum, as a tool that sends none would: MinIO then keeps none.
 func (f *fixture) rewrite(t *testing.T, id pack.ID, i int, change func([]byte) []byte) {
 	t.Helper()
 	ctx := context.Background()
@@ -142,6 +145,41 @@ func (f *fixture) rewrite(t *testing.T, id pack.ID, i int, change func([]byte) [
 	if _, err := cl.PutObject(ctx, "ferry", key, bytes.NewReader(b), int64(len(b)), miniogo.PutObjectOptions{}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// replace writes change(shard i of pack id) straight to the bucket with a
+// full-object CRC32C, as current S3 clients send one.
+func (f *fixture) replace(t *testing.T, id pack.ID, i int, change func([]byte) []byte) {
+	t.Helper()
+	ctx := context.Background()
+	srv := f.Servers[i]
+	// minio-go sends a checksum only as an HTTP trailer.
+	cl, err := miniogo.New(srv.Endpoint, &miniogo.Options{Creds: credentials.NewStaticV4(srv.AccessKey, srv.SecretKey, ""), TrailingHeaders: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "repo/" + repo.ShardName(id, i)
+	obj, err := cl.GetObject(ctx, "ferry", key, miniogo.GetObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(obj); err != nil {
+		t.Fatal(err)
+	}
+	b := change(buf.Bytes())
+	opts := miniogo.PutObjectOptions{Checksum: miniogo.ChecksumCRC32C, DisableMultipart: true}
+	if _, err := cl.PutObject(ctx, "ferry", key, bytes.NewReader(b), int64(len(b)), opts); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// scramble replaces every byte: other bytes of the same length.
+func scramble(b []byte) []byte {
+	for i := range b {
+		b[i] = byte(i*7) ^ 0x5a
+	}
+	return b
 }
 
 func problems(rep *verify.Report, kind string) []verify.Problem {
@@ -181,15 +219,64 @@ func TestBucketDeletedIsDegraded(t *testing.T) {
 	}
 }
 
-func TestFlippedByteFoundOnlyByReadingData(t *testing.T) {
+// TestReplacedShardFoundByChecksum: a shard replaced by other bytes of the
+// same length keeps its listed size, but not the CRC32C the store keeps:
+// the structural check finds it with one HEAD per shard, downloading
+// nothing, and repair puts back the very object first written.
+func TestReplacedShardFoundByChecksum(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	victim := f.packOf(t, f.db.SnapshotID)
+	f.replace(t, victim, 1, scramble)
+
+	rep := f.run(t, verify.Options{})
+	if rep.Status != verify.Degraded || len(rep.Lost) != 0 || rep.Read != nil {
+		t.Fatalf("status %s, lost %v: %v", rep.Status, rep.Lost, rep.Problems)
+	}
+	bad := problems(rep, verify.KindShardCorrupt)
+	if len(bad) != 1 || bad[0].Pack != victim.String() || *bad[0].Shard != 1 || bad[0].Target != 2 || !strings.Contains(bad[0].Detail, "CRC32C") {
+		t.Fatalf("want shard 1 of pack %s on target 2 reported by its checksum, got %v", victim.Short(), rep.Problems)
+	}
+	shards := 3 * rep.Packs
+	if rep.Shards.Checksum != shards || rep.Shards.SizeOnly != 0 || rep.HeadRequests != int64(shards) {
+		t.Fatalf("want all %d shards checked by checksum with as many HEAD requests, got %+v, %d HEAD", shards, rep.Shards, rep.HeadRequests)
+	}
+
+	// Sizes only: no HEAD request, and nothing found.
+	quick := f.run(t, verify.Options{SizesOnly: true})
+	if quick.Status != verify.OK || quick.HeadRequests != 0 || quick.Shards.Skipped != shards || quick.Shards.Checksum != 0 {
+		t.Fatalf("sizes only: status %s, %+v, %d HEAD: %v", quick.Status, quick.Shards, quick.HeadRequests, quick.Problems)
+	}
+
+	done, err := verify.Repair(ctx, f.open(t), rep)
+	if err != nil || len(done.Shards) != 1 || done.Shards[0].Shard != 1 {
+		t.Fatalf("repair: %v %+v", err, done)
+	}
+	if after := f.run(t, verify.Options{}); after.Status != verify.OK || after.Shards.Checksum != shards {
+		t.Fatalf("after repair: status %s, %+v: %v", after.Status, after.Shards, after.Problems)
+	}
+	// Shard 0 gone with its server: the restore needs the repaired shard 1.
+	f.Servers[0].Stop()
+	f.restoresAll(t)
+}
+
+// TestShardWithoutChecksumFoundByReadingData: a shard rewritten by a tool
+// that stores no checksum can only be checked by its size; verify says so,
+// and reading the data finds the flipped byte.
+func TestShardWithoutChecksumFoundByReadingData(t *testing.T) {
 	f := setup(t)
 	victim := f.packOf(t, f.db.SnapshotID)
 	f.rewrite(t, victim, 0, func(b []byte) []byte { b[len(b)-100] ^= 0x40; return b })
 
-	if rep := f.run(t, verify.Options{}); rep.Status != verify.OK {
-		t.Fatalf("a flipped byte keeps the size; the structural check should see nothing, got %v", rep.Problems)
+	rep := f.run(t, verify.Options{})
+	if rep.Status != verify.OK || rep.Shards.StoreHasNone != 1 || rep.Shards.SizeOnly != 1 {
+		t.Fatalf("a flipped byte keeps the size and the store has no checksum: want OK, one shard by size only; got %s, %+v: %v", rep.Status, rep.Shards, rep.Problems)
 	}
-	rep := f.run(t, verify.Options{ReadDataPercent: 100, StateFile: filepath.Join(t.TempDir(), "state.json")})
+	note := problems(rep, verify.KindChecksumUnchecked)
+	if len(note) != 1 || note[0].Target != 1 || note[0].Object != repo.ShardName(victim, 0) {
+		t.Fatalf("want a notice naming the shard without a checksum on target 1, got %v", rep.Problems)
+	}
+	rep = f.run(t, verify.Options{ReadDataPercent: 100, StateFile: filepath.Join(t.TempDir(), "state.json")})
 	if rep.Status != verify.Degraded || len(rep.Lost) != 0 {
 		t.Fatalf("status %s, lost %v: %v", rep.Status, rep.Lost, rep.Problems)
 	}
@@ -284,6 +371,23 @@ func TestTwoShardsLostNamesTheSnapshot(t *testing.T) {
 	_, err := verify.Drill(ctx, f.open(t), mustSnapshot(t, f.open(t), f.db.SnapshotID), verify.Discard, verify.DrillOptions{})
 	if !errors.Is(err, restore.ErrDataLost) {
 		t.Fatalf("drill of a lost snapshot: want ErrDataLost, got %v", err)
+	}
+}
+
+// restoresAll restores every snapshot and compares it with its image.
+func (f *fixture) restoresAll(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	r := f.open(t)
+	for id, img := range f.images {
+		out := filepath.Join(t.TempDir(), "restored.img")
+		if _, err := restore.Run(ctx, r, mustSnapshot(t, r, id), out, restore.Options{}); err != nil {
+			t.Fatalf("restore %s: %v", id[:8], err)
+		}
+		want, _ := os.ReadFile(img)
+		if got, _ := os.ReadFile(out); !bytes.Equal(got, want) {
+			t.Fatalf("snapshot %s restores differently", id[:8])
+		}
 	}
 }
 

@@ -42,7 +42,14 @@ type Runner struct {
 	Host       string
 	Expose     expose.Config
 	Secrets    Secrets
+	Cluster    string // recorded in manifests; may be empty
 	Log        *slog.Logger
+}
+
+// Options add what the hook cannot know to a job.
+type Options struct {
+	PVC      string           // the claim the snapshot is of, when known (from the VolumeSnapshot)
+	Progress *backup.Progress // updated as the backup runs; may be nil
 }
 
 // Result reports a finished job.
@@ -53,7 +60,7 @@ type Result struct {
 }
 
 // Run replicates snapshot s.
-func (r *Runner) Run(ctx context.Context, s hook.Snapshot) (*Result, error) {
+func (r *Runner) Run(ctx context.Context, s hook.Snapshot, o Options) (*Result, error) {
 	log := r.Log.With("snapshot", s.SnapshotID, "volume", s.SourceVolumeID)
 	sec, err := r.Secrets.Secret(ctx, s.Replication.SecretNamespace, s.Replication.SecretName)
 	if err != nil {
@@ -132,12 +139,13 @@ func (r *Runner) Run(ctx context.Context, s hook.Snapshot) (*Result, error) {
 	if size == 0 || size > vol.Size {
 		size = vol.Size
 	}
-	name := s.Replication.SeriesName(s.Replication.SnapshotNamespace, "", s.SourceVolumeID)
+	name := s.Replication.SeriesName(s.Replication.SnapshotNamespace, o.PVC, s.SourceVolumeID)
 	opts := backup.Options{
-		Name:  name,
-		Holes: holes,
+		Name:     name,
+		Holes:    holes,
+		Progress: o.Progress,
 		Volume: repo.Volume{
-			Host: r.Host, Namespace: s.Replication.SnapshotNamespace, Driver: r.DriverName,
+			Host: r.Host, Cluster: r.Cluster, Namespace: s.Replication.SnapshotNamespace, PVC: o.PVC, Driver: r.DriverName,
 			CSIVolumeID: s.SourceVolumeID, CSISnapshotID: s.SnapshotID,
 			VolumeSnapshot: s.Replication.SnapshotName, VolumeSnapshotContent: s.Replication.SnapshotContentName,
 		},

@@ -14,14 +14,18 @@ func repairCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "repair --repo REPO [--read-data-percent N]",
 		Short: "Rebuild lost or corrupt shards, index objects and metadata copies from the survivors",
-		Long: `Repair runs verify (structural, plus --read-data-percent to find corrupt
-shards by reading them), then fixes what it found: replicated objects
-(keys, config, index objects, manifests) are copied to targets that lack
-them, including a bucket recreated empty; packs no index knows get an index
+		Long: `Repair runs verify (structural, with the shard checksums the targets keep;
+plus --read-data-percent to find corrupt shards by reading them), then fixes
+what it found: replicated objects (keys, config, index objects, manifests)
+are copied to targets that lack them, including a bucket recreated empty;
+packs that hold chunks a snapshot needs but no index names get an index
 object rebuilt from their headers; every pack with missing or corrupt shards
-is rebuilt from at least k intact ones and written back. Each step is
-idempotent and safe to interrupt: run repair again to finish. It then
-verifies again and exits like verify.`,
+is rebuilt from at least k intact ones and written back, each rebuilt shard
+checked against the checksum the index recorded for it. Shards of packs no
+index knows are left alone: a backup still running writes its index after
+its shards. Each step is idempotent, safe to interrupt (run repair again to
+finish) and safe while backups run. It then verifies again and exits like
+verify.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -54,8 +58,8 @@ verifies again and exits like verify.`,
 			for _, f := range done.Failed {
 				fmt.Fprintf(out, "could not repair: %s\n", f)
 			}
-			// Corrupt shards are only found by reading: verify again at
-			// the structural level to show what is left.
+			// Verify again at the structural level (checksums included) to
+			// show what is left; what only reading finds is not read again.
 			after, err := verify.Run(ctx, r, verify.Options{})
 			if err != nil {
 				return err

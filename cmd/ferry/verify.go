@@ -21,11 +21,19 @@ func verifyCmd(g *globals) *cobra.Command {
 		asJSON      bool
 	)
 	cmd := &cobra.Command{
-		Use:   "verify --repo REPO [--read-data-percent N] [--drill SNAPSHOT|latest]",
+		Use:   "verify --repo REPO [--sizes-only] [--read-data-percent N] [--drill SNAPSHOT|latest]",
 		Short: "Check that every snapshot can be restored",
-		Long: `Check the repository. Always: every snapshot's chunks are in the index, every
-pack has all its shards on their targets with the right sizes, and the index
-and manifests are on every target (no shard data is downloaded).
+		Long: `Check the repository. Always, without downloading shard data: every
+snapshot's chunks are in the index, the index and manifests are on every
+target, and every pack has all its shards on their targets, each with the
+right size and with the CRC32C checksum the index recorded when it was
+written, compared with the one the target keeps (one HEAD request per shard
+on S3; a file:// target keeps it in an extended attribute). A shard replaced
+by other bytes of the same size is found this way. Shards without a recorded
+or stored checksum are checked by size only, and the report counts them.
+--sizes-only skips the HEAD requests and compares listed sizes only: the
+cheapest check (one LIST request per 1000 objects), which misses a shard
+replaced by bytes of the same size.
 --read-data-percent N also downloads N% of the packs and checks them down to
 every chunk's hash; successive runs continue where the last one stopped
 (the cursor is kept in --state-file), so ceil(100/N) runs read everything.
@@ -38,6 +46,9 @@ Exit status: 0 all good, 4 degraded but repairable (run repair), 3 data lost
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if opts.ReadDataPercent < 0 || opts.ReadDataPercent > 100 {
 				return usageError{fmt.Errorf("--read-data-percent %d: want 1..100", opts.ReadDataPercent)}
+			}
+			if opts.StatWorkers < 1 {
+				return usageError{fmt.Errorf("--stat-workers %d: want at least 1", opts.StatWorkers)}
 			}
 			if drillTarget != "" && drill == "" {
 				return usageError{errors.New("--drill-target needs --drill")}
@@ -80,6 +91,8 @@ Exit status: 0 all good, 4 degraded but repairable (run repair), 3 data lost
 	f := cmd.Flags()
 	f.IntVar(&opts.ReadDataPercent, "read-data-percent", 0, "download and fully check this share of the packs (1-100), continuing from the last run")
 	f.StringVar(&opts.StateFile, "state-file", "", "where the read-data rotation is kept (default $XDG_STATE_HOME/ferry/verify-<repo>.json)")
+	f.BoolVar(&opts.SizesOnly, "sizes-only", false, "check shards by listed size only, without a HEAD request per shard for its checksum (cheapest; misses a shard replaced by bytes of the same size)")
+	f.IntVar(&opts.StatWorkers, "stat-workers", 16, "HEAD requests in flight per target for the shard checksums")
 	f.IntVar(&opts.Workers, "workers", 4, "packs read at once")
 	f.StringVar(&drill, "drill", "", "restore this snapshot (ID, prefix or latest) into nothing, check it and time it")
 	f.StringVar(&drillTarget, "drill-target", "", "with --drill: write into this new scratch file (removed afterwards) or block device")

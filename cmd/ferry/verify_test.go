@@ -8,12 +8,19 @@ import (
 	"testing"
 
 	"github.com/ferrydr/ferry/testenv/volume"
+	"github.com/ferrydr/ferry/transport/objstore"
 )
 
 type verifyJSON struct {
-	Status   string `json:"status"`
-	Packs    int    `json:"packs"`
-	ReadData *struct {
+	Status      string `json:"status"`
+	Packs       int    `json:"packs"`
+	ShardChecks struct {
+		Checksum int `json:"checksum"`
+		SizeOnly int `json:"size_only"`
+		Skipped  int `json:"skipped"`
+	} `json:"shard_checks"`
+	HeadRequests int `json:"head_requests"`
+	ReadData     *struct {
 		Packs int `json:"packs"`
 	} `json:"read_data"`
 	Drill *struct {
@@ -52,6 +59,17 @@ func TestCLIVerify(t *testing.T) {
 	if _, err := os.Stat(state); err != nil {
 		t.Fatalf("state file not written: %v", err)
 	}
+	if v.ShardChecks.Checksum != 3*v.Packs || v.HeadRequests != 3*v.Packs {
+		t.Fatalf("want every shard checked by checksum, one HEAD each: %s", out)
+	}
+	v = verifyJSON{}
+	out = mustFerry(t, env, "verify", "--json", "--sizes-only")
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.Status != "ok" || v.ShardChecks.Skipped != 3*v.Packs || v.ShardChecks.Checksum != 0 || v.HeadRequests != 0 {
+		t.Fatalf("--sizes-only: %s", out)
+	}
 	scratch := filepath.Join(work, "scratch.img")
 	if out := mustFerry(t, env, "verify", "--drill", id[:8], "--drill-target", scratch); !strings.Contains(out, "digest verified") || !strings.Contains(out, "status: ok") {
 		t.Fatalf("drill into a scratch file: %s", out)
@@ -63,15 +81,54 @@ func TestCLIVerify(t *testing.T) {
 		t.Fatalf("drill over an existing file: exit %d, %s", r.code, r.stderr)
 	}
 
+	// A shard replaced by other bytes of its size, through the store (which
+	// keeps the new bytes' checksum): found without reading, unless
+	// --sizes-only; repaired.
+	shards, _ := filepath.Glob(filepath.Join(dirs[2], "data", "*", "*.2"))
+	if len(shards) == 0 {
+		t.Fatal("no shards on target 3")
+	}
+	store, err := objstore.NewFile(dirs[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	name, _ := filepath.Rel(dirs[2], shards[0])
+	obj, err := store.Get(t.Context(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := store.Stat(t.Context(), name); err != nil || !info.HasCRC32C {
+		t.Skipf("the test's file system keeps no user xattrs: %+v %v", info, err)
+	}
+	for i := range obj {
+		obj[i] ^= 0x5a
+	}
+	if err := store.Delete(t.Context(), name); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Create(t.Context(), name, obj); err != nil {
+		t.Fatal(err)
+	}
+	r := ferry(t, env, "verify")
+	if r.code != exitDegraded || !strings.Contains(r.stdout, "shard-corrupt") || !strings.Contains(r.stdout, "target 3") {
+		t.Fatalf("a replaced shard: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if r := ferry(t, env, "verify", "--sizes-only"); r.code != 0 {
+		t.Fatalf("a replaced shard, --sizes-only: exit %d\n%s", r.code, r.stdout)
+	}
+	if r := ferry(t, env, "repair"); r.code != 0 || !strings.Contains(r.stdout, "rebuilt pack") {
+		t.Fatalf("repair of a replaced shard: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+
 	// One shard gone: degraded, exit 4, the target named.
-	shards, _ := filepath.Glob(filepath.Join(dirs[1], "data", "*", "*.1"))
+	shards, _ = filepath.Glob(filepath.Join(dirs[1], "data", "*", "*.1"))
 	if len(shards) == 0 {
 		t.Fatal("no shards on target 2")
 	}
 	if err := os.Remove(shards[0]); err != nil {
 		t.Fatal(err)
 	}
-	r := ferry(t, env, "verify")
+	r = ferry(t, env, "verify")
 	if r.code != exitDegraded || !strings.Contains(r.stdout, "shard-missing") || !strings.Contains(r.stdout, "target 2") {
 		t.Fatalf("one shard gone: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}

@@ -2,10 +2,13 @@
 // only: CreateVolume with the snapshot as content source, ControllerPublish
 // when the driver needs it, NodeStage and NodePublish with block access.
 // Release undoes it in reverse: NodeUnpublish, NodeUnstage,
-// ControllerUnpublish, DeleteVolume.
+// ControllerUnpublish, DeleteVolume. Provision does the same for a new,
+// empty volume opened for writing (a restore's destination), and Detach
+// undoes the attachment but keeps the volume.
 //
-// Every name is derived from the snapshot ID (volume name
-// "ferry-read-<hash>", paths DIR/<hash>/...), and every step is idempotent
+// Every name is derived from the snapshot ID or the caller's key (volume
+// names "ferry-read-<hash>" and "ferry-restore-<hash>", paths
+// DIR/<hash>/...), and every step is idempotent
 // (CSI requires it of the driver; NOT_FOUND on the way down counts as done),
 // so an agent killed half-way simply runs Expose or Release again after a
 // restart. Each call has its own timeout.
@@ -55,11 +58,11 @@ type plan struct {
 	capability *csi.VolumeCapability
 }
 
-func newPlan(ctx context.Context, cfg Config, snapshotID string) (plan, error) {
-	sum := sha256.Sum256([]byte(snapshotID))
+func newPlan(ctx context.Context, cfg Config, prefix, key string) (plan, error) {
+	sum := sha256.Sum256([]byte(key))
 	h := hex.EncodeToString(sum[:12])
 	p := plan{
-		name:    "ferry-read-" + h,
+		name:    prefix + h,
 		dir:     filepath.Join(cfg.Dir, h),
 		staging: filepath.Join(cfg.Dir, h, "staging"),
 		target:  filepath.Join(cfg.Dir, h, "device"),
@@ -84,7 +87,7 @@ func newPlan(ctx context.Context, cfg Config, snapshotID string) (plan, error) {
 		}
 	}
 	if !canCreate {
-		return p, errors.New("the driver cannot create volumes (no CREATE_DELETE_VOLUME capability), so snapshots cannot be read through it")
+		return p, errors.New("the driver cannot create volumes (no CREATE_DELETE_VOLUME capability), so Ferry cannot read or restore volumes through it")
 	}
 	nc, err := call(ctx, cfg, func(ctx context.Context) (*csi.NodeGetCapabilitiesResponse, error) {
 		return csi.NewNodeClient(cfg.Driver).NodeGetCapabilities(ctx, &csi.NodeGetCapabilitiesRequest{})
@@ -114,7 +117,7 @@ func call[T any](ctx context.Context, cfg Config, f func(context.Context) (T, er
 // it to this node as a block device and opens it for reading. sizeBytes is
 // the snapshot's size, 0 when unknown.
 func Expose(ctx context.Context, cfg Config, snapshotID string, sizeBytes int64) (*Volume, error) {
-	p, err := newPlan(ctx, cfg, snapshotID)
+	p, err := newPlan(ctx, cfg, "ferry-read-", snapshotID)
 	if err != nil {
 		return nil, err
 	}
@@ -134,38 +137,91 @@ func Expose(ctx context.Context, cfg Config, snapshotID string, sizeBytes int64)
 	if err != nil {
 		return nil, fmt.Errorf("create a volume from snapshot %s: %w", snapshotID, err)
 	}
-	volID := cv.GetVolume().GetVolumeId()
-	v := &Volume{VolumeID: volID, cfg: cfg, plan: p}
-	fail := func(step string, err error) (*Volume, error) {
-		return nil, fmt.Errorf("%s volume %s (from snapshot %s): %w", step, volID, snapshotID, err)
+	v := &Volume{VolumeID: cv.GetVolume().GetVolumeId(), cfg: cfg, plan: p}
+	if err := v.attach(ctx, cv.GetVolume().GetVolumeContext(), true); err != nil {
+		return nil, fmt.Errorf("%w (volume %s, from snapshot %s)", err, v.VolumeID, snapshotID)
 	}
+	return v, nil
+}
+
+// ErrCapacity means the driver has no room for a volume of the size asked.
+var ErrCapacity = errors.New("not enough capacity")
+
+// Provisioned is a new volume Provision created.
+type Provisioned struct {
+	*Volume
+	Capacity int64             // bytes, as the driver made it
+	Context  map[string]string // the driver's volume context, for the PersistentVolume
+	Topology []map[string]string // where the volume is accessible; empty: anywhere
+}
+
+// Provision creates (or finds: the name derives from key) an empty volume
+// of at least sizeBytes with the driver's parameters, attaches it to this
+// node as a block device and opens it for writing. Detach undoes the
+// attachment and keeps the volume; Release deletes it.
+func Provision(ctx context.Context, cfg Config, key string, sizeBytes int64, parameters map[string]string) (*Provisioned, error) {
+	p, err := newPlan(ctx, cfg, "ferry-restore-", key)
+	if err != nil {
+		return nil, err
+	}
+	p.capability.AccessMode.Mode = csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
+	cv, err := call(ctx, cfg, func(ctx context.Context) (*csi.CreateVolumeResponse, error) {
+		return csi.NewControllerClient(cfg.Driver).CreateVolume(ctx, &csi.CreateVolumeRequest{
+			Name:               p.name,
+			CapacityRange:      &csi.CapacityRange{RequiredBytes: sizeBytes},
+			VolumeCapabilities: []*csi.VolumeCapability{p.capability},
+			Parameters:         parameters,
+		})
+	})
+	switch status.Code(err) {
+	case codes.OK:
+	case codes.ResourceExhausted, codes.OutOfRange:
+		return nil, fmt.Errorf("%w: the driver cannot create a volume of %d bytes: %s", ErrCapacity, sizeBytes, status.Convert(err).Message())
+	default:
+		return nil, fmt.Errorf("create a volume of %d bytes: %w", sizeBytes, err)
+	}
+	v := &Volume{VolumeID: cv.GetVolume().GetVolumeId(), cfg: cfg, plan: p}
+	if err := v.attach(ctx, cv.GetVolume().GetVolumeContext(), false); err != nil {
+		return nil, fmt.Errorf("%w (new volume %s)", err, v.VolumeID)
+	}
+	out := &Provisioned{Volume: v, Capacity: cv.GetVolume().GetCapacityBytes(), Context: cv.GetVolume().GetVolumeContext()}
+	for _, t := range cv.GetVolume().GetAccessibleTopology() {
+		out.Topology = append(out.Topology, t.GetSegments())
+	}
+	return out, nil
+}
+
+// attach publishes the volume as a block device at the plan's target path
+// and opens it.
+func (v *Volume) attach(ctx context.Context, volCtx map[string]string, readonly bool) error {
+	cfg, p, volID := v.cfg, v.plan, v.VolumeID
 	var pubCtx map[string]string
 	if p.publish {
 		r, err := call(ctx, cfg, func(ctx context.Context) (*csi.ControllerPublishVolumeResponse, error) {
 			return csi.NewControllerClient(cfg.Driver).ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{
-				VolumeId: volID, NodeId: cfg.NodeID, VolumeCapability: p.capability, Readonly: true, VolumeContext: cv.GetVolume().GetVolumeContext(),
+				VolumeId: volID, NodeId: cfg.NodeID, VolumeCapability: p.capability, Readonly: readonly, VolumeContext: volCtx,
 			})
 		})
 		if err != nil {
-			return fail("controller-publish", err)
+			return fmt.Errorf("controller-publish: %w", err)
 		}
 		pubCtx = r.GetPublishContext()
 	}
 	if err := os.MkdirAll(p.staging, 0o700); err != nil {
-		return fail("prepare", err)
+		return err
 	}
 	if p.stage {
 		_, err := call(ctx, cfg, func(ctx context.Context) (*csi.NodeStageVolumeResponse, error) {
 			return csi.NewNodeClient(cfg.Driver).NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{
-				VolumeId: volID, PublishContext: pubCtx, StagingTargetPath: p.staging, VolumeCapability: p.capability, VolumeContext: cv.GetVolume().GetVolumeContext(),
+				VolumeId: volID, PublishContext: pubCtx, StagingTargetPath: p.staging, VolumeCapability: p.capability, VolumeContext: volCtx,
 			})
 		})
 		if err != nil {
-			return fail("stage", err)
+			return fmt.Errorf("stage: %w", err)
 		}
 	}
 	pub := &csi.NodePublishVolumeRequest{
-		VolumeId: volID, PublishContext: pubCtx, TargetPath: p.target, VolumeCapability: p.capability, Readonly: true, VolumeContext: cv.GetVolume().GetVolumeContext(),
+		VolumeId: volID, PublishContext: pubCtx, TargetPath: p.target, VolumeCapability: p.capability, Readonly: readonly, VolumeContext: volCtx,
 	}
 	if p.stage {
 		pub.StagingTargetPath = p.staging
@@ -173,27 +229,44 @@ func Expose(ctx context.Context, cfg Config, snapshotID string, sizeBytes int64)
 	if _, err := call(ctx, cfg, func(ctx context.Context) (*csi.NodePublishVolumeResponse, error) {
 		return csi.NewNodeClient(cfg.Driver).NodePublishVolume(ctx, pub)
 	}); err != nil {
-		return fail("publish", err)
+		return fmt.Errorf("publish: %w", err)
 	}
-	f, err := os.Open(p.target)
+	flag := os.O_RDONLY
+	if !readonly {
+		flag = os.O_RDWR
+	}
+	f, err := os.OpenFile(p.target, flag, 0)
 	if err != nil {
-		return fail("open", err)
+		return err
 	}
 	size, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
 		f.Close()
-		return fail("size of", err)
+		return fmt.Errorf("size of the device: %w", err)
 	}
 	v.File, v.Size = f, size
-	return v, nil
+	return nil
 }
 
-// Release closes the device and undoes Expose.
+// Path is where the block device is published on this node.
+func (v *Volume) Path() string { return v.plan.target }
+
+// Release closes the device and undoes Expose (or Provision): the volume
+// is detached and deleted.
 func (v *Volume) Release(ctx context.Context) error {
 	if v.File != nil {
 		v.File.Close()
 	}
-	return release(ctx, v.cfg, v.plan, v.VolumeID)
+	return release(ctx, v.cfg, v.plan, v.VolumeID, true)
+}
+
+// Detach closes the device and detaches the volume from this node, keeping
+// it: the end of a Provision whose volume now holds a restore.
+func (v *Volume) Detach(ctx context.Context) error {
+	if v.File != nil {
+		v.File.Close()
+	}
+	return release(ctx, v.cfg, v.plan, v.VolumeID, false)
 }
 
 // Cleanup undoes an Expose of snapshotID whose Volume was lost (the agent
@@ -204,14 +277,14 @@ func Cleanup(ctx context.Context, cfg Config, snapshotID, volumeID string) error
 	if volumeID == "" {
 		return errors.New("cleanup: no volume ID")
 	}
-	p, err := newPlan(ctx, cfg, snapshotID)
+	p, err := newPlan(ctx, cfg, "ferry-read-", snapshotID)
 	if err != nil {
 		return err
 	}
-	return release(ctx, cfg, p, volumeID)
+	return release(ctx, cfg, p, volumeID, true)
 }
 
-func release(ctx context.Context, cfg Config, p plan, volID string) error {
+func release(ctx context.Context, cfg Config, p plan, volID string, deleteVolume bool) error {
 	gone := func(err error) bool { return err == nil || status.Code(err) == codes.NotFound }
 	if _, err := call(ctx, cfg, func(ctx context.Context) (*csi.NodeUnpublishVolumeResponse, error) {
 		return csi.NewNodeClient(cfg.Driver).NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: volID, TargetPath: p.target})
@@ -231,6 +304,9 @@ func release(ctx context.Context, cfg Config, p plan, volID string) error {
 		}); !gone(err) {
 			return fmt.Errorf("controller-unpublish volume %s: %w", volID, err)
 		}
+	}
+	if !deleteVolume {
+		return os.RemoveAll(p.dir)
 	}
 	if _, err := call(ctx, cfg, func(ctx context.Context) (*csi.DeleteVolumeResponse, error) {
 		return csi.NewControllerClient(cfg.Driver).DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: volID})

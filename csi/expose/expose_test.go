@@ -3,6 +3,7 @@ package expose_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -72,5 +73,52 @@ func TestExpose(t *testing.T) {
 		if err != nil || len(lv.GetEntries()) != 1 {
 			t.Fatalf("publish=%v: volumes after release: %v %v", publish, lv.GetEntries(), err)
 		}
+	}
+}
+
+// TestProvision creates a volume to restore into, writes it through the
+// block device, detaches it (the volume stays, with the bytes), finds the
+// same volume again by key, and checks a driver without room answers
+// ErrCapacity.
+func TestProvision(t *testing.T) {
+	ctx := context.Background()
+	const size = 8 << 20
+	drv := reflinkcsi.StartTest(t, reflinkcsi.Config{ControllerPublish: true, Capacity: 3 * size})
+	conn := csitest.Dial(t, drv.Config().Endpoint)
+	cfg := expose.Config{Driver: conn, NodeID: drv.Config().NodeID, Dir: t.TempDir()}
+	v, err := expose.Provision(ctx, cfg, "job-1", size, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Capacity != size || v.Size != size {
+		t.Fatalf("provisioned %d bytes, device %d, want %d", v.Capacity, v.Size, size)
+	}
+	data := bytes.Repeat([]byte("ferry"), 1000)
+	if _, err := v.WriteAt(data, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Detach(ctx); err != nil {
+		t.Fatal(err)
+	}
+	again, err := expose.Provision(ctx, cfg, "job-1", size, nil)
+	if err != nil {
+		t.Fatalf("provisioning the same key again: %v", err)
+	}
+	got := make([]byte, len(data))
+	if _, err := again.ReadAt(got, 4096); err != nil || !bytes.Equal(got, data) || again.VolumeID != v.VolumeID {
+		t.Fatalf("volume %s (was %s) read %q..., %v", again.VolumeID, v.VolumeID, got[:10], err)
+	}
+	if err := again.Detach(ctx); err != nil {
+		t.Fatal(err)
+	}
+	lv, err := csi.NewControllerClient(conn).ListVolumes(ctx, &csi.ListVolumesRequest{})
+	if err != nil || len(lv.GetEntries()) != 1 {
+		t.Fatalf("volumes after detach: %v %v", lv.GetEntries(), err)
+	}
+	if _, err := expose.Provision(ctx, cfg, "job-2", 3*size, nil); !errors.Is(err, expose.ErrCapacity) {
+		t.Fatalf("a volume beyond the driver's capacity: %v, want ErrCapacity", err)
+	}
+	if err := again.Release(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -9,14 +9,12 @@ package minio
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
-	"time"
+
+	"github.com/ferrydr/ferry/testenv/cache"
 )
 
 // The MinIO server the tests run, as a Go module version.
@@ -27,16 +25,7 @@ const (
 
 // CacheDir is where built test binaries are kept: $FERRY_CACHE if set, else
 // $XDG_CACHE_HOME/ferry, else ~/.cache/ferry.
-func CacheDir() (string, error) {
-	if d := os.Getenv("FERRY_CACHE"); d != "" {
-		return d, nil
-	}
-	d, err := os.UserCacheDir() // $XDG_CACHE_HOME or ~/.cache on Linux
-	if err != nil {
-		return "", fmt.Errorf("no cache directory (set FERRY_CACHE): %w", err)
-	}
-	return filepath.Join(d, "ferry"), nil
-}
+func CacheDir() (string, error) { return cache.Dir() }
 
 // binaryPath returns where Binary keeps the server.
 func binaryPath() (string, error) {
@@ -77,7 +66,7 @@ func Binary(ctx context.Context) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("minio cache: %w", err)
 	}
-	unlock, err := lockFile(ctx, final+".lock")
+	unlock, err := cache.Lock(ctx, final+".lock")
 	if err != nil {
 		return "", fmt.Errorf("minio cache: %w", err)
 	}
@@ -112,45 +101,10 @@ func build(ctx context.Context, dir, final string) error {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("build minio: go install %s@%s: %w\n%s", Module, Version, err, tail(out.Bytes(), 4096))
+		return fmt.Errorf("build minio: go install %s@%s: %w\n%s", Module, Version, err, cache.Tail(out.Bytes(), 4096))
 	}
 	if err := os.Rename(filepath.Join(gobin, "minio"), final); err != nil {
 		return fmt.Errorf("build minio: %w", err)
 	}
 	return nil
-}
-
-// lockFile takes an exclusive flock on path, waiting until ctx is done.
-func lockFile(ctx context.Context, path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() {
-				syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-				f.Close()
-			}, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
-			f.Close()
-			return nil, &fs.PathError{Op: "flock", Path: path, Err: err}
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("waiting for lock %s (another build running?): %w", path, ctx.Err())
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
-}
-
-// tail returns at most the last n bytes of b.
-func tail(b []byte, n int) []byte {
-	if len(b) > n {
-		return b[len(b)-n:]
-	}
-	return b
 }

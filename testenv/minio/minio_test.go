@@ -15,6 +15,8 @@ import (
 	"time"
 
 	miniogo "github.com/minio/minio-go/v7"
+
+	"github.com/ferrydr/ferry/testenv/cache"
 )
 
 func TestServer(t *testing.T) {
@@ -175,17 +177,17 @@ func TestCacheDir(t *testing.T) {
 
 func TestLockFileWaitsForContext(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "lock")
-	unlock, err := lockFile(t.Context(), path)
+	unlock, err := cache.Lock(t.Context(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 	defer cancel()
-	if _, err := lockFile(ctx, path); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := cache.Lock(ctx, path); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("second lock while held: %v, want the context's error", err)
 	}
 	unlock()
-	unlock2, err := lockFile(t.Context(), path)
+	unlock2, err := cache.Lock(t.Context(), path)
 	if err != nil {
 		t.Fatalf("lock after unlock: %v", err)
 	}

@@ -28,6 +28,11 @@ type Config struct {
 	// ControllerPublishVolume: NodeStageVolume refuses a volume not
 	// published to this node.
 	ControllerPublish bool
+	// Capacity, when set, is the total size of the volumes the driver
+	// may hold, counted in full although the files are sparse (as an LVM
+	// volume group counts them): CreateVolume beyond it fails with
+	// RESOURCE_EXHAUSTED. Zero: no limit.
+	Capacity int64
 	// Logger receives a line per call; nil means slog.Default().
 	Logger *slog.Logger
 

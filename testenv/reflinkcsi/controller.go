@@ -191,6 +191,19 @@ func (d *Driver) createVolume(name string, required, limit int64, params map[str
 	if err != nil {
 		return nil, err
 	}
+	if d.cfg.Capacity > 0 {
+		vs, err := d.store.volumes()
+		if err != nil {
+			return nil, err
+		}
+		var used int64
+		for _, v := range vs {
+			used += v.Size
+		}
+		if used+size > d.cfg.Capacity {
+			return nil, fmt.Errorf("%w: a volume of %d bytes does not fit: %d of %d bytes are taken", errExhausted, size, used, d.cfg.Capacity)
+		}
+	}
 	if err := makeDataFile(d.store.volumeFile(id), srcFile, size); err != nil {
 		return nil, fmt.Errorf("create volume %s: %w", id, err)
 	}

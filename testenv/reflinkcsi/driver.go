@@ -188,6 +188,8 @@ func statusError(err error) error {
 		code = codes.OutOfRange
 	case errors.Is(err, errInvalid):
 		code = codes.InvalidArgument
+	case errors.Is(err, errExhausted):
+		code = codes.ResourceExhausted
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):

@@ -23,6 +23,7 @@ var (
 	errPrecondition = errors.New("failed precondition")
 	errOutOfRange   = errors.New("out of range")
 	errInvalid      = errors.New("invalid argument")
+	errExhausted    = errors.New("resource exhausted")
 )
 
 // volume is the record of volumes/<id>.json.

@@ -23,6 +23,10 @@
 // zero-padded; parity shards hold the Reed-Solomon parity of the data shards.
 // With m = 0 the pack is plainly striped and every shard is needed.
 //
+// Encoding is deterministic and Rebuild regenerates a shard byte-identical
+// to what Encode wrote: the repository records each shard object's CRC32C
+// in its index and relies on a repaired shard matching it.
+//
 // Each shard is checked on its own (header CRC, packID, k, m, index, length,
 // data CRC); a shard that fails any check is treated like a missing one and
 // rebuilt from the others. Whether intact shards agree with each other is

@@ -5,7 +5,7 @@
 //	keys/<id>                    key objects (crypt), on every target
 //	config                       sealed Config, on every target; Target = t
 //	data/<pp>/<pack>.<i>         shard i of a pack, on target i mod T (erasure)
-//	index/<id>                   sealed index objects, on every target
+//	index/<id>                   sealed index objects (chunk -> pack, and each shard's CRC32C), on every target
 //	snapshots/<id>               sealed snapshot manifests, on every target
 //
 // <pack> is the pack's ID (SHA-256 of its bytes), <pp> its first two hex

@@ -16,17 +16,30 @@ import (
 	"github.com/ferrydr/ferry/transport/pack"
 )
 
-// An index object (sealed, associated data "ferry index v1") lists where
-// chunks live. Plaintext:
+// An index object lists where chunks live and what every shard of their
+// packs must be. Version 2 (written; sealed, associated data "ferry index v2"):
 //
-//	version (1) || packs (uvarint) || packs × (pack ID (32) || pack length (uvarint) || entries (uvarint) || entries × entry)
+//	version (2) || packs (uvarint) || packs × pack
+//	pack: pack ID (32) || pack length (uvarint) || shards (uvarint, 0 or k+m) || shards × CRC32C (u32 LE) || entries (uvarint) || entries × entry
 //	entry: flags (1: bit 0 = zstd) || chunk ID (32) || offset, length, raw length (uvarints)
-var indexAD = []byte("ferry index v1")
+//
+// A shard's CRC32C covers the whole shard object as stored (header and
+// data), so it can be compared with the checksum the store keeps without a
+// download. Version 1 (read; associated data "ferry index v1") is the same
+// without the shard count and CRCs.
+var (
+	indexAD   = []byte("ferry index v2")
+	indexADv1 = []byte("ferry index v1")
+)
 
 // PackInfo describes one pack known to the index.
 type PackInfo struct {
 	ID     pack.ID
 	Length int64
+	// ShardCRC holds the CRC32C of each of the k+m shard objects, by shard
+	// index; nil when not recorded (a pack indexed by a version 1 index
+	// object). It is shared: never modify it.
+	ShardCRC []uint32
 }
 
 // Location says where a chunk's blob lives.
@@ -82,15 +95,30 @@ func (x *Index) Packs() []PackInfo {
 	return append([]PackInfo(nil), x.packs...)
 }
 
-// AddPack records the entries of one pack.
+// Pack returns what the index knows of pack id.
+func (x *Index) Pack(id pack.ID) (PackInfo, bool) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	pi, ok := x.byPack[id]
+	if !ok {
+		return PackInfo{}, false
+	}
+	return x.packs[pi], true
+}
+
+// AddPack records the entries of one pack. A pack indexed twice keeps its
+// first record, gaining shard CRCs from the second if it had none.
 func (x *Index) AddPack(p PackInfo, entries []pack.Entry) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	pi, ok := x.byPack[p.ID]
-	if !ok {
+	switch {
+	case !ok:
 		pi = int32(len(x.packs))
 		x.packs = append(x.packs, p)
 		x.byPack[p.ID] = pi
+	case x.packs[pi].ShardCRC == nil:
+		x.packs[pi].ShardCRC = p.ShardCRC
 	}
 	for _, e := range entries {
 		if _, dup := x.chunks[e.ID]; !dup {
@@ -120,12 +148,22 @@ func (b *IndexBatch) Len() int {
 	return n
 }
 
-func (b *IndexBatch) marshal() []byte {
-	out := []byte{1}
+// marshal encodes the batch as version 2. crcs supplies the shard CRCs of
+// a pack whose PackInfo has none (nil: not recorded).
+func (b *IndexBatch) marshal(crcs func(pack.ID) []uint32) []byte {
+	out := []byte{2}
 	out = binary.AppendUvarint(out, uint64(len(b.Packs)))
 	for i, p := range b.Packs {
 		out = append(out, p.ID[:]...)
 		out = binary.AppendUvarint(out, uint64(p.Length))
+		sums := p.ShardCRC
+		if sums == nil && crcs != nil {
+			sums = crcs(p.ID)
+		}
+		out = binary.AppendUvarint(out, uint64(len(sums)))
+		for _, c := range sums {
+			out = binary.LittleEndian.AppendUint32(out, c)
+		}
 		out = binary.AppendUvarint(out, uint64(len(b.Entries[i])))
 		for _, e := range b.Entries[i] {
 			var flags byte
@@ -172,20 +210,37 @@ func (r *reader) bytes(n int) []byte {
 	return v
 }
 
-// ParseIndexBatch parses an index object's plaintext.
+func (r *reader) u32() uint32 {
+	if b := r.bytes(4); b != nil {
+		return binary.LittleEndian.Uint32(b)
+	}
+	return 0
+}
+
+// ParseIndexBatch parses an index object's plaintext, of version 1 or 2.
 func ParseIndexBatch(b []byte) (*IndexBatch, error) {
 	r := &reader{b: b}
-	if v := r.bytes(1); r.err == nil && v[0] != 1 {
-		return nil, fmt.Errorf("index version %d: %w", v[0], errIndexFormat)
+	version := r.bytes(1)
+	if r.err == nil && version[0] != 1 && version[0] != 2 {
+		return nil, fmt.Errorf("index version %d: %w", version[0], errIndexFormat)
 	}
-	// Every pack takes at least 35 bytes, every entry 37: counts beyond
-	// what the bytes can hold are rejected before allocating.
-	np := r.uvarint(uint64(len(b)) / 35)
+	// Every pack takes at least 34 bytes (35 in version 2), every entry 37,
+	// every CRC 4: counts beyond what the bytes can hold are rejected
+	// before allocating.
+	np := r.uvarint(uint64(len(b)) / 34)
 	batch := &IndexBatch{}
 	for i := uint64(0); i < np && r.err == nil; i++ {
 		var p PackInfo
 		copy(p.ID[:], r.bytes(32))
 		p.Length = int64(r.uvarint(1 << 40))
+		if version[0] == 2 {
+			if ns := r.uvarint(min(256, uint64(len(r.b))/4)); ns > 0 {
+				p.ShardCRC = make([]uint32, ns)
+				for j := range p.ShardCRC {
+					p.ShardCRC[j] = r.u32()
+				}
+			}
+		}
 		ne := r.uvarint(uint64(len(r.b)) / 37)
 		entries := make([]pack.Entry, 0, ne)
 		for j := uint64(0); j < ne && r.err == nil; j++ {
@@ -214,16 +269,55 @@ func ParseIndexBatch(b []byte) (*IndexBatch, error) {
 	return batch, nil
 }
 
-// WriteIndex seals batch and writes it to every target. It returns the
-// bytes written over all targets.
+// WriteIndex seals batch and writes it to every target. A pack given
+// without shard CRCs gets those WritePack recorded when this Repo wrote it
+// (none otherwise). It returns the bytes written over all targets.
 func (r *Repo) WriteIndex(ctx context.Context, batch *IndexBatch) (int64, error) {
-	obj := r.key.Seal(nil, batch.marshal(), indexAD)
+	obj := r.key.Seal(nil, batch.marshal(r.unindexedCRCs), indexAD)
 	sum := sha256.Sum256(obj)
 	name := "index/" + hex.EncodeToString(sum[:])
 	if err := r.putEverywhere(ctx, name, func(*Target) ([]byte, error) { return obj, nil }); err != nil {
 		return 0, err
 	}
+	for _, p := range batch.Packs {
+		r.unindexed.Delete(p.ID)
+	}
 	return int64(len(obj) * len(r.Targets)), nil
+}
+
+func (r *Repo) unindexedCRCs(id pack.ID) []uint32 {
+	if v, ok := r.unindexed.Load(id); ok {
+		return v.([]uint32)
+	}
+	return nil
+}
+
+// openIndex authenticates and parses a sealed index object of version 2 or 1.
+func (r *Repo) openIndex(obj []byte) (*IndexBatch, error) {
+	version := byte(2)
+	plain, err := r.key.Open(nil, obj, indexAD)
+	if err != nil {
+		var errV1 error
+		if plain, errV1 = r.key.Open(nil, obj, indexADv1); errV1 != nil {
+			return nil, err
+		}
+		version = 1
+	}
+	// The version inside must be the one the seal names.
+	if len(plain) == 0 || plain[0] != version {
+		return nil, fmt.Errorf("index sealed as version %d holds another version: %w", version, errIndexFormat)
+	}
+	batch, err := ParseIndexBatch(plain)
+	if err != nil {
+		return nil, err
+	}
+	n := r.Config.Erasure.Shards()
+	for _, p := range batch.Packs {
+		if p.ShardCRC != nil && len(p.ShardCRC) != n {
+			return nil, fmt.Errorf("pack %s: %d shard CRCs, the scheme has %d shards: %w", p.ID.Short(), len(p.ShardCRC), n, errIndexFormat)
+		}
+	}
+	return batch, nil
 }
 
 // LoadIndex reads every index object (from any target that has it).
@@ -241,11 +335,8 @@ func (r *Repo) LoadIndex(ctx context.Context) (*Index, error) {
 		g.Go(func() error {
 			var batch *IndexBatch
 			err := r.getAny(ctx, name, func(b []byte) error {
-				plain, err := r.key.Open(nil, b, indexAD)
-				if err != nil {
-					return err
-				}
-				batch, err = ParseIndexBatch(plain)
+				var err error
+				batch, err = r.openIndex(b)
 				return err
 			})
 			if err != nil {

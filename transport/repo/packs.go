@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"strings"
 	"sync"
 
@@ -25,13 +26,34 @@ func (r *Repo) TargetOf(shard int) *Target {
 	return r.Targets[erasure.TargetFor(shard, len(r.Targets))]
 }
 
-// WritePack erasure-codes a pack and writes shard i to target i mod T, all
-// in parallel. It returns the bytes written. Every shard must be written: a
-// shard that already exists (the same pack written before) counts.
-func (r *Repo) WritePack(ctx context.Context, id pack.ID, p []byte) (int64, error) {
+// ShardCRC is the CRC32C (Castagnoli) of a whole shard object, header
+// included: the checksum a store keeps for it and the index records.
+func ShardCRC(obj []byte) uint32 { return crc32.Checksum(obj, castagnoli) }
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// encode erasure-codes pack id into its shard objects and their CRCs.
+// Encoding is deterministic: the same pack always gives the same objects.
+func (r *Repo) encode(id pack.ID, p []byte) ([][]byte, []uint32, error) {
 	shards, err := r.Coder.Encode(id, p)
 	if err != nil {
-		return 0, fmt.Errorf("erasure-code pack %s: %w", id.Short(), err)
+		return nil, nil, fmt.Errorf("erasure-code pack %s: %w", id.Short(), err)
+	}
+	crcs := make([]uint32, len(shards))
+	for i, s := range shards {
+		crcs[i] = ShardCRC(s)
+	}
+	return shards, crcs, nil
+}
+
+// WritePack erasure-codes a pack and writes shard i to target i mod T, all
+// in parallel. It returns the bytes written. Every shard must be written: a
+// shard that already exists (the same pack written before) counts. The
+// shards' CRCs are kept for the pack's index entry (see WriteIndex).
+func (r *Repo) WritePack(ctx context.Context, id pack.ID, p []byte) (int64, error) {
+	shards, crcs, err := r.encode(id, p)
+	if err != nil {
+		return 0, err
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	var stored int64
@@ -46,7 +68,11 @@ func (r *Repo) WritePack(ctx context.Context, id pack.ID, p []byte) (int64, erro
 			return nil
 		})
 	}
-	return stored, g.Wait()
+	if err := g.Wait(); err != nil {
+		return 0, err
+	}
+	r.unindexed.Store(id, crcs)
+	return stored, nil
 }
 
 // ShardProblem describes one shard a read found missing or corrupt.

@@ -21,12 +21,23 @@ import (
 // Every step is idempotent and safe to interrupt; running it again finishes
 // the job.
 
-// RepairPack reads every shard of pack id, rebuilds the missing and corrupt
+// RepairPack reads every shard of pack p, rebuilds the missing and corrupt
 // ones from the intact ones (at least k) and writes them back to their
 // targets. Shards on targets that cannot be reached are left for a later
 // run. It returns the shards it rewrote.
-func (r *Repo) RepairPack(ctx context.Context, id pack.ID) ([]ShardProblem, error) {
+//
+// With the shard CRCs the index recorded (p.ShardCRC), a shard whose bytes
+// differ from the record is corrupt even when its own header and data CRC
+// agree, and a rebuilt shard is written only if it matches the record:
+// erasure coding is deterministic, so a rebuild from good survivors is
+// byte-identical to the shard first written, and anything else means the
+// survivors are not what the index says.
+func (r *Repo) RepairPack(ctx context.Context, p PackInfo) ([]ShardProblem, error) {
+	id := p.ID
 	n := r.Config.Erasure.Shards()
+	if p.ShardCRC != nil && len(p.ShardCRC) != n {
+		return nil, fmt.Errorf("pack %s: %d shard CRCs for %d shards", id.Short(), len(p.ShardCRC), n)
+	}
 	objs := make([][]byte, n)
 	present := make([]bool, n)
 	unreachable := make([]error, n)
@@ -49,6 +60,18 @@ func (r *Repo) RepairPack(ctx context.Context, id pack.ID) ([]ShardProblem, erro
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	// Rebuild finds the shards that fail their own checks; the record
+	// finds the rest.
+	reasons := make([]string, n)
+	for i, obj := range objs {
+		if obj == nil || p.ShardCRC == nil {
+			continue
+		}
+		if got := ShardCRC(obj); got != p.ShardCRC[i] && erasure.Check(id, i, r.Config.Erasure, obj) == nil {
+			reasons[i] = fmt.Sprintf("CRC32C %08x, the index recorded %08x", got, p.ShardCRC[i])
+			objs[i] = nil
+		}
+	}
 	rebuilt, rep, err := r.Coder.Rebuild(id, objs)
 	if err != nil {
 		return nil, fmt.Errorf("pack %s: %w: %v", id.Short(), ErrPackLost, err)
@@ -64,10 +87,19 @@ func (r *Repo) RepairPack(ctx context.Context, id pack.ID) ([]ShardProblem, erro
 			errs = append(errs, fmt.Sprintf("shard %d: target %d unreachable: %v", i, t.Index+1, unreachable[i]))
 			continue
 		}
+		if p.ShardCRC != nil {
+			if got := ShardCRC(rebuilt[i]); got != p.ShardCRC[i] {
+				errs = append(errs, fmt.Sprintf("shard %d: rebuilt with CRC32C %08x, the index recorded %08x: the surviving shards disagree with the index; not written", i, got, p.ShardCRC[i]))
+				continue
+			}
+		}
 		name := ShardName(id, i)
 		reason := "missing"
 		if present[i] {
-			reason = rep.Reasons[i]
+			reason = reasons[i]
+			if reason == "" {
+				reason = rep.Reasons[i]
+			}
 			if err := t.Store.Delete(ctx, name); err != nil {
 				errs = append(errs, fmt.Sprintf("shard %d: delete the corrupt copy on target %d: %v", i, t.Index+1, err))
 				continue
@@ -175,7 +207,7 @@ func (r *Repo) checkReplicated(name string, b []byte) error {
 	}
 	switch dir {
 	case "index":
-		_, err := r.key.Open(nil, b, indexAD)
+		_, err := r.openIndex(b)
 		return err
 	case "snapshots":
 		_, err := r.key.Open(nil, b, manifestAD)
@@ -184,40 +216,22 @@ func (r *Repo) checkReplicated(name string, b []byte) error {
 	return nil // keys: the name is the hash of the content
 }
 
-// RebuildIndex reads the header of every pack that has shards on the
-// targets but no index entry (its index object was lost, or a backup died
-// between its shards and its index), and writes one index object for them.
-// It returns the packs it indexed.
-func (r *Repo) RebuildIndex(ctx context.Context) ([]pack.ID, error) {
-	idx, err := r.LoadIndex(ctx)
-	if err != nil {
-		return nil, err
-	}
-	known := map[pack.ID]bool{}
-	for _, p := range idx.Packs() {
-		known[p.ID] = true
-	}
-	names, err := r.listAll(ctx, "data/")
-	if err != nil {
-		return nil, err
-	}
-	orphans := map[pack.ID]bool{}
-	for _, n := range names {
-		base := n[strings.LastIndex(n, "/")+1:]
-		hexID, _, ok := strings.Cut(base, ".")
-		if !ok {
-			continue
-		}
-		id, err := pack.ParseID(hexID)
-		if err != nil || known[id] {
-			continue
-		}
-		orphans[id] = true
-	}
+// RebuildIndex reads packs ids, which have shards on the targets but no
+// index entry (their index object was lost from every target), and writes
+// one index object for them, built from their headers. Each pack's shard
+// CRCs are those of its erasure re-encoding, not of the shards as stored:
+// the pack's bytes are checked against its ID, so the record says what
+// every shard must be, and a stored shard that differs is found by the next
+// verify and rewritten by RepairPack. It returns what it indexed.
+//
+// Only packs a snapshot needs should be given: shards of packs no index
+// knows are also those of a backup still running (it writes its index after
+// its shards), whose own index would duplicate this one, or of a crashed
+// backup (garbage for prune).
+func (r *Repo) RebuildIndex(ctx context.Context, ids []pack.ID) ([]PackInfo, error) {
 	batch := &IndexBatch{}
-	var done []pack.ID
 	var errs []string
-	for id := range orphans {
+	for _, id := range ids {
 		p, _, err := r.ReadPack(ctx, id)
 		if err != nil {
 			errs = append(errs, err.Error())
@@ -228,16 +242,20 @@ func (r *Repo) RebuildIndex(ctx context.Context) ([]pack.ID, error) {
 			errs = append(errs, fmt.Sprintf("pack %s: %v", id.Short(), err))
 			continue
 		}
-		batch.Add(PackInfo{ID: id, Length: int64(len(p))}, entries)
-		done = append(done, id)
+		_, crcs, err := r.encode(id, p)
+		if err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		batch.Add(PackInfo{ID: id, Length: int64(len(p)), ShardCRC: crcs}, entries)
 	}
-	if len(done) > 0 {
+	if len(batch.Packs) > 0 {
 		if _, err := r.WriteIndex(ctx, batch); err != nil {
 			return nil, err
 		}
 	}
 	if len(errs) > 0 {
-		return done, fmt.Errorf("packs not indexed: %s", strings.Join(errs, "; "))
+		return batch.Packs, fmt.Errorf("packs not indexed: %s", strings.Join(errs, "; "))
 	}
-	return done, nil
+	return batch.Packs, nil
 }

@@ -3,10 +3,13 @@ package repo_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -17,6 +20,7 @@ import (
 	"github.com/ferrydr/ferry/transport/crypt"
 	"github.com/ferrydr/ferry/transport/erasure"
 	"github.com/ferrydr/ferry/transport/objstore"
+	"github.com/ferrydr/ferry/transport/pack"
 	"github.com/ferrydr/ferry/transport/repo"
 )
 
@@ -98,14 +102,14 @@ func TestRepairShards(t *testing.T) {
 	if len(ps) < 3 {
 		t.Fatalf("want several packs, have %d", len(ps))
 	}
-	a, b := ps[0].ID, ps[1].ID
-	if err := f.stores[0].Delete(ctx, repo.ShardName(a, 0)); err != nil {
+	a, b := ps[0], ps[1]
+	if err := f.stores[0].Delete(ctx, repo.ShardName(a.ID, 0)); err != nil {
 		t.Fatal(err)
 	}
-	obj, _ := f.stores[1].Get(ctx, repo.ShardName(b, 1))
+	obj, _ := f.stores[1].Get(ctx, repo.ShardName(b.ID, 1))
 	obj[len(obj)-1] ^= 0xff
-	f.stores[1].Delete(ctx, repo.ShardName(b, 1))
-	f.stores[1].Create(ctx, repo.ShardName(b, 1), obj)
+	f.stores[1].Delete(ctx, repo.ShardName(b.ID, 1))
+	f.stores[1].Create(ctx, repo.ShardName(b.ID, 1), obj)
 
 	fixed, err := r.RepairPack(ctx, a)
 	if err != nil || len(fixed) != 1 || fixed[0].Shard != 0 || fixed[0].Reason != "missing" {
@@ -115,10 +119,11 @@ func TestRepairShards(t *testing.T) {
 	if err != nil || len(fixed) != 1 || fixed[0].Shard != 1 || !strings.Contains(fixed[0].Reason, "crc") {
 		t.Fatalf("repair of a corrupt shard: %v %v", fixed, err)
 	}
-	for _, id := range []repo.PackInfo{ps[0], ps[1]} {
-		if _, problems, err := r.ReadPack(ctx, id.ID); err != nil || len(problems) != 0 {
+	for _, p := range []repo.PackInfo{a, b} {
+		if _, problems, err := r.ReadPack(ctx, p.ID); err != nil || len(problems) != 0 {
 			t.Fatalf("after repair: %v %v", problems, err)
 		}
+		sameAsRecorded(t, f.stores, p)
 	}
 	// Idempotent: nothing left to do.
 	if fixed, err := r.RepairPack(ctx, a); err != nil || len(fixed) != 0 {
@@ -127,7 +132,7 @@ func TestRepairShards(t *testing.T) {
 	// More than m shards gone: lost, and said so.
 	f.stores[0].Delete(ctx, repo.ShardName(ps[2].ID, 0))
 	f.stores[1].Delete(ctx, repo.ShardName(ps[2].ID, 1))
-	if _, err := r.RepairPack(ctx, ps[2].ID); !errors.Is(err, repo.ErrPackLost) {
+	if _, err := r.RepairPack(ctx, ps[2]); !errors.Is(err, repo.ErrPackLost) {
 		t.Fatalf("two of three shards gone: %v", err)
 	}
 }
@@ -151,7 +156,7 @@ func TestRepairTargetThatCameBackEmpty(t *testing.T) {
 		}
 	}
 	for _, p := range packs(t, r) {
-		if _, err := r.RepairPack(ctx, p.ID); err != nil {
+		if _, err := r.RepairPack(ctx, p); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -161,11 +166,80 @@ func TestRepairTargetThatCameBackEmpty(t *testing.T) {
 	f.restores(t, []objstore.Store{objstore.Unavailable("gone", errors.New("gone")), fresh[1], fresh[2]})
 }
 
+// sameAsRecorded checks that every shard of p is stored with the CRC32C the
+// index recorded.
+func sameAsRecorded(t *testing.T, stores []objstore.Store, p repo.PackInfo) {
+	t.Helper()
+	if len(p.ShardCRC) != len(stores) {
+		t.Fatalf("pack %s: %d shard CRCs recorded", p.ID.Short(), len(p.ShardCRC))
+	}
+	for i, want := range p.ShardCRC {
+		obj, err := stores[i].Get(context.Background(), repo.ShardName(p.ID, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := repo.ShardCRC(obj); got != want {
+			t.Fatalf("shard %d of pack %s: CRC32C %08x, the index recorded %08x", i, p.ID.Short(), got, want)
+		}
+	}
+}
+
+// TestRepairSelfConsistentShard: a shard rewritten with other data and a
+// header whose CRCs match that data passes every check of its own; only
+// the CRC the index recorded tells it is wrong.
+func TestRepairSelfConsistentShard(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	r := f.open(t, f.stores)
+	p := packs(t, r)[0]
+	name := repo.ShardName(p.ID, 2)
+	obj, _ := f.stores[2].Get(ctx, name)
+	for i := erasure.HeaderSize; i < len(obj); i++ {
+		obj[i] = byte(i)
+	}
+	castagnoli := crc32.MakeTable(crc32.Castagnoli)
+	binary.LittleEndian.PutUint32(obj[56:], crc32.Checksum(obj[erasure.HeaderSize:], castagnoli))
+	binary.LittleEndian.PutUint32(obj[60:], crc32.Checksum(obj[:60], castagnoli))
+	if err := erasure.Check(p.ID, 2, r.Config.Erasure, obj); err != nil {
+		t.Fatalf("the forged shard should pass its own checks: %v", err)
+	}
+	f.stores[2].Delete(ctx, name)
+	f.stores[2].Create(ctx, name, obj)
+
+	fixed, err := r.RepairPack(ctx, p)
+	if err != nil || len(fixed) != 1 || fixed[0].Shard != 2 || !strings.Contains(fixed[0].Reason, "the index recorded") {
+		t.Fatalf("repair: %v %v", fixed, err)
+	}
+	sameAsRecorded(t, f.stores, p)
+
+	// Without the record nothing is wrong with it.
+	f.stores[2].Delete(ctx, name)
+	f.stores[2].Create(ctx, name, obj)
+	if fixed, err := r.RepairPack(ctx, repo.PackInfo{ID: p.ID, Length: p.Length}); err != nil || len(fixed) != 0 {
+		t.Fatalf("repair without CRCs: %v %v", fixed, err)
+	}
+	// A data shard forged like this makes the rebuild of the others wrong:
+	// repair refuses to write what the index says is not the shard.
+	if err := f.stores[0].Delete(ctx, repo.ShardName(p.ID, 0)); err != nil {
+		t.Fatal(err)
+	}
+	p2 := p
+	p2.ShardCRC = append([]uint32{}, p.ShardCRC...)
+	p2.ShardCRC[2] = repo.ShardCRC(obj) // as if the forged one had been recorded
+	if fixed, err := r.RepairPack(ctx, p2); err == nil || !strings.Contains(err.Error(), "not written") || len(fixed) != 0 {
+		t.Fatalf("repair from survivors that disagree with the index: %v %v", fixed, err)
+	}
+}
+
 func TestRebuildIndex(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	r := f.open(t, f.stores)
-	want := len(packs(t, r))
+	want := packs(t, r)
+	var ids []pack.ID
+	for _, p := range want {
+		ids = append(ids, p.ID)
+	}
 	for _, s := range f.stores {
 		for _, n := range names(t, s, "index/") {
 			s.Delete(ctx, n)
@@ -174,12 +248,28 @@ func TestRebuildIndex(t *testing.T) {
 	if got := len(packs(t, r)); got != 0 {
 		t.Fatalf("%d packs indexed after deleting every index object", got)
 	}
-	done, err := r.RebuildIndex(ctx)
-	if err != nil || len(done) != want {
-		t.Fatalf("rebuilt %d of %d packs: %v", len(done), want, err)
+	// A shard corrupt: the rebuilt record still says what it must be.
+	obj, _ := f.stores[1].Get(ctx, repo.ShardName(ids[0], 1))
+	obj[100] ^= 1
+	f.stores[1].Delete(ctx, repo.ShardName(ids[0], 1))
+	f.stores[1].Create(ctx, repo.ShardName(ids[0], 1), obj)
+
+	done, err := r.RebuildIndex(ctx, ids)
+	if err != nil || len(done) != len(want) {
+		t.Fatalf("rebuilt %d of %d packs: %v", len(done), len(want), err)
+	}
+	got := map[pack.ID]repo.PackInfo{}
+	for _, p := range packs(t, r) {
+		got[p.ID] = p
+	}
+	for _, p := range want {
+		if !reflect.DeepEqual(got[p.ID], p) {
+			t.Fatalf("pack %s: rebuilt %+v, first indexed %+v", p.ID.Short(), got[p.ID], p)
+		}
 	}
 	f.restores(t, f.stores)
-	if again, err := r.RebuildIndex(ctx); err != nil || len(again) != 0 {
-		t.Fatalf("second rebuild: %v %v", again, err)
+	if fixed, err := r.RepairPack(ctx, got[ids[0]]); err != nil || len(fixed) != 1 {
+		t.Fatalf("repair after the rebuild: %v %v", fixed, err)
 	}
+	sameAsRecorded(t, f.stores, got[ids[0]])
 }

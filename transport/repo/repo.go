@@ -114,6 +114,12 @@ type Repo struct {
 	IDKey   *chunk.IDKey
 	Codec   *pack.Codec
 	Coder   *erasure.Coder
+
+	// unindexed holds the shard CRCs ([]uint32) of the packs WritePack
+	// wrote until WriteIndex records them, so that a writer's index entries
+	// carry them without the writer handling them: at most the packs of one
+	// index object per writer (a backup flushes its index every 64Ki chunks).
+	unindexed sync.Map
 }
 
 func newTargets(stores []objstore.Store) []*Target {

@@ -2,6 +2,7 @@ package repo
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"math/rand/v2"
 	"reflect"
@@ -112,6 +113,8 @@ func TestPackRoundTripAndLoss(t *testing.T) {
 	}
 }
 
+// randomBatch makes a batch of up to four packs of a 2+1 scheme, some with
+// shard CRCs and some without.
 func randomBatch(r *rand.Rand) *IndexBatch {
 	b := &IndexBatch{}
 	for range 1 + r.IntN(4) {
@@ -120,6 +123,9 @@ func randomBatch(r *rand.Rand) *IndexBatch {
 			p.ID[i] = byte(r.Uint32())
 		}
 		p.Length = 1 << 24
+		if r.IntN(3) > 0 {
+			p.ShardCRC = []uint32{r.Uint32(), r.Uint32(), r.Uint32()}
+		}
 		var entries []pack.Entry
 		for j := range r.IntN(50) {
 			var e pack.Entry
@@ -134,20 +140,55 @@ func randomBatch(r *rand.Rand) *IndexBatch {
 	return b
 }
 
+// marshalV1 encodes a batch in index version 1, as Ferry wrote it before
+// version 2 (docs/repository-format.md): no shard CRCs.
+func marshalV1(b *IndexBatch) []byte {
+	out := []byte{1}
+	out = binary.AppendUvarint(out, uint64(len(b.Packs)))
+	for i, p := range b.Packs {
+		out = append(out, p.ID[:]...)
+		out = binary.AppendUvarint(out, uint64(p.Length))
+		out = binary.AppendUvarint(out, uint64(len(b.Entries[i])))
+		for _, e := range b.Entries[i] {
+			var flags byte
+			if e.Compressed {
+				flags = 1
+			}
+			out = append(out, flags)
+			out = append(out, e.ID[:]...)
+			out = binary.AppendUvarint(out, uint64(e.Offset))
+			out = binary.AppendUvarint(out, uint64(e.Length))
+			out = binary.AppendUvarint(out, uint64(e.RawLength))
+		}
+	}
+	return out
+}
+
+func samePacks(t *testing.T, got, want *IndexBatch, withCRCs bool) {
+	t.Helper()
+	if len(got.Packs) != len(want.Packs) {
+		t.Fatalf("%d packs, want %d", len(got.Packs), len(want.Packs))
+	}
+	for i, w := range want.Packs {
+		if !withCRCs {
+			w.ShardCRC = nil
+		}
+		if !reflect.DeepEqual(got.Packs[i], w) || (len(want.Entries[i]) > 0 && !reflect.DeepEqual(got.Entries[i], want.Entries[i])) {
+			t.Fatalf("pack %d differs: %+v, want %+v", i, got.Packs[i], w)
+		}
+	}
+}
+
 func TestIndexRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	r := initRepo(t, memStores(3))
 	rnd := rand.New(rand.NewPCG(4, 4))
 	b := randomBatch(rnd)
-	got, err := ParseIndexBatch(b.marshal())
+	got, err := ParseIndexBatch(b.marshal(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range b.Packs {
-		if got.Packs[i] != b.Packs[i] || (len(b.Entries[i]) > 0 && !reflect.DeepEqual(got.Entries[i], b.Entries[i])) {
-			t.Fatalf("pack %d differs", i)
-		}
-	}
+	samePacks(t, got, b, true)
 	if _, err := r.WriteIndex(ctx, b); err != nil {
 		t.Fatal(err)
 	}
@@ -161,9 +202,116 @@ func TestIndexRoundTrip(t *testing.T) {
 	for i, entries := range b.Entries {
 		for _, e := range entries {
 			p, got, ok := x.Lookup(e.ID)
-			if !ok || got != e || p != b.Packs[i] {
+			if !ok || got != e || !reflect.DeepEqual(p, b.Packs[i]) {
 				t.Fatalf("lookup %s: %v %+v", e.ID.Short(), ok, got)
 			}
+		}
+	}
+}
+
+// TestIndexV1 reads index objects written before version 2: their packs
+// have no shard CRCs. A version 2 record of the same pack adds them.
+func TestIndexV1(t *testing.T) {
+	ctx := context.Background()
+	stores := memStores(3)
+	r := initRepo(t, stores)
+	b := randomBatch(rand.New(rand.NewPCG(5, 5)))
+	got, err := ParseIndexBatch(marshalV1(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	samePacks(t, got, b, false)
+
+	obj := r.key.Seal(nil, marshalV1(b), indexADv1)
+	name := "index/" + pack.Sum(obj).String()
+	for _, s := range stores {
+		if err := s.Create(ctx, name, obj); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.OpenIndexObject(pack.Sum(obj).String(), obj); err != nil {
+		t.Fatalf("open a version 1 index object: %v", err)
+	}
+	x, err := r.LoadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := b.Packs[0]
+	if p, ok := x.Pack(first.ID); !ok || p.ShardCRC != nil || p.Length != first.Length {
+		t.Fatalf("pack of a v1 index: %+v %v", p, ok)
+	}
+	// The same pack indexed again by a version 2 object gains its CRCs.
+	v2 := &IndexBatch{}
+	v2.Add(PackInfo{ID: first.ID, Length: first.Length, ShardCRC: []uint32{1, 2, 3}}, b.Entries[0])
+	if _, err := r.WriteIndex(ctx, v2); err != nil {
+		t.Fatal(err)
+	}
+	if x, err = r.LoadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := x.Pack(first.ID); !reflect.DeepEqual(p.ShardCRC, []uint32{1, 2, 3}) {
+		t.Fatalf("pack indexed by v1 and v2 objects: %+v", p)
+	}
+
+	// The version inside must match the seal's, and the CRCs the scheme.
+	for _, bad := range []struct {
+		name  string
+		plain []byte
+		ad    []byte
+	}{
+		{"v2 content sealed as v1", b.marshal(nil), indexADv1},
+		{"v1 content sealed as v2", marshalV1(b), indexAD},
+		{"CRCs of a 4-shard scheme", func() []byte {
+			c := &IndexBatch{}
+			c.Add(PackInfo{ID: first.ID, Length: 1, ShardCRC: []uint32{1, 2, 3, 4}}, nil)
+			return c.marshal(nil)
+		}(), indexAD},
+	} {
+		if _, err := r.openIndex(r.key.Seal(nil, bad.plain, bad.ad)); !errors.Is(err, errIndexFormat) {
+			t.Errorf("%s: %v", bad.name, err)
+		}
+	}
+}
+
+// TestWritePackRecordsCRCs: the index records the CRC32C of every shard
+// object, the one the store keeps.
+func TestWritePackRecordsCRCs(t *testing.T) {
+	ctx := context.Background()
+	stores := memStores(3)
+	r := initRepo(t, stores)
+	b := &IndexBatch{}
+	for i := range 3 {
+		w := r.Codec.NewWriter(1 << 20)
+		data := []byte{byte(i), 'x'}
+		id := r.IDKey.Sum(data)
+		sealed, _, comp := r.Codec.SealBlob(nil, nil, id, data)
+		w.Add(id, sealed, len(data), comp)
+		p, pid, entries := w.Finish()
+		if _, err := r.WritePack(ctx, pid, p); err != nil {
+			t.Fatal(err)
+		}
+		b.Add(PackInfo{ID: pid, Length: int64(len(p))}, entries)
+	}
+	if _, err := r.WriteIndex(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	x, err := r.LoadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range b.Packs {
+		p, _ := x.Pack(want.ID)
+		if len(p.ShardCRC) != 3 {
+			t.Fatalf("pack %s indexed without shard CRCs", p.ID.Short())
+		}
+		for i, crc := range p.ShardCRC {
+			info, err := r.TargetOf(i).Store.Stat(ctx, ShardName(p.ID, i))
+			if err != nil || !info.HasCRC32C || info.CRC32C != crc {
+				t.Fatalf("shard %d of %s: store has %08x (%v), index %08x", i, p.ID.Short(), info.CRC32C, err, crc)
+			}
+		}
+		if _, ok := r.unindexed.Load(p.ID); ok {
+			t.Fatal("CRCs kept after the index was written")
 		}
 	}
 }
@@ -202,15 +350,17 @@ func TestManifestRoundTrip(t *testing.T) {
 }
 
 func FuzzParseIndexBatch(f *testing.F) {
-	f.Add(randomBatch(rand.New(rand.NewPCG(1, 1))).marshal())
+	f.Add(randomBatch(rand.New(rand.NewPCG(1, 1))).marshal(nil))
+	f.Add(marshalV1(randomBatch(rand.New(rand.NewPCG(2, 2)))))
 	f.Add([]byte{1, 0})
+	f.Add([]byte{2, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		batch, err := ParseIndexBatch(b)
 		if err != nil {
 			return
 		}
-		again, err := ParseIndexBatch(batch.marshal())
-		if err != nil || again.Len() != batch.Len() {
+		again, err := ParseIndexBatch(batch.marshal(nil))
+		if err != nil || again.Len() != batch.Len() || !reflect.DeepEqual(again.Packs, batch.Packs) {
 			t.Fatalf("re-parse: %v", err)
 		}
 	})

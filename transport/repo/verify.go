@@ -13,11 +13,7 @@ func (r *Repo) OpenIndexObject(id string, b []byte) (*IndexBatch, error) {
 	if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != id {
 		return nil, fmt.Errorf("index object %s: content does not match its name", id)
 	}
-	plain, err := r.key.Open(nil, b, indexAD)
-	if err != nil {
-		return nil, fmt.Errorf("index object %s: %w", id, err)
-	}
-	batch, err := ParseIndexBatch(plain)
+	batch, err := r.openIndex(b)
 	if err != nil {
 		return nil, fmt.Errorf("index object %s: %w", id, err)
 	}

@@ -1,8 +1,10 @@
 // Command ferry-testenv prepares the real parts the tests run on loopback.
 //
 //	ferry-testenv install   install the Debian packages the loop-mounted XFS and the
-//	                        test CSI driver need (xfsprogs, ...), build MinIO into
-//	                        the cache (once) and print its path
+//	                        test CSI driver need (xfsprogs, ...), build MinIO, etcd,
+//	                        kube-apiserver, kube-controller-manager and the CSI
+//	                        snapshot sidecars into the cache (once) and print their
+//	                        paths
 //
 // `make test` runs it before `go test` so no test waits for a build.
 package main
@@ -13,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 
+	"github.com/ferrydr/ferry/testenv/kube"
 	"github.com/ferrydr/ferry/testenv/minio"
 	"github.com/ferrydr/ferry/testenv/xfs"
 )
@@ -37,4 +40,12 @@ func main() {
 		os.Exit(1)
 	}
 	fmt.Println(path)
+	bins, err := kube.Install(ctx, os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ferry-testenv:", err)
+		os.Exit(1)
+	}
+	for _, p := range []string{bins.Etcd, bins.APIServer, bins.ControllerManager, bins.SnapshotController, bins.CSISnapshotter} {
+		fmt.Println(p)
+	}
 }

@@ -37,6 +37,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this node's ID")
 	fs.BoolVar(&cfg.ControllerPublish, "controller-publish", false,
 		"advertise and require ControllerPublishVolume: NodeStageVolume refuses volumes not published to this node")
+	fs.Int64Var(&cfg.Capacity, "capacity", 0, "total bytes of volumes the driver may hold (0: no limit); beyond it CreateVolume fails with RESOURCE_EXHAUSTED")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0

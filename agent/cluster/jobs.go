@@ -1,0 +1,489 @@
+package cluster
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/ferrydr/ferry/csi/hook"
+)
+
+// Jobs are the FerryJobs of one namespace (the agents' own).
+type Jobs struct {
+	Client    dynamic.Interface
+	Namespace string
+}
+
+func (js *Jobs) api() dynamic.ResourceInterface {
+	return js.Client.Resource(JobResource).Namespace(js.Namespace)
+}
+
+// Create creates j, or returns the job of that name if it exists.
+func (js *Jobs) Create(ctx context.Context, j *Job) (*Job, error) {
+	j.Namespace = js.Namespace
+	u, err := toUnstructured(j)
+	if err != nil {
+		return nil, err
+	}
+	out, err := js.api().Create(ctx, u, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		return js.Get(ctx, j.Name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create FerryJob %s/%s: %w", js.Namespace, j.Name, err)
+	}
+	return toJob(out)
+}
+
+// Get reads one job.
+func (js *Jobs) Get(ctx context.Context, name string) (*Job, error) {
+	u, err := js.api().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return toJob(u)
+}
+
+// UpdateStatus writes j.Status; it fails with a conflict when j is not the
+// newest version of the job, which is how claims stay exclusive.
+func (js *Jobs) UpdateStatus(ctx context.Context, j *Job) (*Job, error) {
+	u, err := toUnstructured(j)
+	if err != nil {
+		return nil, err
+	}
+	out, err := js.api().UpdateStatus(ctx, u, metav1.UpdateOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return toJob(out)
+}
+
+// ReplicationJobName is the name of the job replicating a driver's
+// snapshot: the same snapshot always gives the same job, so the hook's
+// retries create it once.
+func ReplicationJobName(driver, snapshotID string) string {
+	h := sha256.Sum256([]byte(driver + "\x00" + snapshotID))
+	return "replicate-" + hex.EncodeToString(h[:10])
+}
+
+// Enqueuer hands the hook's snapshots to the agents as FerryJobs.
+type Enqueuer struct {
+	Jobs   *Jobs
+	Driver string // the CSI driver's name
+}
+
+// Enqueue creates the replication job for s; it is idempotent.
+func (e *Enqueuer) Enqueue(ctx context.Context, s hook.Snapshot) error {
+	r := s.Replication
+	j := &Job{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:   ReplicationJobName(e.Driver, s.SnapshotID),
+			Labels: map[string]string{"app.kubernetes.io/managed-by": "ferry", LabelType: strings.ToLower(TypeReplicate)},
+		},
+		Spec: JobSpec{
+			Type: TypeReplicate, Repository: r.Repository, Driver: e.Driver,
+			Secret:    SecretRef{Namespace: r.SecretNamespace, Name: r.SecretName},
+			Replicate: &Replicate{Snapshot: s},
+		},
+	}
+	if r.SnapshotNamespace != "" && r.SnapshotName != "" {
+		j.Annotations = map[string]string{AnnotationVolumeSnapshot: r.SnapshotNamespace + "/" + r.SnapshotName}
+	}
+	_, err := e.Jobs.Create(ctx, j)
+	return err
+}
+
+// Labels and annotations Ferry puts on its objects.
+const (
+	LabelType                = "ferry.dev/type"
+	AnnotationVolumeSnapshot = "ferry.dev/volumesnapshot"
+)
+
+// Progress is what a running job reports; the worker copies it into the
+// job's status at every heartbeat.
+type Progress struct {
+	mu     sync.Mutex
+	msg    string
+	sample func() (total, done, read int64)
+}
+
+// Say sets the job's status message.
+func (p *Progress) Say(format string, args ...any) {
+	p.mu.Lock()
+	p.msg = fmt.Sprintf(format, args...)
+	p.mu.Unlock()
+}
+
+// Track sets where the byte counts come from: the volume's size, the
+// bytes done, and the bytes read from the source.
+func (p *Progress) Track(sample func() (total, done, read int64)) {
+	p.mu.Lock()
+	p.sample = sample
+	p.mu.Unlock()
+}
+
+func (p *Progress) fill(st *JobStatus) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sample != nil {
+		st.BytesTotal, st.BytesDone, st.BytesRead = p.sample()
+	}
+	if p.msg != "" {
+		st.Message = p.msg
+	}
+}
+
+// Outcome is what a finished job reports.
+type Outcome struct {
+	BytesRead, BytesNew, BytesStored int64
+	Mode, Snapshot, Volume           string
+	Message                          string // for the status and the Event
+}
+
+// ErrPermanent marks errors that retrying cannot fix (a PVC that exists, a
+// snapshot that is lost): the job fails at once.
+var ErrPermanent = errors.New("permanent")
+
+// Permanent wraps err as ErrPermanent.
+func Permanent(err error) error { return fmt.Errorf("%w: %w", ErrPermanent, err) }
+
+// Handler runs one attempt of a job. It returns when the job is done, has
+// failed, or ctx ends (the agent stops, or lost the job to another agent).
+type Handler func(ctx context.Context, j *Job, p *Progress) (*Outcome, error)
+
+// Worker runs FerryJobs on this node: it watches the namespace's jobs,
+// claims a pending one by writing its status with the version it read
+// (only one agent's write can succeed), renews Status.Heartbeat while it
+// runs, and takes over a Running job whose heartbeat is older than
+// StaleAfter (its agent is gone). An agent that cannot renew its heartbeat
+// for StaleAfter minus one Heartbeat stops the job itself, so it is never
+// run twice at once while the API server is reachable by the new owner.
+type Worker struct {
+	Jobs        *Jobs
+	Node        string // this agent's identity, in Status.Agent
+	Driver      string // the CSI driver this agent serves
+	Handlers    map[string]Handler
+	Events      *Events // nil: none
+	Concurrency int     // jobs at once; default 1
+	Heartbeat   time.Duration
+	StaleAfter  time.Duration
+	MaxAttempts int // default 20
+	Log         *slog.Logger
+	// Observe, when set, sees every attempt's recorded end (metrics).
+	Observe func(j *Job)
+	// Running, when set, counts the jobs running now.
+	Running interface {
+		Inc()
+		Dec()
+	}
+
+	mu      sync.Mutex
+	running map[string]bool
+}
+
+func (w *Worker) defaults() {
+	if w.Concurrency <= 0 {
+		w.Concurrency = 1
+	}
+	if w.Heartbeat <= 0 {
+		w.Heartbeat = 10 * time.Second
+	}
+	if w.StaleAfter <= w.Heartbeat {
+		w.StaleAfter = 4 * w.Heartbeat
+	}
+	if w.MaxAttempts <= 0 {
+		w.MaxAttempts = 20
+	}
+	if w.Log == nil {
+		w.Log = slog.Default()
+	}
+	w.running = map[string]bool{}
+}
+
+// Serve runs jobs until ctx ends.
+func (w *Worker) Serve(ctx context.Context) error {
+	w.defaults()
+	f := dynamicinformer.NewFilteredDynamicSharedInformerFactory(w.Jobs.Client, w.Heartbeat, w.Jobs.Namespace, nil)
+	inf := f.ForResource(JobResource)
+	q := workqueue.NewTypedDelayingQueue[string]()
+	defer q.ShutDown()
+	add := func(obj any) {
+		if u, ok := obj.(*unstructured.Unstructured); ok {
+			q.Add(u.GetName())
+		}
+	}
+	if _, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: add, UpdateFunc: func(_, o any) { add(o) },
+	}); err != nil {
+		return err
+	}
+	f.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
+		return fmt.Errorf("FerryJobs in %s: the informer did not sync (is the CRD installed and may the agent list ferryjobs?)", w.Jobs.Namespace)
+	}
+	w.Log.Info("running FerryJobs", "namespace", w.Jobs.Namespace, "node", w.Node, "concurrency", w.Concurrency)
+	go func() {
+		<-ctx.Done()
+		q.ShutDown()
+	}()
+	var wg sync.WaitGroup
+	for range w.Concurrency {
+		wg.Go(func() {
+			for {
+				name, stop := q.Get()
+				if stop {
+					return
+				}
+				if again := w.consider(ctx, inf.Lister().ByNamespace(w.Jobs.Namespace), name); again > 0 {
+					q.AddAfter(name, again)
+				}
+				q.Done(name)
+			}
+		})
+	}
+	wg.Wait()
+	f.Shutdown()
+	return nil
+}
+
+// consider runs the job if it is this agent's to run, and says when to
+// look at it again (0: when it changes).
+func (w *Worker) consider(ctx context.Context, l cache.GenericNamespaceLister, name string) time.Duration {
+	obj, err := l.Get(name)
+	if err != nil {
+		return 0 // deleted
+	}
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return 0
+	}
+	j, err := toJob(u)
+	if err != nil {
+		w.Log.Error("unreadable FerryJob", "job", name, "error", err)
+		return 0
+	}
+	st := &j.Status
+	switch {
+	case st.Final():
+		return 0
+	case j.Spec.Node != "" && j.Spec.Node != w.Node, j.Spec.Driver != w.Driver:
+		return 0
+	case w.Handlers[j.Spec.Type] == nil:
+		return 0
+	}
+	w.mu.Lock()
+	busy := w.running[name]
+	w.mu.Unlock()
+	if busy {
+		return 0
+	}
+	if st.Phase == PhaseRunning && st.Agent != w.Node && st.Heartbeat != nil {
+		if stale := time.Until(st.Heartbeat.Add(w.StaleAfter)); stale > 0 {
+			return stale + time.Second
+		}
+		w.Log.Warn("taking over a job whose agent stopped renewing it", "job", name, "agent", st.Agent, "heartbeat", st.Heartbeat.Time)
+	}
+	if st.RetryAfter != nil {
+		if d := time.Until(st.RetryAfter.Time); d > 0 {
+			return d
+		}
+	}
+	w.run(ctx, j)
+	return 0
+}
+
+// run claims j and runs one attempt of it.
+func (w *Worker) run(ctx context.Context, j *Job) {
+	log := w.Log.With("job", j.Name, "type", j.Spec.Type)
+	prev := j.Status.Agent
+	j.Status.Phase, j.Status.Agent = PhaseRunning, w.Node
+	j.Status.Attempts++
+	j.Status.Heartbeat, j.Status.RetryAfter = now(), nil
+	if j.Status.StartTime == nil {
+		j.Status.StartTime = now()
+	}
+	j.Status.Message = "started on node " + w.Node
+	if prev != "" && prev != w.Node {
+		j.Status.Message = fmt.Sprintf("taken over by node %s from node %s, which stopped renewing it", w.Node, prev)
+	}
+	claimed, err := w.Jobs.UpdateStatus(ctx, j)
+	if err != nil {
+		if !apierrors.IsConflict(err) && ctx.Err() == nil {
+			log.Warn("claim job", "error", err)
+		}
+		return // another agent claimed it first, or it changed: the informer brings it back
+	}
+	w.mu.Lock()
+	w.running[j.Name] = true
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		delete(w.running, j.Name)
+		w.mu.Unlock()
+	}()
+	j = claimed
+	if w.Running != nil {
+		w.Running.Inc()
+		defer w.Running.Dec()
+	}
+	w.Events.started(ctx, j)
+	log.Info("job started", "attempt", j.Status.Attempts)
+
+	jctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	p := &Progress{}
+	hbDone := make(chan struct{})
+	var latest atomic.Pointer[Job]
+	latest.Store(j)
+	go func() {
+		defer close(hbDone)
+		w.heartbeat(jctx, cancel, &latest, p, log)
+	}()
+	start := time.Now()
+	out, err := w.Handlers[j.Spec.Type](jctx, j, p)
+	cancel(nil)
+	<-hbDone
+	if errors.Is(context.Cause(jctx), errLost) {
+		log.Warn("job lost to another agent; stopped", "error", err)
+		return
+	}
+	w.finish(ctx, latest.Load(), p, out, err, time.Since(start), log)
+}
+
+var errLost = errors.New("another agent owns the job now")
+
+// heartbeat renews the claim until ctx ends, copying the progress in.
+func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, latest *atomic.Pointer[Job], p *Progress, log *slog.Logger) {
+	t := time.NewTicker(w.Heartbeat)
+	defer t.Stop()
+	lastOK := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		j, err := w.renew(ctx, latest.Load(), p)
+		switch {
+		case err == nil:
+			latest.Store(j)
+			lastOK = time.Now()
+		case errors.Is(err, errLost):
+			cancel(errLost)
+			return
+		case time.Since(lastOK) > w.StaleAfter-w.Heartbeat:
+			log.Error("cannot renew the job's heartbeat; stopping it so another agent can take over", "error", err)
+			cancel(errLost)
+			return
+		default:
+			log.Warn("renew job heartbeat", "error", err)
+		}
+	}
+}
+
+func (w *Worker) renew(ctx context.Context, j *Job, p *Progress) (*Job, error) {
+	for range 3 {
+		cp := *j
+		p.fill(&cp.Status)
+		cp.Status.Heartbeat = now()
+		out, err := w.Jobs.UpdateStatus(ctx, &cp)
+		if !apierrors.IsConflict(err) {
+			return out, err
+		}
+		// Someone else wrote the job: reread it, and give up if the
+		// write was another agent's claim.
+		if j, err = w.Jobs.Get(ctx, j.Name); err != nil {
+			return nil, err
+		}
+		if j.Status.Agent != w.Node || j.Status.Phase != PhaseRunning {
+			return nil, errLost
+		}
+	}
+	return nil, errors.New("heartbeat: too many conflicting writes")
+}
+
+// finish records the attempt's result: Succeeded, Failed, or Pending with
+// a RetryAfter.
+func (w *Worker) finish(ctx context.Context, j *Job, p *Progress, out *Outcome, runErr error, took time.Duration, log *slog.Logger) {
+	stopping := ctx.Err() != nil
+	if stopping {
+		// The agent is stopping: hand the job back at once rather than
+		// make another agent wait for the heartbeat to go stale.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+	}
+	for range 5 {
+		st := &j.Status
+		p.fill(st)
+		st.Heartbeat = now()
+		st.Seconds = took.Round(time.Millisecond).Seconds()
+		switch {
+		case runErr == nil:
+			st.Phase, st.CompletionTime = PhaseSucceeded, now()
+			if out != nil {
+				st.BytesRead, st.BytesNew, st.BytesStored = out.BytesRead, out.BytesNew, out.BytesStored
+				st.Mode, st.Snapshot, st.Volume, st.Message = out.Mode, out.Snapshot, out.Volume, out.Message
+			}
+		case stopping:
+			st.Phase, st.Agent = PhasePending, ""
+			st.Attempts-- // not the job's fault
+			st.Message = fmt.Sprintf("node %s stopped while running it; waiting for an agent", w.Node)
+		case errors.Is(runErr, ErrPermanent) || st.Attempts >= w.MaxAttempts:
+			st.Phase, st.CompletionTime = PhaseFailed, now()
+			st.Message = strings.TrimPrefix(runErr.Error(), ErrPermanent.Error()+": ")
+			if !errors.Is(runErr, ErrPermanent) {
+				st.Message = fmt.Sprintf("gave up after %d attempts: %s", st.Attempts, st.Message)
+			}
+		default:
+			delay := min(time.Duration(1<<min(st.Attempts-1, 8))*5*time.Second, 30*time.Minute)
+			st.Phase, st.Agent = PhasePending, ""
+			t := metav1.NewTime(time.Now().Add(delay).Truncate(time.Second))
+			st.RetryAfter = &t
+			st.Message = fmt.Sprintf("attempt %d of %d failed, retrying in %s: %v", st.Attempts, w.MaxAttempts, delay, runErr)
+		}
+		_, err := w.Jobs.UpdateStatus(ctx, j)
+		if err == nil {
+			switch {
+			case runErr == nil:
+				log.Info("job succeeded", "seconds", st.Seconds, "message", st.Message)
+			case stopping:
+				log.Info("job handed back: the agent is stopping")
+			default:
+				log.Warn("job attempt failed", "phase", st.Phase, "error", runErr)
+			}
+			if !stopping {
+				w.Events.finished(ctx, j, runErr)
+				if w.Observe != nil {
+					w.Observe(j)
+				}
+			}
+			return
+		}
+		if !apierrors.IsConflict(err) {
+			log.Error("record the job's result", "error", err)
+			return
+		}
+		fresh, gerr := w.Jobs.Get(ctx, j.Name)
+		if gerr != nil || fresh.Status.Agent != w.Node {
+			return
+		}
+		fresh.Status = j.Status
+		j = fresh
+	}
+}

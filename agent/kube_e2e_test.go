@@ -1,0 +1,343 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/ferrydr/ferry/agent"
+	"github.com/ferrydr/ferry/agent/cluster"
+	"github.com/ferrydr/ferry/csi/params"
+	"github.com/ferrydr/ferry/testenv/csitest"
+	"github.com/ferrydr/ferry/testenv/kube"
+	"github.com/ferrydr/ferry/testenv/reflinkcsi"
+	"github.com/ferrydr/ferry/transport/objstore"
+)
+
+const ferryNS = "ferry-system"
+
+var (
+	snapshotClasses = schema.GroupVersionResource{Group: "snapshot.storage.k8s.io", Version: "v1", Resource: "volumesnapshotclasses"}
+	volumeSnapshots = schema.GroupVersionResource{Group: "snapshot.storage.k8s.io", Version: "v1", Resource: "volumesnapshots"}
+)
+
+// installFerry puts what deploy/ installs and the test needs into c: the
+// FerryJob CRD, the agents' namespace, and the repository Secret.
+func installFerry(t *testing.T, c *kube.Cluster, e *env) {
+	t.Helper()
+	ctx := t.Context()
+	if _, err := c.ApplyFile(ctx, "../deploy/crd/ferry.dev_ferryjobs.yaml", kube.ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitEstablished(ctx, "ferryjobs.ferry.dev"); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{ferryNS, "app"} {
+		if _, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data := map[string][]byte{"password": []byte(password)}
+	for k, v := range e.creds {
+		data[k] = []byte(v)
+	}
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "ferry-repository", Namespace: ferryNS}, Data: data}
+	if _, err := c.Client.CoreV1().Secrets(ferryNS).Create(ctx, sec, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runAgent runs agent.Run with cfg until the returned stop is called (or
+// the test ends).
+func runAgent(t *testing.T, cfg agent.Config) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- agent.Run(ctx, cfg, slog.New(slog.NewTextHandler(testWriter{t}, nil)).With("node", cfg.NodeName))
+	}()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent %s: %v", cfg.NodeName, err)
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// staticClaim registers the driver's volume as a PersistentVolume and a
+// claim bound to it, and waits until they are Bound.
+func staticClaim(t *testing.T, c *kube.Cluster, volID, ns, name string, size int64) {
+	t.Helper()
+	ctx := t.Context()
+	mode := corev1.PersistentVolumeFilesystem
+	empty := ""
+	q := *resource.NewQuantity(size, resource.BinarySI)
+	pv := &corev1.PersistentVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: "pv-" + name},
+		Spec: corev1.PersistentVolumeSpec{
+			Capacity:    corev1.ResourceList{corev1.ResourceStorage: q},
+			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			VolumeMode:  &mode,
+			PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{
+				Driver: reflinkcsi.DriverName, VolumeHandle: volID, FSType: "ext4",
+			}},
+			ClaimRef: &corev1.ObjectReference{Namespace: ns, Name: name},
+		},
+	}
+	if _, err := c.Client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pvc := &corev1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: corev1.PersistentVolumeClaimSpec{
+			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: q}},
+			StorageClassName: &empty, VolumeMode: &mode, VolumeName: pv.Name,
+		},
+	}
+	if _, err := c.Client.CoreV1().PersistentVolumeClaims(ns).Create(ctx, pvc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "PVC "+ns+"/"+name+" Bound", func() bool {
+		got, err := c.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, name, metav1.GetOptions{})
+		return err == nil && got.Status.Phase == corev1.ClaimBound
+	})
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(within); !ok(); time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within %s", what, within)
+		}
+	}
+}
+
+// volumeBytes reads a volume of the driver as a block device.
+func volumeBytes(t *testing.T, conn *grpc.ClientConn, volID string) []byte {
+	t.Helper()
+	var b []byte
+	csitest.WithBlock(t, conn, volID, func(dev *os.File) {
+		size, err := dev.Seek(0, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = make([]byte, size)
+		if _, err := dev.ReadAt(b, 0); err != nil {
+			t.Fatal(err)
+		}
+	})
+	return b
+}
+
+// TestKubeDisasterRecovery is the DR story end to end, on two real API
+// servers: in the primary, a VolumeSnapshot of a PVC through a Ferry
+// VolumeSnapshotClass is replicated (seen in its FerryJob and Events);
+// then the primary is stopped, and `ferry restore-to-cluster` brings the
+// PVC back in the DR cluster, Bound, with exactly the snapshot's bytes.
+// The restore's failures are checked there too.
+func TestKubeDisasterRecovery(t *testing.T) {
+	e := startRepo(t)
+	ferry := buildFerry(t)
+	primary := kube.Start(t, kube.Name("primary"))
+	dr := kube.Start(t, kube.Name("dr"))
+	installFerry(t, primary, e)
+	installFerry(t, dr, e)
+	ctx := t.Context()
+
+	// The primary: the driver, the hook in front of it (the controller's
+	// sidecar), a node agent, and the external-snapshotter.
+	drvA := reflinkcsi.StartTest(t, reflinkcsi.Config{NodeID: "primary-node"})
+	sockDir, err := os.MkdirTemp("", "ferry-hook-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	hookSock := "unix://" + filepath.Join(sockDir, "csi.sock")
+	kubeCfg := func(c *kube.Cluster, node string, drv *reflinkcsi.Driver) agent.Config {
+		return agent.Config{
+			Kube: true, Kubeconfig: c.Kubeconfig, Namespace: ferryNS, NodeName: node, ClusterName: c.Name,
+			CSIDriver: drv.Config().Endpoint, StateDir: t.TempDir(), Heartbeat: time.Second, VerifyInterval: -1,
+		}
+	}
+	hc := kubeCfg(primary, "controller", drvA)
+	hc.HookOnly, hc.CSIListen = true, hookSock
+	stopHook := runAgent(t, hc)
+	stopAgentA := runAgent(t, kubeCfg(primary, "primary-node", drvA))
+	hook := csitest.Dial(t, hookSock)
+	waitProbe(t, hook)
+	kube.StartSnapshotter(t, primary, hookSock)
+
+	// An application's PVC with files on ext4.
+	const size = 64 << 20
+	cv, err := csi.NewControllerClient(hook).CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-data", CapacityRange: &csi.CapacityRange{RequiredBytes: size}, VolumeCapabilities: []*csi.VolumeCapability{csitest.MountCap}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	volID := cv.GetVolume().GetVolumeId()
+	var files map[string][]byte
+	csitest.WithMounted(t, hook, volID, func(dir string) { files = writeFiles(t, dir, "db", 12, 256<<10, 7) })
+	staticClaim(t, primary, volID, "app", "data", size)
+
+	class := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+		"metadata": map[string]any{"name": "ferry-dr"}, "driver": reflinkcsi.DriverName, "deletionPolicy": "Delete",
+		"parameters": map[string]any{
+			params.KeyRepository: e.repoURL, params.KeySecretName: "ferry-repository", params.KeySecretNamespace: ferryNS,
+		},
+	}}
+	if _, err := primary.Dynamic.Resource(snapshotClasses).Create(ctx, class, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	vs := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+		"metadata": map[string]any{"name": "data-1", "namespace": "app"},
+		"spec":     map[string]any{"volumeSnapshotClassName": "ferry-dr", "source": map[string]any{"persistentVolumeClaimName": "data"}},
+	}}
+	if _, err := primary.Dynamic.Resource(volumeSnapshots).Namespace("app").Create(ctx, vs, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var snapHandle string
+	waitFor(t, 2*time.Minute, "VolumeSnapshot ready", func() bool {
+		got, err := primary.Dynamic.Resource(volumeSnapshots).Namespace("app").Get(ctx, "data-1", metav1.GetOptions{})
+		ready, _, _ := unstructured.NestedBool(got.Object, "status", "readyToUse")
+		return err == nil && ready
+	})
+	jobs := &cluster.Jobs{Client: primary.Dynamic, Namespace: ferryNS}
+	var job *cluster.Job
+	waitFor(t, 2*time.Minute, "replication job succeeded", func() bool {
+		l, err := primary.Dynamic.Resource(cluster.JobResource).Namespace(ferryNS).List(ctx, metav1.ListOptions{})
+		if err != nil || len(l.Items) != 1 {
+			return false
+		}
+		job, err = jobs.Get(ctx, l.Items[0].GetName())
+		if err == nil && job.Status.Phase == cluster.PhaseFailed {
+			t.Fatalf("replication failed: %s", job.Status.Message)
+		}
+		return err == nil && job.Status.Phase == cluster.PhaseSucceeded
+	})
+	snapHandle = job.Spec.Replicate.Snapshot.SnapshotID
+	st := job.Status
+	t.Logf("replication: %s", st.Message)
+	if st.Agent != "primary-node" || st.Snapshot == "" || st.BytesRead == 0 || st.BytesStored == 0 || st.Mode != "allocated" ||
+		!strings.Contains(st.Message, "PVC app/data") {
+		t.Errorf("replication job status: %+v", st)
+	}
+	waitFor(t, 30*time.Second, "Events on the VolumeSnapshot", func() bool {
+		evs, err := primary.Client.CoreV1().Events("app").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=data-1"})
+		reasons := map[string]string{}
+		for _, ev := range evs.Items {
+			reasons[ev.Reason] = ev.Message
+		}
+		return err == nil && strings.Contains(reasons["ReplicationStarted"], snapHandle) && strings.Contains(reasons["ReplicationSucceeded"], st.Snapshot[:12])
+	})
+	want := volumeBytes(t, hook, volID) // the volume did not change since the snapshot
+
+	// The disaster: everything of the primary stops.
+	stopAgentA()
+	stopHook()
+	primary.Stop()
+
+	// The DR cluster: its own driver and agent, and nothing else.
+	drvB := reflinkcsi.StartTest(t, reflinkcsi.Config{NodeID: "dr-node", Capacity: size * 3 / 2})
+	stopAgentB := runAgent(t, kubeCfg(dr, "dr-node", drvB))
+	connB := csitest.Dial(t, drvB.Config().Endpoint)
+	waitFor(t, 30*time.Second, "the DR agent's Lease", func() bool {
+		a, err := cluster.LiveAgents(ctx, dr.Client, ferryNS)
+		return err == nil && len(a) == 1
+	})
+	run := func(args ...string) (string, int) {
+		cmd := exec.Command(ferry, append([]string{"restore-to-cluster", "--repo", e.repoURL, "--kubeconfig", dr.Kubeconfig}, args...)...)
+		out, err := cmd.CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), code
+	}
+	out, code := run("latest", "--from", "app/data", "--namespace", "app", "--pvc", "data", "--wait", "--timeout", "5m")
+	t.Logf("restore-to-cluster:\n%s", out)
+	if code != 0 || !strings.Contains(out, "PVC app/data is Bound") {
+		t.Fatalf("restore-to-cluster exited %d", code)
+	}
+	pvc, err := dr.Client.CoreV1().PersistentVolumeClaims("app").Get(ctx, "data", metav1.GetOptions{})
+	if err != nil || pvc.Status.Phase != corev1.ClaimBound {
+		t.Fatalf("DR PVC: %+v %v", pvc.Status, err)
+	}
+	pv, err := dr.Client.CoreV1().PersistentVolumes().Get(ctx, pvc.Spec.VolumeName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := volumeBytes(t, connB, pv.Spec.CSI.VolumeHandle)
+	if !bytes.Equal(got[:len(want)], want) || bytes.Count(got[len(want):], []byte{0}) != len(got)-len(want) {
+		t.Fatalf("the DR volume (%d bytes) differs from the snapshot (%d bytes)", len(got), len(want))
+	}
+	csitest.WithMounted(t, connB, pv.Spec.CSI.VolumeHandle, func(dir string) {
+		for name, b := range files {
+			if g, err := os.ReadFile(filepath.Join(dir, name)); err != nil || !bytes.Equal(g, b) {
+				t.Errorf("restored file %s: %v", name, err)
+			}
+		}
+	})
+
+	// Clear failures.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"latest", "--from", "app/data", "--namespace", "app", "--pvc", "data", "--wait"}, "PVC app/data already exists"},
+		{[]string{"latest", "--from", "app/data", "--namespace", "nope", "--pvc", "data", "--wait"}, "namespace nope does not exist"},
+		{[]string{"latest", "--from", "app/data", "--namespace", "app", "--pvc", "data-2", "--wait"}, "not enough capacity"},
+		{[]string{"latest", "--from", "app/other", "--namespace", "app", "--pvc", "data-3", "--wait"}, "none of PVC app/other"},
+	} {
+		out, code := run(c.args...)
+		t.Logf("restore-to-cluster %s:\n%s", strings.Join(c.args, " "), out)
+		if code != 1 || !strings.Contains(out, c.want) || strings.Count(strings.TrimSpace(out), "\n") > 8 {
+			t.Errorf("restore-to-cluster %v: exit %d, want 1 and %q:\n%s", c.args, code, c.want, out)
+		}
+	}
+	// Lose two of the three targets' data: the snapshot is no longer
+	// restorable, and the restore says so before creating anything.
+	stores := e.stores()
+	for _, s := range stores[:2] {
+		var names []string
+		if err := s.List(ctx, "data/", func(i objstore.Info) error { names = append(names, i.Name); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range names {
+			if err := s.Delete(ctx, n); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if out, code := run(st.Snapshot[:12], "--namespace", "app", "--pvc", "data-4", "--wait"); code != 1 || !strings.Contains(out, "not restorable") {
+		t.Errorf("restore of a lost snapshot: exit %d:\n%s", code, out)
+	}
+	stopAgentB()
+	if out, code := run("latest", "--from", "app/data", "--namespace", "app", "--pvc", "data-5"); code != 1 || !strings.Contains(out, "no Ferry agent is running") {
+		t.Errorf("restore without agents: exit %d:\n%s", code, out)
+	}
+}
