@@ -150,8 +150,8 @@ var ErrCapacity = errors.New("not enough capacity")
 // Provisioned is a new volume Provision created.
 type Provisioned struct {
 	*Volume
-	Capacity int64             // bytes, as the driver made it
-	Context  map[string]string // the driver's volume context, for the PersistentVolume
+	Capacity int64               // bytes, as the driver made it
+	Context  map[string]string   // the driver's volume context, for the PersistentVolume
 	Topology []map[string]string // where the volume is accessible; empty: anywhere
 }
 
