@@ -127,7 +127,7 @@ func (rs *Restorer) Handle(ctx context.Context, j *Job, p *Progress) (*Outcome, 
 		return nil, err
 	}
 	return &Outcome{
-		BytesRead: sum.BytesWritten, Snapshot: snap.ID, Volume: pvName,
+		BytesRead: prog.Fetched.Load(), Snapshot: snap.ID, Volume: pvName, // shard bytes downloaded
 		Message: fmt.Sprintf("Ferry restored snapshot %s (%s of %s) into PVC %s/%s, PersistentVolume %s, in %s",
 			snap.ID[:12], humanize.IBytes(uint64(snap.Size)), seriesOf(snap), spec.Namespace, spec.PVC, pvName, sum.Duration.Round(time.Millisecond)),
 	}, nil
