@@ -60,12 +60,7 @@ func start(t *testing.T, drvCfg reflinkcsi.Config, tune ...func(*agent.Config)) 
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	e.state = t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.metrics = l.Addr().String()
-	l.Close()
+	e.metrics = freeAddr(t)
 	cfg := agent.Config{
 		CSIListen: "unix://" + filepath.Join(sockDir, "csi.sock"), CSIDriver: drv.Config().Endpoint,
 		StateDir: e.state, SecretsDir: e.secrets, MetricsListen: e.metrics,
@@ -86,6 +81,17 @@ func start(t *testing.T, drvCfg reflinkcsi.Config, tune ...func(*agent.Config)) 
 	e.driver = csitest.Dial(t, drv.Config().Endpoint)
 	waitProbe(t, e.hook)
 	return e
+}
+
+// freeAddr returns a loopback host:port nothing listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
 func waitProbe(t *testing.T, c *grpc.ClientConn) {

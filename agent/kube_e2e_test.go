@@ -3,11 +3,16 @@ package agent_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +31,7 @@ import (
 	"github.com/ferrydr/ferry/testenv/kube"
 	"github.com/ferrydr/ferry/testenv/reflinkcsi"
 	"github.com/ferrydr/ferry/transport/objstore"
+	"github.com/ferrydr/ferry/transport/repo"
 )
 
 const ferryNS = "ferry-system"
@@ -61,15 +67,32 @@ func installFerry(t *testing.T, c *kube.Cluster, e *env) {
 	}
 }
 
+// transcript keeps everything the test's agents, commands and API objects
+// said, to be searched for secrets at the end.
+type transcript struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (tr *transcript) Write(p []byte) (int, error) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return tr.b.Write(p)
+}
+
+func (tr *transcript) add(what string, v any) {
+	b, _ := json.Marshal(v)
+	fmt.Fprintf(tr, "%s: %s\n", what, b)
+}
+
 // runAgent runs agent.Run with cfg until the returned stop is called (or
-// the test ends).
-func runAgent(t *testing.T, cfg agent.Config) (stop func()) {
+// the test ends); its log goes to the test's and to tr.
+func runAgent(t *testing.T, tr *transcript, cfg agent.Config) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() {
-		done <- agent.Run(ctx, cfg, slog.New(slog.NewTextHandler(testWriter{t}, nil)).With("node", cfg.NodeName))
-	}()
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, tr), nil)).With("node", cfg.NodeName)
+	go func() { done <- agent.Run(ctx, cfg, log) }()
 	stopped := false
 	stop = func() {
 		if stopped {
@@ -159,6 +182,7 @@ func volumeBytes(t *testing.T, conn *grpc.ClientConn, volID string) []byte {
 // The restore's failures are checked there too.
 func TestKubeDisasterRecovery(t *testing.T) {
 	e := startRepo(t)
+	tr := &transcript{}
 	ferry := buildFerry(t)
 	primary := kube.Start(t, kube.Name("primary"))
 	dr := kube.Start(t, kube.Name("dr"))
@@ -183,8 +207,10 @@ func TestKubeDisasterRecovery(t *testing.T) {
 	}
 	hc := kubeCfg(primary, "controller", drvA)
 	hc.HookOnly, hc.CSIListen = true, hookSock
-	stopHook := runAgent(t, hc)
-	stopAgentA := runAgent(t, kubeCfg(primary, "primary-node", drvA))
+	stopHook := runAgent(t, tr, hc)
+	ac := kubeCfg(primary, "primary-node", drvA)
+	ac.MetricsListen = freeAddr(t)
+	stopAgentA := runAgent(t, tr, ac)
 	hook := csitest.Dial(t, hookSock)
 	waitProbe(t, hook)
 	kube.StartSnapshotter(t, primary, hookSock)
@@ -253,6 +279,14 @@ func TestKubeDisasterRecovery(t *testing.T) {
 		return err == nil && strings.Contains(reasons["ReplicationStarted"], snapHandle) && strings.Contains(reasons["ReplicationSucceeded"], st.Snapshot[:12])
 	})
 	want := volumeBytes(t, hook, volID) // the volume did not change since the snapshot
+	record(t, tr, primary)
+	resp, err := http.Get("http://" + ac.MetricsListen + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	tr.Write(metrics)
 
 	// The disaster: everything of the primary stops.
 	stopAgentA()
@@ -261,7 +295,7 @@ func TestKubeDisasterRecovery(t *testing.T) {
 
 	// The DR cluster: its own driver and agent, and nothing else.
 	drvB := reflinkcsi.StartTest(t, reflinkcsi.Config{NodeID: "dr-node", Capacity: size * 3 / 2})
-	stopAgentB := runAgent(t, kubeCfg(dr, "dr-node", drvB))
+	stopAgentB := runAgent(t, tr, kubeCfg(dr, "dr-node", drvB))
 	connB := csitest.Dial(t, drvB.Config().Endpoint)
 	waitFor(t, 30*time.Second, "the DR agent's Lease", func() bool {
 		a, err := cluster.LiveAgents(ctx, dr.Client, ferryNS)
@@ -270,6 +304,7 @@ func TestKubeDisasterRecovery(t *testing.T) {
 	run := func(args ...string) (string, int) {
 		cmd := exec.Command(ferry, append([]string{"restore-to-cluster", "--repo", e.repoURL, "--kubeconfig", dr.Kubeconfig}, args...)...)
 		out, err := cmd.CombinedOutput()
+		tr.Write(out)
 		code := 0
 		if ee, ok := err.(*exec.ExitError); ok {
 			code = ee.ExitCode()
@@ -337,7 +372,58 @@ func TestKubeDisasterRecovery(t *testing.T) {
 		t.Errorf("restore of a lost snapshot: exit %d:\n%s", code, out)
 	}
 	stopAgentB()
+	record(t, tr, dr)
 	if out, code := run("latest", "--from", "app/data", "--namespace", "app", "--pvc", "data-5"); code != 1 || !strings.Contains(out, "no Ferry agent is running") {
 		t.Errorf("restore without agents: exit %d:\n%s", code, out)
 	}
+	noSecrets(t, e, tr)
+}
+
+// record adds the cluster's FerryJobs and Events to tr.
+func record(t *testing.T, tr *transcript, c *kube.Cluster) {
+	t.Helper()
+	jobs, err := c.Dynamic.Resource(cluster.JobResource).Namespace(ferryNS).List(t.Context(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.add("ferryjobs", jobs)
+	evs, err := c.Client.CoreV1().Events("").List(t.Context(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs.Items) == 0 {
+		t.Error("no Events recorded")
+	}
+	tr.add("events", evs)
+}
+
+// noSecrets checks that no password or credential appears in what the run
+// logged, printed, served as metrics, stored in FerryJobs and Events, or
+// wrote in the repository's manifests.
+func noSecrets(t *testing.T, e *env, tr *transcript) {
+	t.Helper()
+	r, err := repo.Open(t.Context(), e.stores(), []byte(password))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snaps, err := r.Snapshots(t.Context())
+	if err != nil || len(snaps) == 0 {
+		t.Fatalf("manifests: %d, %v", len(snaps), err)
+	}
+	tr.add("manifests", snaps)
+	tr.mu.Lock()
+	text := tr.b.String()
+	tr.mu.Unlock()
+	if len(text) < 10000 {
+		t.Fatalf("the transcript holds only %d bytes: the scan would prove nothing", len(text))
+	}
+	for name, secret := range map[string]string{"password": password, "AWS_SECRET_ACCESS_KEY": e.creds["AWS_SECRET_ACCESS_KEY"], "AWS_ACCESS_KEY_ID": e.creds["AWS_ACCESS_KEY_ID"]} {
+		if secret == "" {
+			t.Fatalf("no %s to look for", name)
+		}
+		if i := strings.Index(text, secret); i >= 0 {
+			t.Errorf("the %s appears in the run's output: ...%s...", name, text[max(0, i-200):i])
+		}
+	}
+	t.Logf("scanned %d bytes of logs, command output, metrics, FerryJobs, Events and manifests for secrets", len(text))
 }
