@@ -77,7 +77,10 @@ func IsTransient(err error) bool {
 	if errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
 		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EPIPE) ||
-		errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) {
+		errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) ||
+		// The HTTP client's connection was closed under it (the server
+		// reset it mid-request, and the transport closed its end).
+		errors.Is(err, net.ErrClosed) {
 		return true
 	}
 	var nerr net.Error

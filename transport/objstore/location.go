@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/s3utils"
@@ -285,10 +286,21 @@ func Open(ctx context.Context, loc Location) (Store, error) {
 
 // Env looks up the settings Open reads from the environment
 // (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
-// AWS_SHARED_CREDENTIALS_FILE). The agent passes one built from a
+// AWS_SHARED_CREDENTIALS_FILE, and FERRY_S3_STALL_TIMEOUT, a duration
+// overriding DefaultStallTimeout). The agent passes one built from a
 // repository's Secret, so jobs of different repositories never share
 // process-wide credentials.
 type Env func(key string) string
+
+// stallTimeout reads FERRY_S3_STALL_TIMEOUT; 0 (the default) when unset or
+// not a positive duration.
+func stallTimeout(env Env) time.Duration {
+	d, err := time.ParseDuration(env("FERRY_S3_STALL_TIMEOUT"))
+	if err != nil || d <= 0 {
+		return 0
+	}
+	return d
+}
 
 // OpenEnv is Open with credentials settings looked up in env.
 func OpenEnv(ctx context.Context, loc Location, env Env) (Store, error) {
@@ -305,13 +317,14 @@ func OpenEnv(ctx context.Context, loc Location, env Env) (Store, error) {
 			return nil, fmt.Errorf("open %s: %w", loc, err)
 		}
 		s, err = NewS3(ctx, S3Config{
-			Endpoint:   loc.Host,
-			Secure:     loc.Scheme == "s3",
-			Bucket:     loc.Bucket,
-			Prefix:     loc.Prefix,
-			Region:     loc.Region,
-			Creds:      creds,
-			CACertFile: loc.CA,
+			Endpoint:     loc.Host,
+			Secure:       loc.Scheme == "s3",
+			Bucket:       loc.Bucket,
+			Prefix:       loc.Prefix,
+			Region:       loc.Region,
+			Creds:        creds,
+			CACertFile:   loc.CA,
+			StallTimeout: stallTimeout(env),
 		})
 	default:
 		return nil, fmt.Errorf("open %s: unknown scheme %q", loc, loc.Scheme)

@@ -10,15 +10,20 @@ import (
 
 // RetryPolicy says how often and how patiently WithRetry retries.
 type RetryPolicy struct {
-	Attempts int           // total attempts per call, at least 1
-	Base     time.Duration // wait before the second attempt, doubling after each failure
-	Max      time.Duration // cap on one wait
+	Attempts      int           // total attempts per read call, at least 1
+	WriteAttempts int           // total attempts per Create; 0 means Attempts
+	Base          time.Duration // wait before the second attempt, doubling after each failure
+	Max           time.Duration // cap on one wait
 }
 
-// DefaultRetry gives up after 5 attempts, about 1.5s of waiting: long enough
-// to ride out a restarting server or a throttling burst, short enough that
-// an unreachable target is reported within seconds.
-var DefaultRetry = RetryPolicy{Attempts: 5, Base: 100 * time.Millisecond, Max: 2 * time.Second}
+// DefaultRetry gives up a read after 5 attempts, about 1.5 s of waiting
+// (the reader has other shards and targets to turn to, and an unreachable
+// target is reported within seconds), and a write after 12, about 8 to
+// 16 s: a backup cannot count a pack as written without every shard, so it
+// rides out a restarting server, a throttling burst or a short network
+// cut. A request that moves no byte for the stall timeout (S3Config) counts
+// as one failed attempt.
+var DefaultRetry = RetryPolicy{Attempts: 5, WriteAttempts: 12, Base: 100 * time.Millisecond, Max: 2 * time.Second}
 
 // WithRetry returns s with every call retried on transient errors
 // (IsTransient) with exponential backoff and jitter, waiting no longer than
@@ -38,6 +43,9 @@ func WithRetry(s Store, p RetryPolicy) Store {
 	if p.Attempts < 1 {
 		p.Attempts = 1
 	}
+	if p.WriteAttempts < 1 {
+		p.WriteAttempts = p.Attempts
+	}
 	return &retryStore{Store: s, p: p}
 }
 
@@ -49,14 +57,18 @@ type retryStore struct {
 // do runs op until it succeeds, fails permanently, runs out of attempts or
 // ctx is done. op learns which attempt it is (0-based).
 func (r *retryStore) do(ctx context.Context, op func(attempt int) error) error {
+	return r.attempts(ctx, r.p.Attempts, op)
+}
+
+func (r *retryStore) attempts(ctx context.Context, n int, op func(attempt int) error) error {
 	var err error
 	for attempt := 0; ; attempt++ {
 		err = op(attempt)
 		if err == nil || !IsTransient(err) {
 			return err
 		}
-		if attempt+1 >= r.p.Attempts {
-			return fmt.Errorf("%w (gave up after %d attempts)", err, r.p.Attempts)
+		if attempt+1 >= n {
+			return fmt.Errorf("%w (gave up after %d attempts)", err, n)
 		}
 		t := time.NewTimer(r.backoff(attempt))
 		select {
@@ -83,7 +95,7 @@ func (r *retryStore) backoff(n int) time.Duration {
 }
 
 func (r *retryStore) Create(ctx context.Context, name string, data []byte) error {
-	return r.do(ctx, func(attempt int) error {
+	return r.attempts(ctx, r.p.WriteAttempts, func(attempt int) error {
 		err := r.Store.Create(ctx, name, data)
 		if attempt == 0 || !errors.Is(err, ErrExists) {
 			return err

@@ -32,7 +32,15 @@ type S3Config struct {
 	Creds      *credentials.Credentials
 	CACertFile string // optional PEM bundle trusted in addition to the system roots
 	MaxConns   int    // parallel HTTP requests per store; 0 means 8
+	// StallTimeout fails a request whose connection moves no byte in
+	// either direction for this long (a target that hangs: a black-holed
+	// route, a stuck server), so WithRetry can retry it and readers can
+	// fall back to other shards; 0 means DefaultStallTimeout.
+	StallTimeout time.Duration
 }
+
+// DefaultStallTimeout is S3Config.StallTimeout's default.
+const DefaultStallTimeout = 30 * time.Second
 
 // s3Store writes each object with one PUT that carries If-None-Match: * and
 // a CRC32C trailer the server verifies. minio-go's own retries are turned off
@@ -90,9 +98,20 @@ func NewS3(ctx context.Context, cfg S3Config) (Store, error) {
 	if err != nil {
 		return nil, fail("%v", err)
 	}
-	// Fail fast on an unreachable endpoint; WithRetry decides how long to
-	// keep trying.
-	tr.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	// Fail fast on an unreachable endpoint, and on a connection that
+	// stalls; WithRetry decides how long to keep trying.
+	stall := cfg.StallTimeout
+	if stall <= 0 {
+		stall = DefaultStallTimeout
+	}
+	dialer := &net.Dialer{Timeout: min(10*time.Second, stall), KeepAlive: 30 * time.Second}
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &stallConn{Conn: c, timeout: stall}, nil
+	}
 	tr.MaxIdleConnsPerHost = max(maxConns, tr.MaxIdleConnsPerHost)
 	if cfg.CACertFile != "" {
 		if !cfg.Secure {
@@ -123,6 +142,24 @@ func NewS3(ctx context.Context, cfg S3Config) (Store, error) {
 		secure: cfg.Secure,
 		loc:    loc,
 	}, nil
+}
+
+// stallConn fails a Read or Write that makes no progress for timeout: each
+// call pushes the connection's deadline forward. An idle pooled connection
+// times out too, and is then dropped and redialled, which is harmless.
+type stallConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *stallConn) Read(b []byte) (int, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Read(b)
+}
+
+func (c *stallConn) Write(b []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Write(b)
 }
 
 func certPool(file string) (*x509.CertPool, error) {
