@@ -51,6 +51,12 @@ type Config struct {
 	ChecksumInterval     time.Duration // between verify runs that check every shard's stored checksum (one HEAD each); default 24h
 	NoRepair             bool          // verification only reports damage; by default the agent repairs it
 
+	// Prune, in the same loop and under the same Lease as verification
+	// (so prune and repair never overlap). Retention itself (forget) is
+	// applied after each replication, by the class's ferry.dev/keep-* rules.
+	PruneInterval time.Duration // between prune runs of a repository; default 24h; negative: never
+	PruneGrace    time.Duration // how long a pack stays marked before it may be deleted; default 1h
+
 	// In a Kubernetes cluster (see kube.go): jobs are FerryJobs handed out
 	// through the API instead of the local queue, and Secrets are read from
 	// the API instead of SecretsDir.
@@ -110,6 +116,15 @@ func (c *Config) Validate() error {
 	}
 	if c.VerifyMaxShare < 0 || c.VerifyMaxShare > 1 {
 		return fmt.Errorf("--verify-max-share %g: want a share of time in (0, 1]", c.VerifyMaxShare)
+	}
+	if c.PruneInterval == 0 {
+		c.PruneInterval = 24 * time.Hour
+	}
+	if c.PruneGrace == 0 {
+		c.PruneGrace = time.Hour
+	}
+	if c.PruneGrace < 0 {
+		return fmt.Errorf("--prune-grace %s: want a positive duration", c.PruneGrace)
 	}
 	return nil
 }
@@ -173,7 +188,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		enq = enqueuer{q, m}
 	}
 	var v *verifier
-	if !cfg.HookOnly && cfg.VerifyInterval > 0 {
+	if !cfg.HookOnly && (cfg.VerifyInterval > 0 || cfg.PruneInterval > 0) {
 		if v, err = newVerifier(cfg, runner.Secrets, m, log); err != nil {
 			return err
 		}

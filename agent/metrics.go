@@ -31,6 +31,12 @@ type metrics struct {
 	repairShards        prometheus.Counter
 	verifyBytes         prometheus.Counter
 	verifyRuns          *prometheus.CounterVec
+
+	// Retention and prune.
+	forgotten   prometheus.Counter
+	pruneRuns   *prometheus.CounterVec
+	prunedPacks prometheus.Counter
+	prunedBytes prometheus.Counter
 }
 
 func newMetrics(q *queue.Queue) *metrics {
@@ -82,6 +88,19 @@ func newMetrics(q *queue.Queue) *metrics {
 		verifyRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_verify_runs_total", Help: "Verification runs, by result (ok, degraded, data_lost, error).",
 		}, []string{"result"}),
+
+		forgotten: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ferry_retention_forgotten_snapshots_total", Help: "Snapshots the retention rules (ferry.dev/keep-*) forgot after a replication.",
+		}),
+		pruneRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_prune_runs_total", Help: "Prune runs, by result (ok, error).",
+		}, []string{"result"}),
+		prunedPacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ferry_prune_deleted_packs_total", Help: "Packs prune deleted (every shard of each).",
+		}),
+		prunedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ferry_prune_deleted_bytes_total", Help: "Shard bytes prune deleted, over all targets.",
+		}),
 	}
 	if q != nil { // in a cluster, the FerryJobs are the queue
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_replication_jobs_queued", Help: "Replication jobs in the queue, running ones included."},
@@ -89,13 +108,14 @@ func newMetrics(q *queue.Queue) *metrics {
 	}
 	m.reg.MustRegister(m.jobs, m.running, m.bytes, m.duration, m.lastSuccess,
 		m.restorable, m.drillDuration, m.drillBytesPerSecond, m.drillRuns, m.shardsMissing, m.shardsCorrupt, m.packsAtRisk,
-		m.repairShards, m.verifyBytes, m.verifyRuns,
+		m.repairShards, m.verifyBytes, m.verifyRuns, m.forgotten, m.pruneRuns, m.prunedPacks, m.prunedBytes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
 func (m *metrics) observe(s hook.Snapshot, r *replicate.Result, d time.Duration) {
 	m.jobs.WithLabelValues("success").Inc()
+	m.forgotten.Add(float64(r.Forgotten))
 	if r.Summary != nil {
 		m.bytes.WithLabelValues("read").Add(float64(r.Summary.BytesRead))
 		m.bytes.WithLabelValues("new").Add(float64(r.Summary.BytesNew))

@@ -19,6 +19,14 @@ package agent
 // HEAD request per shard per run, not paced (it moves no data): on a
 // provider that bills requests, it costs as many GET-priced requests per
 // run as the repository has shards.
+//
+// The same loop prunes the repository every PruneInterval (±10%): one
+// repo.Prune run, which deletes the packs earlier runs marked and marks
+// the newly unreferenced ones (the snapshots the retention rules forgot
+// after replications). In a cluster it runs under the repository's Lease,
+// so prune never overlaps verification or repair. Cost: the listings, the
+// index and the manifests, as a structural verify without the HEADs, plus
+// the deletions.
 
 import (
 	"context"
@@ -167,19 +175,40 @@ func (v *verifier) loop(ctx context.Context, ref repoRef) {
 	l := &repoLoop{v: v, ref: ref, log: v.log.With("repository", ref.Repository),
 		lost: map[string]bool{}, drillOK: map[string]bool{}, drillFailed: map[string]bool{}}
 	// The first runs come at a random point of the first interval, so a
-	// restarted agent does not verify everything at once.
+	// restarted agent does not verify everything at once. A zero time is
+	// a task that never runs.
 	now := time.Now()
-	nextVerify := now.Add(time.Duration(rand.Int64N(int64(v.cfg.VerifyInterval))))
-	nextDrill := now.Add(time.Duration(rand.Int64N(int64(max(v.cfg.DrillInterval, 1)))))
-	if v.cfg.DrillInterval < 0 {
-		nextDrill = time.Time{}
+	first := func(interval time.Duration) time.Time {
+		if interval <= 0 {
+			return time.Time{}
+		}
+		return now.Add(time.Duration(rand.Int64N(int64(interval))))
+	}
+	verifyEvery, drillEvery := v.cfg.VerifyInterval, v.cfg.DrillInterval
+	if verifyEvery < 0 {
+		drillEvery = -1
+	}
+	tasks := []struct {
+		next  time.Time
+		every time.Duration
+		run   func(context.Context)
+	}{
+		{first(verifyEvery), verifyEvery, l.verify},
+		{first(drillEvery), drillEvery, l.drill},
+		{first(v.cfg.PruneInterval), v.cfg.PruneInterval, l.prune},
 	}
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
-		next := nextVerify
-		if !nextDrill.IsZero() && nextDrill.Before(next) {
-			next = nextDrill
+		var next time.Time
+		for _, task := range tasks {
+			if !task.next.IsZero() && (next.IsZero() || task.next.Before(next)) {
+				next = task.next
+			}
+		}
+		if next.IsZero() {
+			<-ctx.Done()
+			return
 		}
 		t.Reset(time.Until(next))
 		select {
@@ -187,15 +216,43 @@ func (v *verifier) loop(ctx context.Context, ref repoRef) {
 			return
 		case <-t.C:
 		}
-		if now := time.Now(); !now.Before(nextVerify) {
-			l.verify(ctx)
-			nextVerify = time.Now().Add(jitter(v.cfg.VerifyInterval))
-		}
-		if now := time.Now(); !nextDrill.IsZero() && !now.Before(nextDrill) {
-			l.drill(ctx)
-			nextDrill = time.Now().Add(jitter(v.cfg.DrillInterval))
+		for i := range tasks {
+			if task := &tasks[i]; !task.next.IsZero() && !time.Now().Before(task.next) {
+				task.run(ctx)
+				task.next = time.Now().Add(jitter(task.every))
+			}
 		}
 	}
+}
+
+// prune runs one prune of the repository: it deletes what earlier runs
+// marked and is still unreferenced, and marks what is newly so.
+func (l *repoLoop) prune(ctx context.Context) {
+	m := l.v.m
+	start := time.Now()
+	r, err := l.open(ctx, nil)
+	var rep *repo.PruneReport
+	if err == nil {
+		rep, err = r.Prune(ctx, repo.PruneOptions{Grace: l.v.cfg.PruneGrace})
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			m.pruneRuns.WithLabelValues("error").Inc()
+			l.log.Error("prune could not run", "error", err, "seconds", time.Since(start).Seconds())
+		}
+		return
+	}
+	var bytes int64
+	for _, b := range rep.BytesDeleted {
+		bytes += b
+	}
+	m.pruneRuns.WithLabelValues("ok").Inc()
+	m.prunedPacks.Add(float64(len(rep.Deleted)))
+	m.prunedBytes.Add(float64(bytes))
+	l.log.Info("pruned", "snapshots", rep.Snapshots, "packs", rep.Packs, "unreferenced", rep.Unreferenced,
+		"marked", rep.Marked, "waiting", rep.Waiting, "held_back", rep.HeldBack, "deleted", len(rep.Deleted), "bytes_deleted", bytes,
+		"index_objects_rewritten", rep.IndexDeleted, "deletions_finished", rep.Finished, "backups_running", len(rep.Writers),
+		"seconds", time.Since(start).Seconds())
 }
 
 // open opens the repository, reading the Secret afresh (it may have been

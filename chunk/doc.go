@@ -30,6 +30,13 @@
 // result is identical to a Splitter over the whole new volume. The caller
 // must list every byte that changed (the SnapshotMetadata delta does).
 //
+// Parallel chunking (Parallel). Several goroutines chunk segments of the
+// volume from their first byte on; where a segment's cuts meet the
+// canonical chain coming from before, its chunks are canonical from there
+// (the same resynchronisation), so the output is identical to a Splitter's.
+// Its chunks come without data: the caller reads each chunk's bytes
+// (ReadData) where it needs them.
+//
 // Reads go to the source in aligned blocks of 1 MiB (minus declared holes,
 // which are never read), through a small cache, so each allocated byte is
 // read once; memory is about 2.5 MiB per Splitter plus the caller's buffer.

@@ -56,3 +56,27 @@ func FuzzSplitter(f *testing.F) {
 		checkVolume(t, vol, holes, fuzzParams, bsize, blockSize)
 	})
 }
+
+// FuzzParallel checks Parallel against the plain chunker: the volume as in
+// FuzzSplitter, setup picks the goroutines and a segment of one to eight
+// read blocks, from far below the max chunk size to several of them.
+func FuzzParallel(f *testing.F) {
+	rng := rand.New(rand.NewPCG(10, 10))
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		return b
+	}
+	f.Add([]byte{}, []byte{}, byte(0))
+	f.Add(random(700), []byte{3, 10, 33, 0, 64, 2, 16, 5, 65}, byte(9))
+	f.Add(random(3000), []byte{0, 200, 0, 255, 0, 3, 40, 81, 0, 16, 0, 17}, byte(27))
+	f.Add(make([]byte, 2000), []byte{1, 7, 33}, byte(3))
+	f.Add(bytes.Repeat(random(50), 60), []byte{0}, byte(12))
+	f.Fuzz(func(t *testing.T, data, spec []byte, setup byte) {
+		vol, holes, bsize := fuzzVolume(data, spec)
+		st := parallelSetup{workers: int(setup/8%4) + 1, seg: bsize * int64(setup%8+1), bsize: bsize}
+		checkParallel(t, vol, holes, fuzzParams, []parallelSetup{st})
+	})
+}

@@ -157,6 +157,15 @@ func (x *Incremental) Next(buf []byte) (c Chunk, reused int, err error) {
 // BytesRead returns how many bytes were read from the source so far.
 func (x *Incremental) BytesRead() int64 { return x.s.BytesRead() }
 
+// ReadData reads the bytes of chunk c, one that Next returned with data,
+// into buf and returns them, as Parallel.ReadData does: for callers that
+// read a chunk's data where they need it rather than where it was cut.
+// Known zeros (holes, unchanged bytes of old Zero chunks) are not read. It
+// is safe for concurrent use, also with Next.
+func (x *Incremental) ReadData(buf []byte, c Chunk) ([]byte, error) {
+	return readData(x.s.v.src, x.size, x.s.v.holes, buf, c)
+}
+
 // reuse returns the chunk at pos when it can be taken from prev unread.
 //
 // An unchanged stretch of an old Zero chunk is taken only when the chunk

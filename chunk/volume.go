@@ -38,7 +38,10 @@ type volume struct {
 	zero  Range   // the last zero run found by reading
 	bsize int64
 	cache []block
-	read  int64 // bytes returned by src
+	read  int64 // bytes returned by src, from blocks counted
+	// seen, when set, is shared by the volumes of one Parallel: read
+	// counts only the blocks no other of them has read.
+	seen *blockSet
 }
 
 type block struct {
@@ -145,6 +148,7 @@ func (v *volume) fill(b *block, start int64) error {
 		b.data = getBlock(min(v.bsize, v.size))
 	}
 	b.data = b.data[:end-start]
+	count := v.seen == nil || v.seen.add(start/v.bsize)
 	off := start
 	for i := v.holeAfter(start); off < end; i++ {
 		dataEnd := end
@@ -152,7 +156,7 @@ func (v *volume) fill(b *block, start int64) error {
 			dataEnd = max(v.holes[i].Off, off)
 		}
 		if dataEnd > off {
-			if err := v.readAt(b.data[off-start:dataEnd-start], off); err != nil {
+			if err := v.readAt(b.data[off-start:dataEnd-start], off, count); err != nil {
 				return err
 			}
 		}
@@ -186,9 +190,11 @@ func (v *volume) release() {
 	}
 }
 
-func (v *volume) readAt(p []byte, off int64) error {
+func (v *volume) readAt(p []byte, off int64, count bool) error {
 	n, err := v.src.ReadAt(p, off)
-	v.read += int64(n)
+	if count {
+		v.read += int64(n)
+	}
 	if n == len(p) {
 		return nil
 	}

@@ -188,6 +188,10 @@ func TestOnAPIServer(t *testing.T) {
 		if job.Status.Agent != "node-1" {
 			t.Errorf("job ran on %q", job.Status.Agent)
 		}
+		// The class's retention rules survive the CRD's schema.
+		if k := job.Spec.Replicate.Snapshot.Replication.Keep; rep.Keep == nil || k == nil || *k != *rep.Keep {
+			t.Errorf("retention rules in the job: %+v, the class has %+v", k, rep.Keep)
+		}
 		// Events on the job, and on the VolumeSnapshot in the
 		// application's namespace (found through volumesnapshots get).
 		waitEvent(t, admin, namespace, name, "ReplicationSucceeded")

@@ -1,17 +1,22 @@
 package perf
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/ferrydr/ferry/agent/backup"
+	"github.com/ferrydr/ferry/agent/source"
 	"github.com/ferrydr/ferry/chunk"
 	"github.com/ferrydr/ferry/csi/expose"
 	"github.com/ferrydr/ferry/csi/metadata"
@@ -27,33 +32,42 @@ import (
 // of real files (the Go toolchain, the Go module cache, system libraries);
 // snapshot 1; then about 1.5% of the volume's data blocks are rewritten in
 // place (files overwritten as a database rewrites pages) and a new file is
-// added; snapshot 2. Each iteration backs up, into a fresh 2+1 repository
-// over three MinIO servers:
+// added; snapshot 2. With FERRY_BENCH_CBT_IMAGES=BASE:CHANGED (two raw
+// images of one size, as perf/compare makes) the volume is BASE written
+// through the driver's block device instead, and snapshot 2 is CHANGED:
+// only the 4 KiB blocks that differ are written. Each iteration backs up,
+// into a fresh 2+1 repository over three MinIO servers:
 //
 //	full   snapshot 1, reading its allocated ranges (a first backup)
 //	inc    snapshot 2, incremental: SnapshotMetadata delta against 1
 //	reread snapshot 2 without changed-block tracking (allocated ranges again)
 //
-// and reports each one's bytes read and seconds.
+// and reports each one's bytes read and seconds (the metrics are the last
+// iteration's; every iteration is logged).
 func BenchmarkIncrementalCSI(b *testing.B) {
 	ctx := context.Background()
-	dir := xfs.Mount(b, 12<<30)
+	base, changedImg, fromImages := strings.Cut(os.Getenv(cbtImagesEnv), ":")
+	size := int64(3 << 30)
+	if fromImages {
+		fi, err := os.Stat(base)
+		if err != nil {
+			b.Fatalf("%s: %v", cbtImagesEnv, err)
+		}
+		size = fi.Size()
+	}
+	dir := xfs.Mount(b, 4*size)
 	drv := reflinkcsi.StartTest(b, reflinkcsi.Config{Dir: dir})
 	conn := csitest.Dial(b, drv.Config().Endpoint)
 	ctrl := csi.NewControllerClient(conn)
-	cv, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "bench", CapacityRange: &csi.CapacityRange{RequiredBytes: 3 << 30}, VolumeCapabilities: []*csi.VolumeCapability{csitest.MountCap}})
+	vc := csitest.MountCap
+	if fromImages {
+		vc = csitest.BlockCap
+	}
+	cv, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "bench", CapacityRange: &csi.CapacityRange{RequiredBytes: size}, VolumeCapabilities: []*csi.VolumeCapability{vc}})
 	if err != nil {
 		b.Fatal(err)
 	}
 	volID := cv.GetVolume().GetVolumeId()
-	var files []string
-	var total int64
-	csitest.WithMounted(b, conn, volID, func(mnt string) {
-		files, total = csitest.CopyFiles(b, mnt, 2200<<20, runtime.GOROOT(), filepath.Join(os.Getenv("HOME"), "go", "pkg", "mod"), "/usr/lib", "/usr/share")
-	})
-	if total < 2<<30 {
-		b.Fatalf("only %d bytes of real files found to copy", total)
-	}
 	snap := func(name string) string {
 		s, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{SourceVolumeId: volID, Name: name})
 		if err != nil {
@@ -61,56 +75,52 @@ func BenchmarkIncrementalCSI(b *testing.B) {
 		}
 		return s.GetSnapshot().GetSnapshotId()
 	}
-	s1 := snap("s1")
+	var s1, s2 string
 	var changed int64
-	csitest.WithMounted(b, conn, volID, func(mnt string) {
-		r := rand.New(rand.NewPCG(9, 9))
-		for changed < total*3/200 {
-			p := filepath.Join(mnt, files[r.IntN(len(files))])
-			fi, err := os.Stat(p)
-			if err != nil || fi.Size() < 4096 {
-				continue
-			}
-			f, err := os.OpenFile(p, os.O_WRONLY, 0)
-			if err != nil {
-				b.Fatal(err)
-			}
-			buf := make([]byte, min(fi.Size(), 1<<20))
-			for i := range buf {
-				buf[i] = byte(r.Uint32())
-			}
-			if _, err := f.WriteAt(buf, 0); err != nil {
-				b.Fatal(err)
-			}
-			f.Close()
-			changed += int64(len(buf))
+	if fromImages {
+		csitest.WithBlock(b, conn, volID, func(dev *os.File) { writeImage(b, dev, base) })
+		s1 = snap("s1")
+		csitest.WithBlock(b, conn, volID, func(dev *os.File) { changed = writeChangedBlocks(b, dev, base, changedImg) })
+		s2 = snap("s2")
+		b.Logf("volume %d MiB from %s, %d MiB in changed blocks (%.1f%% of the volume)", size>>20, base, changed>>20, 100*float64(changed)/float64(size))
+	} else {
+		var files []string
+		var total int64
+		csitest.WithMounted(b, conn, volID, func(mnt string) {
+			files, total = csitest.CopyFiles(b, mnt, 2200<<20, runtime.GOROOT(), filepath.Join(os.Getenv("HOME"), "go", "pkg", "mod"), "/usr/lib", "/usr/share")
+		})
+		if total < 2<<30 {
+			b.Fatalf("only %d bytes of real files found to copy", total)
 		}
-		big := make([]byte, 8<<20)
-		for i := range big {
-			big[i] = byte(r.Uint32())
-		}
-		if err := os.WriteFile(filepath.Join(mnt, "new.bin"), big, 0o644); err != nil {
-			b.Fatal(err)
-		}
-		changed += int64(len(big))
-	})
-	s2 := snap("s2")
-	b.Logf("volume 3 GiB, %d MiB of files, %d MiB rewritten (%.1f%%)", total>>20, changed>>20, 100*float64(changed)/float64(total))
+		s1 = snap("s1")
+		csitest.WithMounted(b, conn, volID, func(mnt string) { changed = rewriteFiles(b, mnt, files, total) })
+		s2 = snap("s2")
+		b.Logf("volume 3 GiB, %d MiB of files, %d MiB rewritten (%.1f%%)", total>>20, changed>>20, 100*float64(changed)/float64(total))
+	}
 
 	stores := minioStores(b, 3)
 	expCfg := expose.Config{Driver: conn, NodeID: drv.Config().NodeID, Dir: filepath.Join(b.TempDir(), "expose")}
-	run := func(r *repo.Repo, id string, opts backup.Options) (*backup.Summary, time.Duration) {
-		start := time.Now()
-		v, err := expose.Expose(ctx, expCfg, id, 0)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer v.Release(ctx)
-		sum, err := backup.Run(ctx, r, v, v.Size, opts)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return sum, time.Since(start)
+	// run times one backup of snapshot id, from asking for its ranges
+	// (opts) to the committed manifest, and its phases. Its CPU samples
+	// carry the label backup=name, so that a profile of the benchmark can
+	// be cut by it (go tool pprof -tagfocus backup=incremental).
+	run := func(name string, r *repo.Repo, id string, opts func() backup.Options) (res csiBackup) {
+		pprof.Do(ctx, pprof.Labels("backup", name), func(ctx context.Context) {
+			start := time.Now()
+			o := opts()
+			res.ranges = time.Since(start)
+			v, err := expose.Expose(ctx, expCfg, id, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer v.Release(ctx)
+			res.expose = time.Since(start) - res.ranges
+			if res.sum, err = backup.Run(ctx, r, v, v.Size, o); err != nil {
+				b.Fatal(err)
+			}
+			res.total = time.Since(start)
+		})
+		return res
 	}
 	holesOf := func(id string) []chunk.Range {
 		md, err := metadata.Allocated(ctx, conn, id)
@@ -130,27 +140,158 @@ func BenchmarkIncrementalCSI(b *testing.B) {
 		}
 		return holes
 	}
-	var full, inc, reread *backup.Summary
-	var tFull, tInc, tReread time.Duration
-	for b.Loop() {
+	var full, inc, reread csiBackup
+	for i := 1; b.Loop(); i++ {
 		r := newRepo(b, stores(b), chunk.DefaultParams(benchPol), erasure.Scheme{K: 2, M: 1})
-		full, tFull = run(r, s1, backup.Options{Holes: holesOf(s1)})
-		parent, err := r.FindSnapshot(ctx, full.SnapshotID, "")
+		full = run("full", r, s1, func() backup.Options { return backup.Options{Holes: holesOf(s1)} })
+		parent, err := r.FindSnapshot(ctx, full.sum.SnapshotID, "")
 		if err != nil {
 			b.Fatal(err)
 		}
-		delta, err := metadata.Delta(ctx, conn, s1, s2)
-		if err != nil {
-			b.Fatal(err)
-		}
-		inc, tInc = run(r, s2, backup.Options{Parent: parent, Changed: delta.Ranges})
-		reread, tReread = run(r, s2, backup.Options{Holes: holesOf(s2)})
+		inc = run("incremental", r, s2, func() backup.Options {
+			delta, err := metadata.Delta(ctx, conn, s1, s2)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return backup.Options{Parent: parent, Changed: delta.Ranges}
+		})
+		reread = run("reread", r, s2, func() backup.Options { return backup.Options{Holes: holesOf(s2)} })
+		b.Logf("iteration %d: full %s, incremental %s, reread %s", i, full, inc, reread)
 	}
-	b.ReportMetric(float64(full.BytesRead)/(1<<20), "full-read-MiB")
-	b.ReportMetric(tFull.Seconds(), "full-s")
-	b.ReportMetric(float64(inc.BytesRead)/(1<<20), "inc-read-MiB")
-	b.ReportMetric(tInc.Seconds(), "inc-s")
-	b.ReportMetric(float64(reread.BytesRead)/(1<<20), "reread-read-MiB")
-	b.ReportMetric(tReread.Seconds(), "reread-s")
-	b.ReportMetric(float64(inc.BytesRead)/float64(changed), "inc-read/changed")
+	b.ReportMetric(float64(full.sum.BytesRead)/(1<<20), "full-read-MiB")
+	b.ReportMetric(full.total.Seconds(), "full-s")
+	b.ReportMetric(float64(inc.sum.BytesRead)/(1<<20), "inc-read-MiB")
+	b.ReportMetric(inc.total.Seconds(), "inc-s")
+	b.ReportMetric(float64(reread.sum.BytesRead)/(1<<20), "reread-read-MiB")
+	b.ReportMetric(reread.total.Seconds(), "reread-s")
+	b.ReportMetric(float64(inc.sum.BytesRead)/float64(changed), "inc-read/changed")
+}
+
+// csiBackup is one backup through CSI: what it did and how long it took
+// in all and in its phases (asking for the ranges to read, exposing the
+// snapshot as a block device, the backup itself).
+type csiBackup struct {
+	sum                   *backup.Summary
+	total, ranges, expose time.Duration
+}
+
+func (c csiBackup) String() string {
+	return fmt.Sprintf("%.2f s (read %d MiB; ranges %.2f s, expose %.2f s, backup %.2f s)",
+		c.total.Seconds(), c.sum.BytesRead>>20, c.ranges.Seconds(), c.expose.Seconds(), (c.total - c.ranges - c.expose).Seconds())
+}
+
+// cbtImagesEnv names the variable that makes BenchmarkIncrementalCSI back
+// up two given images (perf/compare sets it).
+const cbtImagesEnv = "FERRY_BENCH_CBT_IMAGES"
+
+// rewriteFiles overwrites the first MiB of randomly chosen files (of the
+// total bytes of files) with random bytes until 1.5% of total changed, and
+// adds an 8 MiB file; it returns the bytes written.
+func rewriteFiles(b *testing.B, mnt string, files []string, total int64) int64 {
+	var changed int64
+	r := rand.New(rand.NewPCG(9, 9))
+	for changed < total*3/200 {
+		p := filepath.Join(mnt, files[r.IntN(len(files))])
+		fi, err := os.Stat(p)
+		if err != nil || fi.Size() < 4096 {
+			continue
+		}
+		f, err := os.OpenFile(p, os.O_WRONLY, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		buf := make([]byte, min(fi.Size(), 1<<20))
+		for i := range buf {
+			buf[i] = byte(r.Uint32())
+		}
+		if _, err := f.WriteAt(buf, 0); err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+		changed += int64(len(buf))
+	}
+	big := make([]byte, 8<<20)
+	for i := range big {
+		big[i] = byte(r.Uint32())
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "new.bin"), big, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	return changed + int64(len(big))
+}
+
+// writeImage copies the data ranges of the image at path (its holes
+// skipped, so the volume is allocated where the image is) to dev.
+func writeImage(b *testing.B, dev *os.File, path string) {
+	img, err := source.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer img.Close()
+	holes, err := img.Holes()
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 4<<20)
+	copyRange := func(off, end int64) {
+		for ; off < end; off += int64(len(buf)) {
+			n := min(int64(len(buf)), end-off)
+			if _, err := img.ReadAt(buf[:n], off); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := dev.WriteAt(buf[:n], off); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	var at int64
+	for _, h := range holes {
+		copyRange(at, h.Off)
+		at = h.End()
+	}
+	copyRange(at, img.Size())
+}
+
+// writeChangedBlocks writes to dev the 4 KiB blocks of changed that differ
+// from base, and returns their bytes.
+func writeChangedBlocks(b *testing.B, dev *os.File, base, changed string) int64 {
+	const block = 4096
+	open := func(p string) (*os.File, int64) {
+		f, err := os.Open(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { f.Close() })
+		fi, err := f.Stat()
+		if err != nil {
+			b.Fatal(err)
+		}
+		return f, fi.Size()
+	}
+	fx, size := open(base)
+	fy, ysize := open(changed)
+	if ysize != size {
+		b.Fatalf("%s is %d bytes, %s %d", base, size, changed, ysize)
+	}
+	x, y := make([]byte, 4<<20), make([]byte, 4<<20)
+	var n int64
+	for off := int64(0); off < size; off += int64(len(x)) {
+		m := int(min(int64(len(x)), size-off))
+		if _, err := fx.ReadAt(x[:m], off); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := fy.ReadAt(y[:m], off); err != nil {
+			b.Fatal(err)
+		}
+		for i := 0; i < m; i += block {
+			j := min(i+block, m)
+			if !bytes.Equal(x[i:j], y[i:j]) {
+				if _, err := dev.WriteAt(y[i:j], off+int64(i)); err != nil {
+					b.Fatal(err)
+				}
+				n += int64(j - i)
+			}
+		}
+	}
+	return n
 }

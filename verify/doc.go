@@ -43,6 +43,11 @@
 //     and measures the time it took: the RTO evidence. Cost: the snapshot's
 //     packs, k shards each (parity only where shards are bad).
 //
+// Manifests, index objects and packs that a deletion record names (a
+// forget or prune at work, or interrupted) are not checked; problems that
+// a forget or prune running meanwhile explains (a record names the object
+// by the end, or no target has it any more) are dropped.
+//
 // Every problem is classified: Notice (harmless, such as garbage shards),
 // Degraded (repairable: every pack still has at least k intact shards, lost
 // index objects can be rebuilt from pack headers, replicated objects survive

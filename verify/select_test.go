@@ -37,28 +37,6 @@ func TestSelectPacksCoversAll(t *testing.T) {
 	}
 }
 
-func TestParseShardName(t *testing.T) {
-	id := pack.ID{0xab, 0xcd}
-	for _, c := range []struct {
-		name  string
-		shard int
-		ok    bool
-	}{
-		{"data/ab/" + id.String() + ".2", 2, true},
-		{"data/ab/" + id.String() + ".02", 0, false},
-		{"data/ac/" + id.String() + ".2", 0, false},
-		{"data/ab/" + id.String(), 0, false},
-		{"data/ab/" + id.String() + ".-1", 0, false},
-		{"data/ab/xyz.1", 0, false},
-		{"data/a", 0, false},
-	} {
-		got, shard, ok := parseShardName(c.name)
-		if ok != c.ok || ok && (got != id || shard != c.shard) {
-			t.Errorf("%s: got %v %d %v", c.name, got, shard, ok)
-		}
-	}
-}
-
 func TestRotationStateFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "a", "b", "state.json")
 	st, err := loadRotation(path, "repo1")

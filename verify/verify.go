@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,6 +72,9 @@ func Run(ctx context.Context, r *repo.Repo, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := c.settle(ctx); err != nil {
+		return nil, err
+	}
 	c.attribute()
 	c.rep.HeadRequests = c.heads.Load()
 	c.rep.Duration = time.Since(c.rep.Started).Seconds()
@@ -103,6 +105,7 @@ type checker struct {
 	shards    map[pack.ID][]int64  // listed size of shard i on its target, -1 if absent
 	stray     map[pack.ID]struct{} // packs with shards but in no index
 	statBad   map[shardKey]statBad // shards the checksum pass found bad
+	gone      *repo.Deleting       // what deletion records named after the listings
 }
 
 // statBad is what the checksum pass found wrong with one shard.
@@ -145,6 +148,9 @@ func (c *checker) add(p Problem) {
 
 func (c *checker) structural(ctx context.Context, opts Options) error {
 	if err := c.list(ctx); err != nil {
+		return err
+	}
+	if err := c.dropDeleting(ctx); err != nil {
 		return err
 	}
 	if err := c.checkReplicas(ctx, opts.StatWorkers); err != nil {
@@ -262,7 +268,7 @@ func (c *checker) record(t *repo.Target, l *listing, prefix string, i objstore.I
 
 // listShard records one object listed under data/ on target t.
 func (c *checker) listShard(t *repo.Target, l *listing, i objstore.Info, mu *sync.Mutex) {
-	id, shard, ok := parseShardName(i.Name)
+	id, shard, ok := repo.ParseShardName(i.Name)
 	if !ok || shard >= c.n || erasure.TargetFor(shard, c.T) != t.Index {
 		c.add(Problem{Severity: Notice, Kind: KindStrayObject, Target: t.Index + 1, Object: i.Name,
 			Detail: "not a shard of this repository's layout on this target"})
@@ -283,25 +289,88 @@ func (c *checker) listShard(t *repo.Target, l *listing, i objstore.Info, mu *syn
 	sizes[shard] = i.Size
 }
 
-// parseShardName splits "data/<pp>/<pack>.<i>".
-func parseShardName(name string) (pack.ID, int, bool) {
-	rest, ok := strings.CutPrefix(name, "data/")
-	if !ok || len(rest) < 3 || rest[2] != '/' {
-		return pack.ID{}, 0, false
-	}
-	hexID, idx, ok := strings.Cut(rest[3:], ".")
-	if !ok || !strings.HasPrefix(hexID, rest[:2]) {
-		return pack.ID{}, 0, false
-	}
-	id, err := pack.ParseID(hexID)
+// dropDeleting reads the deletion records and leaves out what they name:
+// manifests and index objects that forget or prune is deleting (perhaps
+// still on some targets), and the packs prune is deleting. It reads them
+// after the listings, so a deletion that the listings saw half done is
+// known: its record was written before it started.
+func (c *checker) dropDeleting(ctx context.Context) error {
+	gone, err := c.r.Deleting(ctx)
 	if err != nil {
-		return pack.ID{}, 0, false
+		return err
 	}
-	i, err := strconv.Atoi(idx)
-	if err != nil || i < 0 || strconv.Itoa(i) != idx {
-		return pack.ID{}, 0, false
+	c.gone = gone
+	for name := range gone.Objects {
+		dir, id, _ := strings.Cut(name, "/")
+		for _, l := range c.listings {
+			switch dir {
+			case "snapshots":
+				delete(l.snapshots, id)
+			case "index":
+				delete(l.index, id)
+			}
+		}
 	}
-	return id, i, true
+	for id := range gone.Packs {
+		delete(c.shards, id)
+	}
+	return nil
+}
+
+// settle drops the problems that a forget or prune running meanwhile
+// explains: those about objects and packs that a deletion record names
+// now, and about manifests and index objects that no target has any more
+// (deleted since they were listed). Only then is a problem damage.
+func (c *checker) settle(ctx context.Context) error {
+	if c.rep.Status < Degraded {
+		return nil
+	}
+	gone, err := c.r.Deleting(ctx)
+	if err != nil {
+		return err
+	}
+	vanished := map[string]bool{}
+	for _, p := range c.rep.Problems {
+		dir, _, _ := strings.Cut(p.Object, "/")
+		if (dir != "snapshots" && dir != "index") || gone.Objects[p.Object] {
+			continue
+		}
+		if _, seen := vanished[p.Object]; seen {
+			continue
+		}
+		everywhere := true
+		for t := range c.T {
+			if _, err := c.stat(ctx, t, p.Object); !errors.Is(err, objstore.ErrNotFound) {
+				everywhere = false
+				break
+			}
+		}
+		vanished[p.Object] = everywhere
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	explained := func(object, packID string) bool {
+		if gone.Objects[object] || vanished[object] {
+			return true
+		}
+		id, err := pack.ParseID(packID)
+		return err == nil && gone.Packs[id]
+	}
+	problems := c.rep.Problems
+	c.rep.Problems, c.rep.Status = []Problem{}, OK
+	for _, p := range problems {
+		if !explained(p.Object, p.Pack) {
+			c.rep.add(p)
+		}
+	}
+	c.rep.Lost = slices.DeleteFunc(c.rep.Lost, func(s SnapshotRef) bool { return explained("snapshots/"+s.ID, "") })
+	for id := range c.lost {
+		if gone.Packs[id] {
+			delete(c.lost, id)
+		}
+	}
+	return nil
 }
 
 // checkReplicas reports replicated objects that some reachable target
@@ -447,6 +516,9 @@ func (c *checker) loadIndex(ctx context.Context, workers int) error {
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			for i, p := range batch.Packs {
+				if c.gone.Packs[p.ID] {
+					continue
+				}
 				c.idx.AddPack(p, batch.Entries[i])
 				if _, dup := c.packLen[p.ID]; !dup {
 					c.packLen[p.ID] = p.Length

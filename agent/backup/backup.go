@@ -59,25 +59,17 @@ type Summary struct {
 	DurationSeconds float64       `json:"duration_seconds"`
 }
 
-// chunkBuffers is how many chunk buffers a backup reads into at once.
-func chunkBuffers(workers int) int { return 2*workers + 2 }
-
 // indexFlush is how many entries an index object holds at most.
 const indexFlush = 64 << 10
 
+// item is one chunk on its way through the pipeline: the collector takes
+// items in volume order and waits for each to be done.
 type item struct {
-	c          chunk.Chunk
-	buf        []byte
-	id         chunk.ID
-	sealed     []byte
-	compressed bool
-	done       chan struct{}
-}
-
-type upload struct {
-	pack    []byte
-	id      pack.ID
-	entries []pack.Entry
+	c      chunk.Chunk
+	seq    int64 // among the items the workers read, in volume order
+	id     chunk.ID
+	stored bool // new: sealed into a pack
+	done   chan struct{}
 }
 
 // Run backs up the volume src[0:size) into r and commits a snapshot.
@@ -86,6 +78,13 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 	if err := r.RequireAll(); err != nil {
 		return nil, err
 	}
+	// A backup lock tells prune which packs it may still reference (see
+	// repo.PruneOptions); taken before the index is loaded.
+	release, err := r.Lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	if opts.Workers <= 0 {
 		opts.Workers = runtime.GOMAXPROCS(0)
 	}
@@ -107,6 +106,7 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 	if err != nil {
 		return nil, err
 	}
+	defer sp.close()
 
 	var (
 		stats     repo.Stats
@@ -136,25 +136,15 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
-	free := make(chan []byte, chunkBuffers(opts.Workers))
-	for range cap(free) {
-		free <- make([]byte, params.MaxSize)
-	}
 	work := make(chan *item, opts.Workers)
-	ordered := make(chan *item, cap(free)+opts.Workers)
-	uploads := make(chan upload)
+	ordered := make(chan *item, 4*opts.Workers)
+	pk := newPacker(gctx, r)
 
 	g.Go(func() error { // split
 		defer close(ordered)
 		defer close(work)
-		for {
-			var buf []byte
-			select {
-			case buf = <-free:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-			c, reused, err := sp.next(buf)
+		for seq := int64(0); ; {
+			c, reused, err := sp.next()
 			prog.Read.Store(sp.BytesRead())
 			if err == io.EOF {
 				return nil
@@ -162,14 +152,15 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 			if err != nil {
 				return err
 			}
-			it := &item{c: c, buf: buf, done: make(chan struct{})}
+			it := &item{c: c, done: make(chan struct{})}
 			if reused >= 0 {
 				it.id = opts.Parent.Extents[reused].ID
 			}
 			hash := !c.Zero && reused < 0
-			if !hash {
-				free <- buf
-				it.buf = nil
+			if hash {
+				it.seq = seq
+				seq++
+			} else {
 				close(it.done)
 			}
 			select {
@@ -187,42 +178,45 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 		}
 	})
 
+	var workers sync.WaitGroup
 	for range opts.Workers {
-		g.Go(func() error { // hash, dedupe, seal
-			var scratch []byte
+		workers.Add(1)
+		g.Go(func() error { // read, hash, dedupe, seal, pack
+			defer workers.Done()
+			sealer := r.Codec.NewSealer(int(params.MaxSize))
 			for it := range work {
-				it.id = r.IDKey.Sum(it.c.Data)
+				plain, err := sp.ReadData(sealer.Plain(int(it.c.Len)), it.c)
+				if err != nil {
+					return err
+				}
+				it.id = r.IDKey.Sum(plain)
 				claimedMu.Lock()
 				isNew := !claimed[it.id] && !idx.Has(it.id)
 				if isNew {
 					claimed[it.id] = true
 				}
 				claimedMu.Unlock()
+				var sealed []byte
+				var compressed bool
 				if isNew {
-					it.sealed, scratch, it.compressed = r.Codec.SealBlob(nil, scratch, it.id, it.c.Data)
+					sealed, compressed = sealer.Seal(it.id, len(plain))
 				}
-				it.c.Data = nil
-				free <- it.buf
-				it.buf = nil
+				if err := pk.add(gctx, it.seq, it.id, sealed, len(plain), compressed); err != nil {
+					return err
+				}
+				it.stored = isNew
 				close(it.done)
 			}
 			return nil
 		})
 	}
+	g.Go(func() error { // the last pack, once every chunk is in one
+		defer close(pk.full)
+		workers.Wait()
+		return pk.flush(gctx)
+	})
 
-	g.Go(func() error { // collect in order, pack
-		defer close(uploads)
-		pw := r.Codec.NewWriter(r.Config.PackSize + int(params.MaxSize))
-		send := func() error {
-			p, id, entries := pw.Finish()
-			select {
-			case uploads <- upload{p, id, entries}:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-			pw = r.Codec.NewWriter(r.Config.PackSize + int(params.MaxSize))
-			return nil
-		}
+	g.Go(func() error { // collect in volume order
 		for it := range ordered {
 			select {
 			case <-it.done:
@@ -242,33 +236,27 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 			} else {
 				extents = append(extents, e)
 			}
-			if it.sealed != nil {
-				pw.Add(it.id, it.sealed, int(it.c.Len), it.compressed)
+			if it.stored {
 				stats.NewChunks++
 				stats.BytesNew += it.c.Len
 				prog.New.Add(it.c.Len)
-				if pw.Len() >= r.Config.PackSize {
-					if err := send(); err != nil {
-						return err
-					}
-				}
 			}
 			prog.Done.Store(it.c.Off + it.c.Len)
-		}
-		if pw.Count() > 0 {
-			return send()
 		}
 		return nil
 	})
 
 	for range opts.Uploads {
 		g.Go(func() error { // erasure-code and upload
-			for u := range uploads {
-				// Drop the pack once it is erasure-coded: only the shards
-				// need to stay in memory while they upload.
-				p, plen := u.pack, int64(len(u.pack))
-				u.pack = nil
-				n, err := r.WritePack(gctx, u.id, p)
+			var shards repo.Shards
+			for f := range pk.full {
+				err := r.EncodePack(&shards, f.id, f.pack)
+				// Only the shards stay in memory while they upload.
+				pk.free <- f.pack[:0]
+				if err != nil {
+					return err
+				}
+				n, err := r.WriteShards(gctx, &shards)
 				if err != nil {
 					return err
 				}
@@ -276,7 +264,7 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 				prog.Stored.Add(n)
 				packs.Add(1)
 				batchMu.Lock()
-				batch.Add(repo.PackInfo{ID: u.id, Length: plen}, u.entries)
+				batch.Add(repo.PackInfo{ID: f.id, Length: int64(len(f.pack))}, f.entries)
 				batchMu.Unlock()
 				if err := flushIndex(gctx, indexFlush); err != nil {
 					return err
@@ -326,28 +314,145 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 	return sum, nil
 }
 
-// chunks yields the volume's canonical chunks; reused is the index of the
-// parent's extent a chunk keeps (not read), or -1.
-type chunks interface {
-	next(buf []byte) (c chunk.Chunk, reused int, err error)
-	BytesRead() int64
+// packBuffers is how many packs a backup fills or hands to an uploader at
+// once: while one fills, the last one is erasure-coded.
+const packBuffers = 2
+
+// packer puts sealed blobs into packs in volume order, so that a pack
+// holds a stretch of the volume (a rewritten region's old packs die
+// together), and hands full packs to the uploaders. A worker waits for its
+// chunk's turn with the blob in its Sealer: at most the other workers'
+// chunks ahead of it, and no buffer of its own.
+type packer struct {
+	r    *repo.Repo
+	size int // a pack is full from this many bytes of blobs
+	mu   sync.Mutex
+	turn *sync.Cond
+	next int64        // seq of the item whose blob goes in next
+	w    *pack.Writer // the pack being filled, nil between packs
+	free chan []byte  // pack buffers
+	full chan filled
 }
 
-type fullChunks struct{ *chunk.Splitter }
+type filled struct {
+	pack    []byte
+	id      pack.ID
+	entries []pack.Entry
+}
 
-func (f fullChunks) next(buf []byte) (chunk.Chunk, int, error) {
-	c, err := f.Next(buf)
+func newPacker(ctx context.Context, r *repo.Repo) *packer {
+	pk := &packer{r: r, size: r.Config.PackSize, free: make(chan []byte, packBuffers), full: make(chan filled)}
+	pk.turn = sync.NewCond(&pk.mu)
+	for range packBuffers {
+		pk.free <- make([]byte, 0, r.PackBufferSize())
+	}
+	// Wake the waiters when the backup fails, or they would wait for a
+	// turn that never comes.
+	context.AfterFunc(ctx, func() {
+		pk.mu.Lock()
+		pk.turn.Broadcast()
+		pk.mu.Unlock()
+	})
+	return pk
+}
+
+// add waits for the turn of the item seq, puts its sealed blob (none when
+// sealed is nil: not a new chunk) into the current pack, and hands the pack
+// over when that filled it.
+func (pk *packer) add(ctx context.Context, seq int64, id chunk.ID, sealed []byte, rawLen int, compressed bool) error {
+	pk.mu.Lock()
+	for pk.next != seq && ctx.Err() == nil {
+		pk.turn.Wait()
+	}
+	if err := ctx.Err(); err != nil {
+		pk.mu.Unlock()
+		return err
+	}
+	var w *pack.Writer
+	if sealed != nil {
+		if pk.w == nil {
+			select {
+			case buf := <-pk.free:
+				pk.w = pk.r.Codec.NewWriterBuffer(buf)
+			case <-ctx.Done():
+				pk.mu.Unlock()
+				return ctx.Err()
+			}
+		}
+		pk.w.Add(id, sealed, rawLen, compressed)
+		if pk.w.Len() >= pk.size {
+			w, pk.w = pk.w, nil
+		}
+	}
+	pk.next++
+	pk.turn.Broadcast()
+	pk.mu.Unlock()
+	if w == nil {
+		return nil
+	}
+	return pk.send(ctx, w)
+}
+
+// flush hands over the last pack, if it holds anything.
+func (pk *packer) flush(ctx context.Context) error {
+	if pk.w == nil || pk.w.Count() == 0 {
+		return nil
+	}
+	return pk.send(ctx, pk.w)
+}
+
+// send finishes w (its ID is a SHA-256 over it, so outside the lock) and
+// waits for an uploader to take it.
+func (pk *packer) send(ctx context.Context, w *pack.Writer) error {
+	p, id, entries := w.Finish()
+	select {
+	case pk.full <- filled{p, id, entries}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// chunks yields the volume's canonical chunks without their data, which
+// the workers read where they need it, in parallel.
+type chunks interface {
+	// next returns the next chunk; reused is the index of the parent's
+	// extent it keeps (not read), or -1.
+	next() (c chunk.Chunk, reused int, err error)
+	ReadData(buf []byte, c chunk.Chunk) ([]byte, error)
+	BytesRead() int64
+	close()
+}
+
+// fullChunks chunks the whole volume, in parallel.
+type fullChunks struct{ *chunk.Parallel }
+
+func (f fullChunks) next() (chunk.Chunk, int, error) {
+	c, err := f.Next()
 	return c, -1, err
 }
 
-type incrementalChunks struct{ *chunk.Incremental }
+func (f fullChunks) close() { f.Close() }
 
-func (x incrementalChunks) next(buf []byte) (chunk.Chunk, int, error) { return x.Next(buf) }
+// incrementalChunks reads only around the changes, into buf; the workers
+// read the few chunks that changed again.
+type incrementalChunks struct {
+	*chunk.Incremental
+	buf []byte
+}
+
+func (x incrementalChunks) next() (chunk.Chunk, int, error) {
+	c, reused, err := x.Next(x.buf)
+	c.Data = nil
+	return c, reused, err
+}
+
+func (incrementalChunks) close() {}
 
 func newChunks(src io.ReaderAt, size int64, opts Options, p chunk.Params) (chunks, error) {
 	if opts.Parent == nil {
-		sp, err := chunk.NewSplitter(src, size, opts.Holes, p)
-		return fullChunks{sp}, err
+		x, err := chunk.NewParallel(src, size, opts.Holes, p, opts.Workers)
+		return fullChunks{x}, err
 	}
 	prev := make([]chunk.Chunk, len(opts.Parent.Extents))
 	for i, e := range opts.Parent.Extents {
@@ -357,7 +462,7 @@ func newChunks(src io.ReaderAt, size int64, opts Options, p chunk.Params) (chunk
 	if err != nil {
 		return nil, fmt.Errorf("incremental chunking against snapshot %s: %w", opts.Parent.ID[:12], err)
 	}
-	return incrementalChunks{x}, nil
+	return incrementalChunks{x, make([]byte, p.MaxSize)}, nil
 }
 
 // File backs up the block device or image file at path: holes are found

@@ -10,6 +10,7 @@
 //	ask SnapshotMetadata which ranges to read: changed since the last replicated
 //	  snapshot of the same volume, else allocated, else everything
 //	expose the snapshot as a block device (csi/expose), back it up, release it
+//	apply the class's retention (ferry.dev/keep-*) to the series: forget only
 package replicate
 
 import (
@@ -17,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -29,6 +31,7 @@ import (
 	"github.com/ferrydr/ferry/csi/metadata"
 	"github.com/ferrydr/ferry/transport/objstore"
 	"github.com/ferrydr/ferry/transport/repo"
+	"github.com/ferrydr/ferry/transport/repo/retention"
 )
 
 // ErrNotReady means the driver has not finished cutting the snapshot; the
@@ -57,6 +60,7 @@ type Result struct {
 	Summary   *backup.Summary // nil when the snapshot was replicated before
 	Mode      string          // "delta", "allocated" or "full"
 	RangeRead int64           // bytes the metadata asked to read
+	Forgotten int             // snapshots of the series the retention rules forgot
 }
 
 // Run replicates snapshot s.
@@ -78,6 +82,7 @@ func (r *Runner) Run(ctx context.Context, s hook.Snapshot, o Options) (*Result, 
 	if err != nil {
 		return nil, err
 	}
+	name := s.Replication.SeriesName(s.Replication.SnapshotNamespace, o.PVC, s.SourceVolumeID)
 	var parent *repo.Snapshot
 	for _, x := range snaps {
 		if x.Volume.Driver != r.DriverName || x.Volume.CSIVolumeID != s.SourceVolumeID {
@@ -85,7 +90,7 @@ func (r *Runner) Run(ctx context.Context, s hook.Snapshot, o Options) (*Result, 
 		}
 		if x.Volume.CSISnapshotID == s.SnapshotID {
 			log.Info("already replicated", "manifest", x.ID)
-			return &Result{}, nil
+			return &Result{Forgotten: r.retain(ctx, rp, s, name, log)}, nil
 		}
 		parent = x // oldest first: the last match is the newest
 	}
@@ -139,7 +144,6 @@ func (r *Runner) Run(ctx context.Context, s hook.Snapshot, o Options) (*Result, 
 	if size == 0 || size > vol.Size {
 		size = vol.Size
 	}
-	name := s.Replication.SeriesName(s.Replication.SnapshotNamespace, o.PVC, s.SourceVolumeID)
 	opts := backup.Options{
 		Name:     name,
 		Holes:    holes,
@@ -155,13 +159,50 @@ func (r *Runner) Run(ctx context.Context, s hook.Snapshot, o Options) (*Result, 
 		opts.Parent, opts.Changed = parent, changed
 		opts.Params["parent"] = parent.ID
 	}
+	// The lock tells prune that a backup is running (see repo.Prune): the
+	// packs it marks meanwhile wait until the backup has committed.
+	release, err := rp.Lock(ctx)
+	if err != nil {
+		return nil, err
+	}
 	sum, err := backup.Run(ctx, rp, vol, size, opts)
+	release()
 	if err != nil {
 		return nil, err
 	}
 	res.Summary = sum
 	log.Info("replicated", "manifest", sum.SnapshotID, "mode", res.Mode, "bytes_read", sum.BytesRead, "bytes_new", sum.BytesNew, "seconds", sum.DurationSeconds)
+	res.Forgotten = r.retain(ctx, rp, s, name, log)
 	return res, nil
+}
+
+// retain applies the class's keep rules to the series name: the snapshots
+// of that name this cluster replicated (another cluster sharing the
+// repository keeps its own). It returns how many it forgot. A failure is
+// logged, not returned: the replication succeeded, and the next one of the
+// series applies the rules again.
+func (r *Runner) retain(ctx context.Context, rp *repo.Repo, s hook.Snapshot, name string, log *slog.Logger) int {
+	keep := s.Replication.Keep
+	if keep == nil {
+		return 0
+	}
+	snaps, err := rp.Snapshots(ctx)
+	if err == nil {
+		snaps = slices.DeleteFunc(snaps, func(x *repo.Snapshot) bool { return x.Name != name || x.Volume.Cluster != r.Cluster })
+		var ds []retention.Decision
+		if ds, err = retention.Forget(ctx, rp, snaps, *keep, false); err == nil {
+			n := 0
+			for _, d := range ds {
+				if !d.Keep {
+					n++
+					log.Info("forgot a snapshot by the retention rules", "series", name, "manifest", d.ID, "started", d.Time, "rules", keep.String())
+				}
+			}
+			return n
+		}
+	}
+	log.Warn("retention not applied; the next replication of the series tries again", "series", name, "rules", keep.String(), "error", err)
+	return 0
 }
 
 // ready returns the snapshot's size once the driver says it is ready.

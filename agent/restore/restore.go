@@ -1,12 +1,14 @@
 package restore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ferrydr/ferry/chunk"
+	"github.com/ferrydr/ferry/transport/erasure"
 	"github.com/ferrydr/ferry/transport/objstore"
 	"github.com/ferrydr/ferry/transport/pack"
 	"github.com/ferrydr/ferry/transport/repo"
@@ -31,7 +34,7 @@ var (
 
 // Options tune a restore.
 type Options struct {
-	Workers  int // packs fetched and written at once; default 3
+	Workers  int // packs read (a range at a time) and written at once; default 4
 	Progress *Progress
 }
 
@@ -39,7 +42,7 @@ type Options struct {
 type Progress struct {
 	Total   atomic.Int64 // bytes of the volume
 	Written atomic.Int64 // bytes of data chunks written
-	Fetched atomic.Int64 // bytes of shards downloaded
+	Fetched atomic.Int64 // bytes of packs read (the ranges needed, or whole packs)
 }
 
 // Summary reports a finished restore.
@@ -111,8 +114,9 @@ type Plan struct {
 	r     *repo.Repo
 	snap  *repo.Snapshot
 	packs map[pack.ID][]place
-	order []pack.ID // packs by first use, so writes run roughly in order
-	Data  int64     // bytes of data extents
+	sizes map[pack.ID]int64 // pack lengths, from the index
+	order []pack.ID         // packs by first use, so writes run roughly in order
+	Data  int64             // bytes of data extents
 }
 
 // Packs is how many packs the restore reads.
@@ -128,7 +132,7 @@ func NewPlan(ctx context.Context, r *repo.Repo, s *repo.Snapshot, idx *repo.Inde
 			return nil, fmt.Errorf("load index: %w", err)
 		}
 	}
-	p := &Plan{r: r, snap: s, packs: map[pack.ID][]place{}}
+	p := &Plan{r: r, snap: s, packs: map[pack.ID][]place{}, sizes: map[pack.ID]int64{}}
 	var missing []string
 	for i, e := range s.Extents {
 		if e.Zero {
@@ -144,11 +148,17 @@ func NewPlan(ctx context.Context, r *repo.Repo, s *repo.Snapshot, idx *repo.Inde
 		}
 		if _, seen := p.packs[info.ID]; !seen {
 			p.order = append(p.order, info.ID)
+			p.sizes[info.ID] = info.Length
 		}
 		p.packs[info.ID] = append(p.packs[info.ID], place{extent: i, entry: entry})
 	}
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("%w: the index knows no pack for %s (run repair to rebuild the index)", ErrDataLost, strings.Join(missing, ", "))
+	}
+	// In pack order: a pack is read front to back, and extents that share
+	// a blob (a chunk repeated in the volume) are next to each other.
+	for _, places := range p.packs {
+		slices.SortStableFunc(places, func(a, b place) int { return cmp.Compare(a.entry.Offset, b.entry.Offset) })
 	}
 	if err := checkShards(ctx, r, p.order); err != nil {
 		return nil, err
@@ -163,13 +173,29 @@ type Written struct {
 	Repaired     []repo.ShardProblem // shards done without (reconstructed from parity)
 }
 
+// Reads of a restore. Blobs next to each other in a pack are read together,
+// up to rangeMax bytes, over gaps (blobs this snapshot does not use) of up
+// to rangeGap.
+const (
+	rangeMax = 4 << 20
+	rangeGap = 256 << 10
+)
+
 // WriteTo writes the snapshot's data extents into w, Workers packs at a
 // time: every chunk decrypted, its keyed hash checked, written at its
 // offset; then the whole-volume digest recomputed from what was written.
 // Zero extents are not written: the caller makes w read as zeros there.
+//
+// A worker reads only the blobs the snapshot uses, a range of at most
+// rangeMax at a time (repo.ReadRange: where a data shard's target is down,
+// the range is rebuilt from the same range of the other shards). Should a
+// range not be read or a blob in it not authenticate, it reads the whole
+// pack instead (repo.FetchPack), whose shards are checked one by one and
+// replaced from parity where bad, and goes on from there. Memory is a
+// range and two chunk buffers per worker.
 func (p *Plan) WriteTo(ctx context.Context, w io.WriterAt, opts Options) (*Written, error) {
 	if opts.Workers <= 0 {
-		opts.Workers = 3
+		opts.Workers = 4
 	}
 	prog := opts.Progress
 	if prog == nil {
@@ -180,38 +206,31 @@ func (p *Plan) WriteTo(ctx context.Context, w io.WriterAt, opts Options) (*Writt
 	var mu sync.Mutex
 	out := &Written{}
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(opts.Workers)
-	for _, pid := range p.order {
-		places := p.packs[pid]
-		g.Go(func() error {
-			pk, problems, err := r.ReadPack(gctx, pid)
-			if err != nil {
-				if errors.Is(err, repo.ErrPackLost) {
-					return fmt.Errorf("%w: %v", ErrDataLost, err)
-				}
-				return err
+	packs := make(chan pack.ID)
+	g.Go(func() error {
+		defer close(packs)
+		for _, pid := range p.order {
+			select {
+			case packs <- pid:
+			case <-gctx.Done():
+				return gctx.Err()
 			}
-			prog.Fetched.Add(int64(len(pk)))
-			mu.Lock()
-			out.BytesFetched += int64(len(pk))
-			out.Repaired = append(out.Repaired, problems...)
-			mu.Unlock()
-			var buf []byte
-			for _, pl := range places {
-				e := s.Extents[pl.extent]
-				buf, err = r.Codec.OpenBlob(buf[:0], pk, pl.entry)
+		}
+		return nil
+	})
+	for range min(opts.Workers, len(p.order)) {
+		g.Go(func() error {
+			wk := &packWriter{p: p, w: w, ids: ids, prog: prog, o: r.Codec.NewOpener(int(r.Config.Chunking().MaxSize))}
+			for pid := range packs {
+				problems, fetched, err := wk.restore(gctx, pid)
 				if err != nil {
-					return fmt.Errorf("%w: chunk at offset %d in pack %s: %v", ErrMismatch, e.Off, pid.Short(), err)
+					return err
 				}
-				got := r.IDKey.Sum(buf)
-				if got != e.ID || int64(len(buf)) != e.Len {
-					return fmt.Errorf("%w: chunk at offset %d: hash or length differs from the manifest", ErrMismatch, e.Off)
-				}
-				if _, err := w.WriteAt(buf, e.Off); err != nil {
-					return fmt.Errorf("write at offset %d: %w", e.Off, err)
-				}
-				ids[pl.extent] = got
-				prog.Written.Add(e.Len)
+				prog.Fetched.Add(fetched)
+				mu.Lock()
+				out.BytesFetched += fetched
+				out.Repaired = append(out.Repaired, problems...)
+				mu.Unlock()
 			}
 			return nil
 		})
@@ -231,6 +250,130 @@ func (p *Plan) WriteTo(ctx context.Context, w io.WriterAt, opts Options) (*Writt
 	}
 	out.BytesWritten = prog.Written.Load()
 	return out, nil
+}
+
+// packWriter restores packs, one at a time, keeping its buffers.
+type packWriter struct {
+	p    *Plan
+	w    io.WriterAt
+	ids  []chunk.ID
+	prog *Progress
+	o    *pack.Opener
+	d    erasure.Decoded
+	done []bool // per place of the pack at hand: written
+}
+
+// errReadAgain marks a failure that reading the whole pack may cure.
+var errReadAgain = errors.New("read the whole pack")
+
+// restore writes the extents pack pid serves, by ranges, or from the whole
+// pack should that fail. It returns the shards it did without and the bytes
+// it read.
+func (wk *packWriter) restore(ctx context.Context, pid pack.ID) ([]repo.ShardProblem, int64, error) {
+	places := wk.p.packs[pid]
+	wk.done = append(wk.done[:0], make([]bool, len(places))...)
+	problems, fetched, err := wk.byRanges(ctx, pid, places)
+	if !errors.Is(err, errReadAgain) {
+		return problems, fetched, err
+	}
+	problems, err = wk.p.r.FetchPack(ctx, pid, &wk.d)
+	if err != nil {
+		if errors.Is(err, repo.ErrPackLost) {
+			return nil, 0, fmt.Errorf("%w: %v", ErrDataLost, err)
+		}
+		return nil, 0, err
+	}
+	err = wk.write(pid, 0, len(places), func(e pack.Entry) ([]byte, error) {
+		return wk.d.Bytes(int64(e.Offset), int64(e.Length))
+	})
+	if errors.Is(err, errReadAgain) {
+		err = fmt.Errorf("%w: %v", ErrMismatch, err)
+	}
+	return problems, fetched + wk.d.Len(), err
+}
+
+// byRanges reads the blobs of places in ranges and writes them.
+func (wk *packWriter) byRanges(ctx context.Context, pid pack.ID, places []place) ([]repo.ShardProblem, int64, error) {
+	var problems []repo.ShardProblem
+	var fetched int64
+	for i := 0; i < len(places); {
+		start := int64(places[i].entry.Offset)
+		end := start + int64(places[i].entry.Length)
+		j := i + 1
+		for ; j < len(places); j++ {
+			e := places[j].entry
+			if int64(e.Offset) > end+rangeGap || int64(e.Offset+e.Length)-start > rangeMax {
+				break
+			}
+			end = max(end, int64(e.Offset+e.Length))
+		}
+		b, ps, err := wk.p.r.ReadRange(ctx, pid, wk.p.sizes[pid], start, end-start)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, fetched, ctx.Err()
+			}
+			return nil, fetched, fmt.Errorf("%w: %v", errReadAgain, err)
+		}
+		fetched += end - start
+		problems = append(problems, ps...)
+		err = wk.write(pid, i, j, func(e pack.Entry) ([]byte, error) {
+			return b[int64(e.Offset)-start : int64(e.Offset+e.Length)-start], nil
+		})
+		if err != nil {
+			return nil, fetched, err
+		}
+		i = j
+	}
+	return dedupe(problems), fetched, nil
+}
+
+// write opens the blobs of the pack's places lo to hi (sorted by their
+// offset in the pack), each once however many extents share it, checks
+// them against the manifest, and writes them, skipping places done before.
+// A blob that does not authenticate fails with errReadAgain.
+func (wk *packWriter) write(pid pack.ID, lo, hi int, sealed func(pack.Entry) ([]byte, error)) error {
+	s, r := wk.p.snap, wk.p.r
+	var plain []byte
+	var id chunk.ID
+	opened := int64(-1) // offset of the blob in plain
+	for i, pl := range wk.p.packs[pid][lo:hi] {
+		if wk.done[lo+i] {
+			continue
+		}
+		e := s.Extents[pl.extent]
+		if int64(pl.entry.Offset) != opened {
+			b, err := sealed(pl.entry)
+			if err == nil {
+				plain, err = wk.o.Open(b, pl.entry)
+			}
+			if err != nil {
+				return fmt.Errorf("%w: chunk at offset %d in pack %s: %v", errReadAgain, e.Off, pid.Short(), err)
+			}
+			id, opened = r.IDKey.Sum(plain), int64(pl.entry.Offset)
+		}
+		if id != e.ID || int64(len(plain)) != e.Len {
+			return fmt.Errorf("%w: chunk at offset %d: hash or length differs from the manifest", ErrMismatch, e.Off)
+		}
+		if _, err := wk.w.WriteAt(plain, e.Off); err != nil {
+			return fmt.Errorf("write at offset %d: %w", e.Off, err)
+		}
+		wk.ids[pl.extent] = id
+		wk.done[lo+i] = true
+		wk.prog.Written.Add(e.Len)
+	}
+	return nil
+}
+
+// dedupe keeps one report per shard: the ranges of a pack that a lost
+// shard held each report it.
+func dedupe(ps []repo.ShardProblem) []repo.ShardProblem {
+	out := ps[:0]
+	for _, p := range ps {
+		if !slices.ContainsFunc(out, func(q repo.ShardProblem) bool { return q.Shard == p.Shard }) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // checkShards lists the shards on every reachable target and fails, naming

@@ -49,6 +49,8 @@ func agentCmds() []*cobra.Command {
 			f.DurationVar(&cfg.ChecksumInterval, "verify-checksum-interval", 24*time.Hour, "check every shard's stored checksum (one HEAD request each) this often; runs in between check sizes only")
 			f.BoolVar(&repair, "repair", true, "repair what verification finds (rebuild shards from the survivors); in a cluster one agent per repository holds a Lease for it")
 			f.Float64Var(&cfg.VerifyMaxShare, "verify-max-share", 0.1, "share of each verify interval spent reading at that rate: bounds the data read per run")
+			f.DurationVar(&cfg.PruneInterval, "prune-interval", 24*time.Hour, "prune each repository replicated into this often, ±10%, deleting the data no snapshot refers to any more (negative: never); in a cluster under the repository's Lease, never during verification or repair")
+			f.DurationVar(&cfg.PruneGrace, "prune-grace", time.Hour, "how long prune keeps a pack marked unreferenced before a later run may delete it; longer than any backup without a lock (older Ferry versions) takes")
 		}
 		return cmd
 	}

@@ -94,7 +94,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.repo, "repo", os.Getenv("FERRY_REPO"), "comma-separated targets: s3://host:port/bucket[/prefix], s3+http://..., file:///path (env FERRY_REPO)")
 	pf.StringVar(&g.passwordFile, "password-file", os.Getenv("FERRY_PASSWORD_FILE"), "file holding the repository password (else env FERRY_PASSWORD)")
 	pf.StringVar(&g.logLevel, "log-level", envOr("FERRY_LOG_LEVEL", "warn"), "log level: debug, info, warn, error")
-	root.AddCommand(initCmd(g), backupCmd(g), snapshotsCmd(g), restoreCmd(g), verifyCmd(g), repairCmd(g), restoreToClusterCmd(g))
+	root.AddCommand(initCmd(g), backupCmd(g), snapshotsCmd(g), restoreCmd(g), verifyCmd(g), repairCmd(g), forgetCmd(g), pruneCmd(g), restoreToClusterCmd(g), benchCmd())
 	root.AddCommand(agentCmds()...)
 	return root
 }

@@ -50,3 +50,15 @@ func (g *globals) open(ctx context.Context) (*repo.Repo, error) {
 	g.opened = r
 	return r, nil
 }
+
+// findSnapshot is Repo.FindSnapshot with the repository's ID in the message
+// when nothing matches: several repositories may share a password, and then
+// a --repo that names the wrong one opens fine; the missing snapshot is the
+// first sign of it.
+func findSnapshot(ctx context.Context, r *repo.Repo, ref, name string) (*repo.Snapshot, error) {
+	s, err := r.FindSnapshot(ctx, ref, name)
+	if errors.Is(err, repo.ErrSnapshotNotFound) {
+		return nil, fmt.Errorf("%w in repository %s", err, r.Config.ID)
+	}
+	return s, err
+}

@@ -32,7 +32,7 @@ device is overwritten in place, holes written as zeros.`,
 			if err != nil {
 				return err
 			}
-			snap, err := r.FindSnapshot(cmd.Context(), args[0], name)
+			snap, err := findSnapshot(cmd.Context(), r, args[0], name)
 			if err != nil {
 				return err
 			}

@@ -104,7 +104,7 @@ Exit status: 0 all good, 4 degraded but repairable (run repair), 3 data lost
 func runDrill(cmd *cobra.Command, g *globals, rep *verify.Report, ref, target string, quiet bool) error {
 	ctx := cmd.Context()
 	r := g.opened
-	snap, err := r.FindSnapshot(ctx, ref, "")
+	snap, err := findSnapshot(ctx, r, ref, "")
 	if err != nil {
 		return fmt.Errorf("drill: %w", err)
 	}

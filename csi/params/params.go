@@ -7,6 +7,12 @@
 //	ferry.dev/secret-namespace  the Secret's namespace (default: the VolumeSnapshot's namespace)
 //	ferry.dev/name              the series name in the repository (default: NAMESPACE/PVC, else the volume ID)
 //	ferry.dev/replicate         "true" (default) or "false": keep the parameters but do not replicate
+//	ferry.dev/keep-last         retention, applied to the series after each replication: keep the N newest
+//	ferry.dev/keep-hourly       ... and the newest of each of the last N hours,
+//	ferry.dev/keep-daily        days (UTC),
+//	ferry.dev/keep-weekly       ISO weeks
+//	ferry.dev/keep-monthly      and months that have snapshots (see package retention); 0 to 10000 each,
+//	                            none (or all 0): keep every snapshot
 //
 // Any other key under ferry.dev/ is an error, so a typo never silently
 // turns replication off.
@@ -15,9 +21,11 @@ package params
 import (
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/ferrydr/ferry/transport/objstore"
+	"github.com/ferrydr/ferry/transport/repo/retention"
 )
 
 // Prefix marks Ferry's parameters.
@@ -29,6 +37,11 @@ const (
 	KeySecretNamespace = Prefix + "secret-namespace"
 	KeyName            = Prefix + "name"
 	KeyReplicate       = Prefix + "replicate"
+	KeyKeepLast        = Prefix + "keep-last"
+	KeyKeepHourly      = Prefix + "keep-hourly"
+	KeyKeepDaily       = Prefix + "keep-daily"
+	KeyKeepWeekly      = Prefix + "keep-weekly"
+	KeyKeepMonthly     = Prefix + "keep-monthly"
 
 	// Set by the external-snapshotter with --extra-create-metadata.
 	KeySnapshotName        = "csi.storage.k8s.io/volumesnapshot/name"
@@ -42,6 +55,9 @@ type Replication struct {
 	SecretName      string `json:"secret_name"`
 	SecretNamespace string `json:"secret_namespace"`
 	Name            string `json:"name,omitempty"`
+	// Keep, when set, is the retention the agent applies to the series
+	// after each replication (forget only; prune runs on its own).
+	Keep *retention.Policy `json:"keep,omitempty"`
 
 	// From the external-snapshotter, when present.
 	SnapshotName        string `json:"volumesnapshot_name,omitempty"`
@@ -85,6 +101,11 @@ func Parse(in map[string]string) (*Replication, map[string]string, error) {
 		SnapshotContentName: in[KeySnapshotContentName],
 	}
 	replicate := true
+	var keep retention.Policy
+	keepRules := map[string]*int{
+		KeyKeepLast: &keep.Last, KeyKeepHourly: &keep.Hourly, KeyKeepDaily: &keep.Daily,
+		KeyKeepWeekly: &keep.Weekly, KeyKeepMonthly: &keep.Monthly,
+	}
 	for _, k := range keys {
 		v := ours[k]
 		switch k {
@@ -116,9 +137,18 @@ func Parse(in map[string]string) (*Replication, map[string]string, error) {
 			default:
 				return nil, nil, &Error{k, fmt.Sprintf("%q: want true or false", v)}
 			}
+		case KeyKeepLast, KeyKeepHourly, KeyKeepDaily, KeyKeepWeekly, KeyKeepMonthly:
+			n, err := keepCount(v)
+			if err != nil {
+				return nil, nil, &Error{k, err.Error()}
+			}
+			*keepRules[k] = n
 		default:
-			return nil, nil, &Error{k, "unknown Ferry parameter (known: repository, secret-name, secret-namespace, name, replicate)"}
+			return nil, nil, &Error{k, "unknown Ferry parameter (known: repository, secret-name, secret-namespace, name, replicate, keep-last, keep-hourly, keep-daily, keep-weekly, keep-monthly)"}
 		}
+	}
+	if !keep.IsZero() {
+		r.Keep = &keep
 	}
 	if !replicate {
 		return nil, forward, nil
@@ -148,6 +178,23 @@ func (r *Replication) SeriesName(pvcNamespace, pvc, volumeID string) string {
 	default:
 		return volumeID
 	}
+}
+
+// maxKeep bounds a keep rule: ten thousand of anything is more than a
+// repository should hold of one volume.
+const maxKeep = 10000
+
+// keepCount parses a keep rule's count: decimal digits only.
+func keepCount(v string) (int, error) {
+	bad := fmt.Errorf("%q: want a whole number from 0 to %d", v, maxKeep)
+	if v == "" || len(v) > 5 || strings.ContainsFunc(v, func(c rune) bool { return c < '0' || c > '9' }) {
+		return 0, bad
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n > maxKeep {
+		return 0, bad
+	}
+	return n, nil
 }
 
 func dnsLabel(s string) error {

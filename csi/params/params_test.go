@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/ferrydr/ferry/transport/repo/retention"
 )
 
 func TestParse(t *testing.T) {
@@ -32,6 +34,16 @@ func TestParse(t *testing.T) {
 	off := map[string]string{KeyReplicate: "false", KeyRepository: "file:///x"}
 	if r, fwd, err := Parse(off); r != nil || err != nil || len(fwd) != 0 {
 		t.Fatalf("replicate=false: %v %v %v", r, fwd, err)
+	}
+	kept := map[string]string{KeyKeepLast: "3", KeyKeepDaily: "7", KeyKeepWeekly: "0", KeyKeepHourly: "24", KeyKeepMonthly: "12"}
+	for k, v := range good {
+		kept[k] = v
+	}
+	if r, _, err := Parse(kept); err != nil || r.Keep == nil || *r.Keep != (retention.Policy{Last: 3, Hourly: 24, Daily: 7, Monthly: 12}) {
+		t.Fatalf("keep rules: %+v %v", r, err)
+	}
+	if r, _, err := Parse(map[string]string{KeyRepository: "file:///x", KeySecretName: "s", KeySecretNamespace: "n", KeyKeepLast: "0"}); err != nil || r.Keep != nil {
+		t.Fatalf("keep rules all 0 keep everything: %+v %v", r, err)
 	}
 	if r.SeriesName("db", "data", "vol-1") != "db/data" || (&Replication{Name: "x"}).SeriesName("a", "b", "c") != "x" || r.SeriesName("", "", "vol-1") != "vol-1" {
 		t.Fatal("series names")
@@ -63,6 +75,13 @@ func TestParseErrors(t *testing.T) {
 		{base(map[string]string{KeySecretNamespace: ""}), KeySecretNamespace},
 		{base(map[string]string{KeyReplicate: "yes"}), KeyReplicate},
 		{base(map[string]string{KeyName: "a\nb"}), KeyName},
+		{base(map[string]string{KeyKeepLast: "-1"}), KeyKeepLast},
+		{base(map[string]string{KeyKeepDaily: "+7"}), KeyKeepDaily},
+		{base(map[string]string{KeyKeepWeekly: "10001"}), KeyKeepWeekly},
+		{base(map[string]string{KeyKeepMonthly: "3 "}), KeyKeepMonthly},
+		{base(map[string]string{KeyKeepHourly: "1.5"}), KeyKeepHourly},
+		{base(map[string]string{KeyKeepLast: "1e3"}), KeyKeepLast},
+		{base(map[string]string{Prefix + "keep": "3"}), Prefix + "keep"},
 	} {
 		_, _, err := Parse(c.in)
 		var pe *Error
@@ -75,6 +94,8 @@ func TestParseErrors(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add(KeyRepository, "file:///r", KeySecretName, "s", "ns")
 	f.Add(Prefix+"x", "", "other", "v", "")
+	f.Add(KeyKeepDaily, "7", KeyRepository, "file:///r", "ns")
+	f.Add(KeyKeepLast, "99999999999999999999", KeySecretName, "s", "ns")
 	f.Fuzz(func(t *testing.T, k1, v1, k2, v2, ns string) {
 		in := map[string]string{k1: v1, k2: v2, KeySnapshotNamespace: ns}
 		r, fwd, err := Parse(in)
@@ -92,6 +113,12 @@ func FuzzParse(f *testing.F) {
 		}
 		if r != nil && (r.Repository == "" || r.SecretName == "" || r.SecretNamespace == "") {
 			t.Fatalf("incomplete replication %+v", r)
+		}
+		if r != nil && r.Keep != nil {
+			k := *r.Keep
+			if k.IsZero() || k.Validate() != nil || max(k.Last, k.Hourly, k.Daily, k.Weekly, k.Monthly) > maxKeep {
+				t.Fatalf("bad keep rules %+v", k)
+			}
 		}
 	})
 }

@@ -99,39 +99,71 @@ func start(t testing.TB, withTLS bool) *Server {
 			fail("MinIO: %v", err)
 		}
 	}
-	dir := t.TempDir()
+	s, err := newServer(bin, t.TempDir(), withTLS)
+	if err != nil {
+		t.Fatalf("MinIO: %v", err)
+	}
+	s.t = t
+	t.Cleanup(s.Stop)
+	if err := s.launchOnFreePorts(); err != nil {
+		fail("MinIO: %v", err)
+	}
+	return s
+}
+
+// Run starts a server outside a test, for a program that drives
+// benchmarks: MinIO is built into the cache first if needed, its data and
+// certificates go under dir, and the caller stops it with Stop (Restart
+// needs a server from Start; Relaunch returns its error instead).
+func Run(ctx context.Context, dir string) (*Server, error) {
+	bin, err := Binary(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s, err := newServer(bin, dir, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.launchOnFreePorts(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// newServer prepares a server whose data and certificates live under dir.
+func newServer(bin, dir string, withTLS bool) (*Server, error) {
 	s := &Server{
 		AccessKey: RootUser,
 		SecretKey: RootPassword,
 		DataDir:   filepath.Join(dir, "data"),
-		t:         t,
 		bin:       bin,
 		certs:     filepath.Join(dir, "certs"),
 	}
 	if withTLS {
 		s.CAFile = filepath.Join(dir, "ca.pem")
 		if err := writeCerts(s.certs, s.CAFile); err != nil {
-			t.Fatalf("MinIO TLS certificates: %v", err)
+			return nil, fmt.Errorf("TLS certificates: %w", err)
 		}
 	}
-	t.Cleanup(s.Stop)
-	// A free port can be taken by someone else before MinIO binds it; try
-	// again with new ports then.
+	return s, nil
+}
+
+// launchOnFreePorts starts the server on free loopback ports. A free port
+// can be taken by someone else before MinIO binds it; it tries again with
+// new ports then.
+func (s *Server) launchOnFreePorts() error {
 	var err error
 	for range 3 {
 		var ports [2]string
 		if ports, err = freePorts(); err != nil {
-			break
+			return err
 		}
 		s.Endpoint, s.console = "127.0.0.1:"+ports[0], "127.0.0.1:"+ports[1]
 		if err = s.launch(); err == nil || !errors.Is(err, errAddrInUse) {
-			break
+			return err
 		}
 	}
-	if err != nil {
-		fail("MinIO: %v", err)
-	}
-	return s
+	return err
 }
 
 // Stop stops the server (SIGTERM, then SIGKILL after 10s). It is safe to
@@ -156,18 +188,35 @@ func (s *Server) Stop() {
 // same data, as after a crash or an upgrade.
 func (s *Server) Restart() {
 	s.t.Helper()
+	if err := s.Relaunch(); err != nil {
+		s.t.Fatalf("restart MinIO: %v", err)
+	}
+}
+
+// Relaunch is Restart for a server from Run: it stops the server if it
+// runs, starts it again on the same port with the same data, and returns
+// what went wrong instead of failing a test.
+func (s *Server) Relaunch() error {
 	s.Stop()
 	var err error
 	// The port was just released; it can linger briefly in use.
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		if err = s.launch(); err == nil || !errors.Is(err, errAddrInUse) || time.Now().After(deadline) {
-			break
+			return err
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if err != nil {
-		s.t.Fatalf("restart MinIO: %v", err)
+}
+
+// Pid returns the server process's ID, or 0 while it is stopped (for a
+// benchmark that accounts for the server's CPU time).
+func (s *Server) Pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
 	}
+	return s.cmd.Process.Pid
 }
 
 var errAddrInUse = errors.New("address already in use")

@@ -3,7 +3,10 @@ package crypt
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
+
+	"github.com/ferrydr/ferry/testenv/alloc"
 )
 
 var fastKDF = KDFParams{N: 1024, R: 8, P: 1}
@@ -63,12 +66,21 @@ func TestWrapUnwrap(t *testing.T) {
 	}
 }
 
+// FuzzUnwrap feeds key objects to Unwrap with the password "pw". Seeds in
+// testdata/fuzz/FuzzUnwrap: key objects for "pw" and for another password,
+// and near misses (versions, KDFs, scrypt costs, salts, sealed data).
 func FuzzUnwrap(f *testing.F) {
-	k, _ := NewRandomKey()
-	obj, _ := Wrap(k, []byte("pw"), fastKDF)
-	f.Add(obj)
-	f.Add([]byte(`{"version":1}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		_, _ = Unwrap(b, []byte("pw"))
+		var err error
+		n := alloc.Bytes(func() { _, err = Unwrap(b, []byte("pw")) })
+		// A key object is read before anything is authenticated: what it
+		// may cost is scrypt's 128·N·r bytes, which Unwrap caps at 256 MiB,
+		// and the JSON, whatever its numbers say.
+		if limit := uint64(256<<20 + 64*len(b) + 1<<20); n > limit {
+			t.Fatalf("Unwrap of %d bytes allocated %d bytes (limit %d): %v", len(b), n, limit, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "\n") {
+			t.Fatalf("error is not one line: %q", err)
+		}
 	})
 }

@@ -117,6 +117,13 @@ func (c *Coder) Scheme() Scheme { return c.s }
 // computes parity in place: memory is (k+m) * (HeaderSize + ceil(len/k))
 // bytes, about (k+m)/k times the pack, in k+m separate allocations.
 func (c *Coder) Encode(packID [32]byte, pack []byte) ([][]byte, error) {
+	return c.EncodeTo(nil, packID, pack)
+}
+
+// EncodeTo is Encode into the buffers of objs, objects an earlier EncodeTo
+// returned (or nil), so that a writer can reuse them: a buffer whose
+// capacity suffices is overwritten, others are allocated.
+func (c *Coder) EncodeTo(objs [][]byte, packID [32]byte, pack []byte) ([][]byte, error) {
 	if int64(len(pack)) > MaxPackLen {
 		return nil, fmt.Errorf("encode pack %x: %d bytes exceeds the maximum of %d", packID, len(pack), int64(MaxPackLen))
 	}
@@ -124,13 +131,19 @@ func (c *Coder) Encode(packID [32]byte, pack []byte) ([][]byte, error) {
 	h.ShardLen = shardLenFor(h.PackLen, h.K)
 	size := int(h.ShardLen)
 
-	objs := make([][]byte, c.s.Shards())
+	if len(objs) != c.s.Shards() {
+		objs = make([][]byte, c.s.Shards())
+	}
 	data := make([][]byte, c.s.Shards())
 	for i := range objs {
-		objs[i] = make([]byte, HeaderSize+size)
+		if cap(objs[i]) < HeaderSize+size {
+			objs[i] = make([]byte, HeaderSize+size)
+		}
+		objs[i] = objs[i][:HeaderSize+size]
 		data[i] = objs[i][HeaderSize:]
 		if i < c.s.K {
-			copy(data[i], pack[min(i*size, len(pack)):])
+			n := copy(data[i], pack[min(i*size, len(pack)):])
+			clear(data[i][n:]) // the last one's padding, in a reused buffer
 		}
 	}
 	// reedsolomon refuses empty shards; an empty pack has nothing to code.
@@ -158,45 +171,131 @@ func (c *Coder) Encode(packID [32]byte, pack []byte) ([][]byte, error) {
 // copied into it once, lost ones reconstructed straight into it), plus
 // reedsolomon's small scratch. Parity objects are read in place.
 func (c *Coder) Decode(packID [32]byte, shards [][]byte) ([]byte, Report, error) {
-	h, rep, err := c.check("decode", packID, shards)
+	h, rep, err := c.check("decode", packID, shards, true)
 	if err != nil {
 		return nil, rep, err
 	}
 	k, size := c.s.K, int(h.ShardLen)
-	rep.Reconstructed = slices.ContainsFunc(rep.States[:k], func(s ShardState) bool { return s != OK })
 	out := make([]byte, k*size)
-	if size == 0 {
-		return out, rep, nil
-	}
-	rs := make([][]byte, c.s.Shards())
-	for i := range k {
-		part := out[i*size : (i+1)*size : (i+1)*size]
+	parts := make([][]byte, k)
+	for i := range parts {
+		parts[i] = out[i*size : (i+1)*size : (i+1)*size]
 		if rep.States[i] == OK {
-			copy(part, shards[i][HeaderSize:])
-			rs[i] = part
-		} else {
-			// Empty with capacity: reedsolomon reconstructs into it.
-			rs[i] = part[:0]
+			copy(parts[i], shards[i][HeaderSize:])
 		}
+	}
+	if err := c.reconstruct(packID, h, &rep, shards, parts); err != nil {
+		return nil, rep, err
+	}
+	return out[:h.PackLen:h.PackLen], rep, nil
+}
+
+// Decoded is a pack held as the data of its k data shards, which
+// DecodeVerified does not copy together: Bytes serves ranges of it. Reuse
+// one Decoded for many packs: the buffers it keeps for reconstructed shards
+// and for ranges that span two shards grow to what the largest needed.
+type Decoded struct {
+	packLen, shardLen int64
+	parts             [][]byte // the k data shards' data, shardLen bytes each
+	rebuilt           [][]byte // buffers for reconstructed data shards
+	join              []byte
+}
+
+// Len returns the length of the pack.
+func (d *Decoded) Len() int64 { return d.packLen }
+
+// Bytes returns the pack's bytes [off, off+n): a slice of a shard's data,
+// or, for a range that spans shards, a copy valid until the next Bytes.
+func (d *Decoded) Bytes(off, n int64) ([]byte, error) {
+	if off < 0 || n < 0 || off > d.packLen-n {
+		return nil, fmt.Errorf("range [%d,+%d) outside the pack of %d bytes", off, n, d.packLen)
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	i, at := off/d.shardLen, off%d.shardLen
+	if at+n <= d.shardLen {
+		return d.parts[i][at : at+n], nil
+	}
+	if int64(cap(d.join)) < n {
+		d.join = make([]byte, n)
+	}
+	out := d.join[:n]
+	for done := int64(0); done < n; i, at = i+1, 0 {
+		done += int64(copy(out[done:], d.parts[i][at:]))
+	}
+	return out, nil
+}
+
+// DecodeVerified is Decode into d, without copying the data shards: d keeps
+// references to shards until the next DecodeVerified into it. The caller
+// has checked every object it passes (Check, which reads its data for the
+// CRC): DecodeVerified reads only their headers, so that a pack's data is
+// read once on its way to the caller. Reconstructed data shards go into
+// d's own buffers.
+func (c *Coder) DecodeVerified(d *Decoded, packID [32]byte, shards [][]byte) (Report, error) {
+	h, rep, err := c.check("decode", packID, shards, false)
+	if err != nil {
+		return rep, err
+	}
+	k := c.s.K
+	if len(d.parts) != k {
+		d.parts, d.rebuilt = make([][]byte, k), make([][]byte, k)
+	}
+	d.packLen, d.shardLen = h.PackLen, h.ShardLen
+	for i := range k {
+		if rep.States[i] == OK {
+			d.parts[i] = shards[i][HeaderSize:]
+			continue
+		}
+		if int64(cap(d.rebuilt[i])) < h.ShardLen {
+			d.rebuilt[i] = make([]byte, h.ShardLen)
+		}
+		d.parts[i] = d.rebuilt[i][:h.ShardLen]
+	}
+	if err := c.reconstruct(packID, h, &rep, shards, d.parts); err != nil {
+		clear(d.parts)
+		return rep, err
+	}
+	return rep, nil
+}
+
+// reconstruct fills the parts (data shard data, shardLen bytes each) of the
+// lost data shards from the intact shards, sets rep.Reconstructed, and
+// checks the padding after the pack.
+func (c *Coder) reconstruct(packID [32]byte, h Header, rep *Report, shards, parts [][]byte) error {
+	k, size := c.s.K, int(h.ShardLen)
+	rep.Reconstructed = slices.ContainsFunc(rep.States[:k], func(s ShardState) bool { return s != OK })
+	if size == 0 {
+		return nil
 	}
 	// check guarantees k intact shards, so a lost data shard implies
 	// m > 0 and a non-nil c.rs.
 	if rep.Reconstructed {
-		for i := k; i < len(rs); i++ {
-			if rep.States[i] == OK {
+		rs := make([][]byte, c.s.Shards())
+		for i := range rs {
+			switch {
+			case i < k && rep.States[i] != OK:
+				rs[i] = parts[i][:0] // empty with capacity: reedsolomon fills it
+			case i < k:
+				rs[i] = parts[i]
+			case rep.States[i] == OK:
 				rs[i] = shards[i][HeaderSize:]
 			}
 		}
 		if err := c.rs.ReconstructData(rs); err != nil {
-			return nil, rep, fmt.Errorf("decode pack %x: %w", packID, err)
+			return fmt.Errorf("decode pack %x: %w", packID, err)
 		}
 	}
 	// The padding is zero in every shard set Encode wrote; anything else
 	// means intact-looking shards that do not belong together.
-	if i := slices.IndexFunc(out[h.PackLen:], func(b byte) bool { return b != 0 }); i >= 0 {
-		return nil, rep, fmt.Errorf("decode pack %x: shards disagree: nonzero padding at pack byte %d", packID, h.PackLen+int64(i))
+	// There are fewer than k bytes of it.
+	for off := h.PackLen; off < int64(k)*h.ShardLen; off++ {
+		if parts[off/h.ShardLen][off%h.ShardLen] != 0 {
+			return fmt.Errorf("decode pack %x: shards disagree: nonzero padding at pack byte %d", packID, off)
+		}
 	}
-	return out[:h.PackLen:h.PackLen], rep, nil
+	return nil
 }
 
 // Rebuild returns all k+m shard objects of a pack, regenerating missing and
@@ -205,7 +304,7 @@ func (c *Coder) Decode(packID [32]byte, shards [][]byte) ([]byte, Report, error)
 // arrays); regenerated ones are new and byte-identical to what Encode wrote.
 // Memory: one new object per bad shard.
 func (c *Coder) Rebuild(packID [32]byte, shards [][]byte) ([][]byte, Report, error) {
-	h, rep, err := c.check("rebuild", packID, shards)
+	h, rep, err := c.check("rebuild", packID, shards, true)
 	if err != nil {
 		return nil, rep, err
 	}
@@ -241,8 +340,9 @@ func (c *Coder) Rebuild(packID [32]byte, shards [][]byte) ([][]byte, Report, err
 
 // check inspects every shard object, marks the bad ones in the report, and
 // returns the header of an intact shard (its geometry stands for the pack)
-// when at least k are intact.
-func (c *Coder) check(op string, packID [32]byte, shards [][]byte) (Header, Report, error) {
+// when at least k are intact. Without dataCRC it trusts the shards' data
+// (the caller checked it).
+func (c *Coder) check(op string, packID [32]byte, shards [][]byte, dataCRC bool) (Header, Report, error) {
 	n := c.s.Shards()
 	if len(shards) != n {
 		return Header{}, Report{}, fmt.Errorf("%s pack %x: got %d shard objects, scheme %s has %d", op, packID, len(shards), c.s, n)
@@ -255,7 +355,7 @@ func (c *Coder) check(op string, packID [32]byte, shards [][]byte) (Header, Repo
 			rep.mark(i, Missing, "missing")
 			continue
 		}
-		h, reason := inspect(packID, i, c.s, obj)
+		h, reason := inspect(packID, i, c.s, obj, dataCRC)
 		if reason != "" {
 			rep.mark(i, Corrupt, reason)
 			continue
@@ -294,4 +394,22 @@ func (c *Coder) check(op string, packID [32]byte, shards [][]byte) (Header, Repo
 	}
 	i := slices.Index(rep.States, OK)
 	return headers[i], rep, nil
+}
+
+// ReconstructRange computes data shard lost's bytes in one range from the
+// same range of other shards: parts[i] is that range of shard i's data (nil
+// where not read; at least k of them), all of one length. Reed-Solomon works
+// byte position by byte position, so any range of the shards works, and a
+// reader can rebuild just the bytes it needs. Nothing here is checked: a
+// wrong part makes wrong bytes, which the caller must detect.
+func (c *Coder) ReconstructRange(parts [][]byte, lost int) ([]byte, error) {
+	if len(parts) != c.s.Shards() || lost < 0 || lost >= c.s.K || c.rs == nil {
+		return nil, fmt.Errorf("reconstruct data shard %d of scheme %s: bad arguments", lost, c.s)
+	}
+	required := make([]bool, c.s.K)
+	required[lost] = true
+	if err := c.rs.ReconstructSome(parts, required); err != nil {
+		return nil, fmt.Errorf("reconstruct data shard %d: %w", lost, err)
+	}
+	return parts[lost], nil
 }

@@ -31,5 +31,8 @@
 // data CRC); a shard that fails any check is treated like a missing one and
 // rebuilt from the others. Whether intact shards agree with each other is
 // not verified beyond their geometry: the pack layer's own authentication
-// catches what a shard checksum cannot.
+// catches what a shard checksum cannot. A reader that authenticates all it
+// takes from a pack may skip the checksums and read ranges of shards: Reed-
+// Solomon works byte position by byte position, so a range of a lost data
+// shard is rebuilt from the same range of k others (ReconstructRange).
 package erasure

@@ -66,7 +66,8 @@ type Store interface {
 	// of one name exactly one succeeds.
 	Create(ctx context.Context, name string, data []byte) error
 
-	// Get returns the whole object, or an error wrapping ErrNotFound.
+	// Get returns the whole object, or an error wrapping ErrNotFound. An
+	// object larger than MaxObjectSize is an error (not transient).
 	Get(ctx context.Context, name string) ([]byte, error)
 
 	// GetRange returns exactly length bytes starting at off. A range that

@@ -156,6 +156,21 @@ func transientS3(resp minio.ErrorResponse) bool {
 // errRange reports a GetRange outside the object.
 var errRange = errors.New("range outside the object")
 
+// MaxObjectSize bounds the objects Get reads whole. Ferry's largest are
+// manifests, which a reader decompresses to at most 1 GiB, and shards, a
+// pack of at most 256 MiB plus one chunk. Get refuses an object that
+// claims more (a broken or hostile server's Content-Length, a sparse file)
+// before allocating for it, rather than die of a failed allocation.
+const MaxObjectSize = 1<<30 + 1<<20
+
+// checkObjectSize is Get's check of the size a store claims.
+func checkObjectSize(size int64) error {
+	if size > MaxObjectSize {
+		return fmt.Errorf("object claims %d bytes, more than any Ferry object (%d)", size, int64(MaxObjectSize))
+	}
+	return nil
+}
+
 // checkName enforces the naming rule in the package documentation.
 func checkName(name string) error {
 	if name == "" {

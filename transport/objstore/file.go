@@ -231,6 +231,9 @@ func (s *fileStore) Get(ctx context.Context, name string) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
+	if err := checkObjectSize(fi.Size()); err != nil {
+		return nil, s.err("get", name, nil, err)
+	}
 	buf := make([]byte, fi.Size())
 	if _, err := io.ReadFull(f, buf); err != nil {
 		return nil, s.err("get", name, nil, err)

@@ -228,16 +228,27 @@ func checkHost(host string, bracketed bool) error {
 	return nil
 }
 
+// MaxTargets bounds the targets of a repository. Shard i of a pack goes to
+// target i mod T and a pack has at most 256 shards, so further targets
+// could only hold copies of the metadata.
+const MaxTargets = 256
+
 // ParseRepo parses a comma-separated list of target URLs, one per target of
 // a repository, in order. Spaces around entries are ignored. Empty entries,
-// duplicate targets and targets nested in one another (the same bucket with
-// one prefix inside the other, or one directory inside another) are errors.
+// duplicate targets, targets nested in one another (the same bucket with
+// one prefix inside the other, or one directory inside another) and more
+// than MaxTargets targets are errors.
 func ParseRepo(s string) ([]Location, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, errors.New("repository: no target URLs")
 	}
-	var locs []Location
-	for i, raw := range strings.Split(s, ",") {
+	raws := strings.Split(s, ",")
+	if len(raws) > MaxTargets {
+		return nil, fmt.Errorf("repository: %d targets, at most %d", len(raws), MaxTargets)
+	}
+	locs := make([]Location, 0, len(raws))
+	ids := make([]string, 0, len(raws))
+	for i, raw := range raws {
 		raw = strings.TrimSpace(raw)
 		if raw == "" {
 			return nil, fmt.Errorf("repository: target %d is empty", i+1)
@@ -246,16 +257,17 @@ func ParseRepo(s string) ([]Location, error) {
 		if err != nil {
 			return nil, fmt.Errorf("repository: target %d: %w", i+1, err)
 		}
-		for j, prev := range locs {
-			a, b := prev.identity(), loc.identity()
+		b := loc.identity()
+		for j, a := range ids {
 			switch {
 			case a == b:
 				return nil, fmt.Errorf("repository: target %d (%s) repeats target %d", i+1, loc, j+1)
 			case strings.HasPrefix(b, a+"/") || strings.HasPrefix(a, b+"/"):
-				return nil, fmt.Errorf("repository: targets %d (%s) and %d (%s) overlap: one is inside the other", j+1, prev, i+1, loc)
+				return nil, fmt.Errorf("repository: targets %d (%s) and %d (%s) overlap: one is inside the other", j+1, locs[j], i+1, loc)
 			}
 		}
 		locs = append(locs, loc)
+		ids = append(ids, b)
 	}
 	return locs, nil
 }

@@ -2,12 +2,15 @@ package objstore_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
+	"github.com/ferrydr/ferry/testenv/alloc"
 	"github.com/ferrydr/ferry/transport/objstore"
 )
 
@@ -123,6 +126,7 @@ func TestParseRepo(t *testing.T) {
 		{"s3://a/bkt/p/q,s3://a/bkt/p", "overlap"},
 		{"file:///srv/r,file:///srv/r/sub", "overlap"},
 		{"file:///srv/r,file:///srv/r/", "repeats"},
+		{strings.Repeat("file:///r,", objstore.MaxTargets) + "file:///r", "257 targets, at most 256"},
 	} {
 		if _, err := objstore.ParseRepo(tc.in); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("ParseRepo(%q) = %v, want error containing %q", tc.in, err, tc.want)
@@ -132,6 +136,13 @@ func TestParseRepo(t *testing.T) {
 	// string prefix are distinct targets.
 	if _, err := objstore.ParseRepo("s3://a/bkt/p,s3://a/bkt/q,s3://a/bkt/pq,s3://b/bkt/p"); err != nil {
 		t.Fatalf("distinct targets rejected: %v", err)
+	}
+	var most []string
+	for i := range objstore.MaxTargets {
+		most = append(most, fmt.Sprintf("file:///r/%d", i))
+	}
+	if locs, err := objstore.ParseRepo(strings.Join(most, ",")); err != nil || len(locs) != objstore.MaxTargets {
+		t.Fatalf("%d targets: %v", objstore.MaxTargets, err)
 	}
 }
 
@@ -157,23 +168,8 @@ func TestOpenFile(t *testing.T) {
 	}
 }
 
+// FuzzParseURL: seeds in testdata/fuzz/FuzzParseURL.
 func FuzzParseURL(f *testing.F) {
-	for _, seed := range []string{
-		"s3://h:9000/bucket/prefix",
-		"s3+http://127.0.0.1:9000/bkt/a/b?profile=p&region=r",
-		"s3://[::1]:9000/bkt?ca=/ca.pem",
-		"s3://user:pass@h/bkt",
-		"file:///srv/repo",
-		"file://host/x",
-		"s3://h/bkt/a/../b",
-		"s3://h/bkt/%2e%2e/x",
-		"s3://h/bkt?profile=a&profile=b",
-		"s3://h/bkt#x",
-		"s3://h:65536/bkt",
-		"",
-	} {
-		f.Add(seed)
-	}
 	f.Fuzz(func(t *testing.T, raw string) {
 		loc, err := objstore.ParseURL(raw)
 		if err != nil {
@@ -192,6 +188,43 @@ func FuzzParseURL(f *testing.F) {
 		}
 		if !utf8.ValidString(loc.Bucket + loc.Prefix) {
 			t.Fatalf("invalid UTF-8 accepted: %+v", loc)
+		}
+	})
+}
+
+// FuzzParseRepo parses whole --repo strings, as the CLI and the
+// ferry.dev/repository parameter give them. Seeds in
+// testdata/fuzz/FuzzParseRepo: repositories as the README writes them and
+// near misses (empty entries, repeated and nested targets, credentials, too
+// many targets).
+func FuzzParseRepo(f *testing.F) {
+	f.Fuzz(func(t *testing.T, s string) {
+		var locs []objstore.Location
+		var err error
+		// Parsing costs in proportion to the string, however many
+		// targets it lists (at most MaxTargets, each compared with the
+		// others once).
+		n := alloc.Bytes(func() { locs, err = objstore.ParseRepo(s) })
+		if limit := uint64(256*len(s) + 64<<10); n > limit {
+			t.Fatalf("ParseRepo of %d bytes allocated %d (limit %d)", len(s), n, limit)
+		}
+		if err != nil {
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error is not one line: %q", err)
+			}
+			return
+		}
+		if len(locs) != strings.Count(s, ",")+1 || len(locs) > objstore.MaxTargets {
+			t.Fatalf("%q: %d targets", s, len(locs))
+		}
+		// The targets print to a --repo that parses back to them.
+		var urls []string
+		for _, l := range locs {
+			urls = append(urls, l.String())
+		}
+		again, err := objstore.ParseRepo(strings.Join(urls, ","))
+		if err != nil || !slices.Equal(again, locs) {
+			t.Fatalf("round trip of %q: %+v, %v; want %+v", s, again, err, locs)
 		}
 	})
 }

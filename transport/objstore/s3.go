@@ -283,12 +283,18 @@ func (s *s3Store) get(ctx context.Context, op, name string, opts minio.GetObject
 		// The object ends inside the range: the server sent less.
 		return nil, &opError{op: op, name: name, loc: s.loc, cause: fmt.Errorf("%w: server returned %d of %d bytes", errRange, info.Size, want)}
 	}
+	if err := checkObjectSize(info.Size); err != nil {
+		return nil, &opError{op: op, name: name, loc: s.loc, cause: err}
+	}
 	var buf []byte
 	if info.Size >= 0 {
 		buf = make([]byte, info.Size)
 		_, err = io.ReadFull(body, buf)
 	} else {
-		buf, err = io.ReadAll(body)
+		buf, err = io.ReadAll(io.LimitReader(body, MaxObjectSize+1))
+		if err == nil {
+			err = checkObjectSize(int64(len(buf)))
+		}
 	}
 	if err != nil {
 		return nil, &opError{op: op, name: name, loc: s.loc, cause: err}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
-	"sync"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -65,7 +64,6 @@ type Codec struct {
 	key *crypt.Key
 	enc *zstd.Encoder
 	dec *zstd.Decoder
-	ads sync.Pool
 }
 
 // NewCodec returns a Codec sealing with key.
@@ -88,14 +86,21 @@ func blobAD(id chunk.ID) []byte {
 
 // SealBlob compresses plaintext when that pays (saves at least 1/32) and
 // seals it, appending to dst. scratch is reused for the compressed form.
+// Data that looks random (see incompressible) is not even tried.
 func (c *Codec) SealBlob(dst, scratch []byte, id chunk.ID, plaintext []byte) (sealed, scratchOut []byte, compressed bool) {
 	body := plaintext
-	scratch = c.enc.EncodeAll(plaintext, scratch[:0])
-	if len(scratch) < len(plaintext)-len(plaintext)/32 {
-		body, compressed = scratch, true
+	if !incompressible(plaintext) {
+		scratch = c.enc.EncodeAll(plaintext, scratch[:0])
+		if pays(len(scratch), len(plaintext)) {
+			body, compressed = scratch, true
+		}
 	}
 	return c.key.Seal(dst, body, blobAD(id)), scratch, compressed
 }
+
+// pays reports whether compressing n bytes into z is worth a decompression
+// on every read: it must save at least 1/32.
+func pays(z, n int) bool { return z < n-n/32 }
 
 // OpenBlob authenticates, decrypts and decompresses the blob e from pack
 // bytes p, appending the plaintext to dst. The caller checks the chunk ID.
@@ -134,7 +139,20 @@ type Writer struct {
 
 // NewWriter returns a Writer whose buffer starts with capacity sizeHint.
 func (c *Codec) NewWriter(sizeHint int) *Writer {
-	return &Writer{codec: c, buf: make([]byte, 0, sizeHint)}
+	return c.NewWriterBuffer(make([]byte, 0, sizeHint))
+}
+
+// NewWriterBuffer returns a Writer that assembles the pack in buf[:0], so
+// that the caller can reuse pack buffers. The pack Finish returns is in buf
+// when it fits, else in a larger array the caller may keep instead: the
+// header grows with the number of blobs, which compression makes
+// unbounded.
+func (c *Codec) NewWriterBuffer(buf []byte) *Writer {
+	return &Writer{codec: c, buf: buf[:0]}
+}
+
+func maxHeaderLen(entries int) int {
+	return 1 + binary.MaxVarintLen64 + entries*(1+32+3*binary.MaxVarintLen32)
 }
 
 // Add appends a sealed blob.
@@ -152,7 +170,7 @@ func (w *Writer) Count() int { return len(w.entries) }
 // Finish seals the header and returns the pack, its ID and its entries.
 // The Writer must not be used afterwards.
 func (w *Writer) Finish() ([]byte, ID, []Entry) {
-	hdr := make([]byte, 0, 1+binary.MaxVarintLen64+len(w.entries)*(1+32+3*binary.MaxVarintLen32))
+	hdr := make([]byte, 0, maxHeaderLen(len(w.entries)))
 	hdr = append(hdr, 1)
 	hdr = binary.AppendUvarint(hdr, uint64(len(w.entries)))
 	for _, e := range w.entries {

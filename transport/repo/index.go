@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ferrydr/ferry/chunk"
+	"github.com/ferrydr/ferry/transport/objstore"
 	"github.com/ferrydr/ferry/transport/pack"
 )
 
@@ -50,11 +51,17 @@ type Location struct {
 
 // Index maps chunk IDs to their blobs. It is safe for concurrent use.
 // Memory: about 100 bytes per chunk (map entry, ID, location).
+//
+// An index from LoadIndex also knows which packs a prune plan marks for
+// deletion: Lookup prefers a chunk's copy in an unmarked pack, and Has
+// counts only those, so a backup stores a chunk again rather than refer
+// to a pack prune may delete.
 type Index struct {
 	mu     sync.RWMutex
 	packs  []PackInfo
 	byPack map[pack.ID]int32
 	chunks map[chunk.ID]Location
+	marks  map[pack.ID]Mark // set before any pack is added
 }
 
 // NewIndex returns an empty index.
@@ -73,12 +80,24 @@ func (x *Index) Lookup(id chunk.ID) (PackInfo, pack.Entry, bool) {
 	return x.packs[l.Pack], l.Entry, true
 }
 
-// Has reports whether chunk id is stored.
+// Has reports whether chunk id is stored in a pack a new snapshot may
+// refer to: one no prune plan marks for deletion.
 func (x *Index) Has(id chunk.ID) bool {
 	x.mu.RLock()
-	_, ok := x.chunks[id]
-	x.mu.RUnlock()
-	return ok
+	defer x.mu.RUnlock()
+	l, ok := x.chunks[id]
+	if !ok {
+		return false
+	}
+	_, marked := x.marks[x.packs[l.Pack].ID]
+	return !marked
+}
+
+// Marked returns the prune plans' mark on pack id, as LoadIndex read them.
+// (The marks never change after LoadIndex, so no lock is needed.)
+func (x *Index) Marked(id pack.ID) (Mark, bool) {
+	m, ok := x.marks[id]
+	return m, ok
 }
 
 // Len is the number of chunks indexed.
@@ -107,7 +126,9 @@ func (x *Index) Pack(id pack.ID) (PackInfo, bool) {
 }
 
 // AddPack records the entries of one pack. A pack indexed twice keeps its
-// first record, gaining shard CRCs from the second if it had none.
+// first record, gaining shard CRCs from the second if it had none. A chunk
+// in several packs keeps its first location, unless that pack is marked
+// for deletion and this one is not.
 func (x *Index) AddPack(p PackInfo, entries []pack.Entry) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -120,10 +141,14 @@ func (x *Index) AddPack(p PackInfo, entries []pack.Entry) {
 	case x.packs[pi].ShardCRC == nil:
 		x.packs[pi].ShardCRC = p.ShardCRC
 	}
+	_, marked := x.marks[p.ID]
 	for _, e := range entries {
-		if _, dup := x.chunks[e.ID]; !dup {
-			x.chunks[e.ID] = Location{Pack: pi, Entry: e}
+		if old, dup := x.chunks[e.ID]; dup {
+			if _, oldMarked := x.marks[x.packs[old.Pack].ID]; marked || !oldMarked {
+				continue
+			}
 		}
+		x.chunks[e.ID] = Location{Pack: pi, Entry: e}
 	}
 }
 
@@ -224,9 +249,9 @@ func ParseIndexBatch(b []byte) (*IndexBatch, error) {
 	if r.err == nil && version[0] != 1 && version[0] != 2 {
 		return nil, fmt.Errorf("index version %d: %w", version[0], errIndexFormat)
 	}
-	// Every pack takes at least 34 bytes (35 in version 2), every entry 37,
-	// every CRC 4: counts beyond what the bytes can hold are rejected
-	// before allocating.
+	// Every pack takes at least 34 bytes (35 in version 2), every entry
+	// 36 (flags, ID and three one-byte uvarints), every CRC 4: counts
+	// beyond what the bytes can hold are rejected before allocating.
 	np := r.uvarint(uint64(len(b)) / 34)
 	batch := &IndexBatch{}
 	for i := uint64(0); i < np && r.err == nil; i++ {
@@ -241,7 +266,7 @@ func ParseIndexBatch(b []byte) (*IndexBatch, error) {
 				}
 			}
 		}
-		ne := r.uvarint(uint64(len(r.b)) / 37)
+		ne := r.uvarint(uint64(len(r.b)) / 36)
 		entries := make([]pack.Entry, 0, ne)
 		for j := uint64(0); j < ne && r.err == nil; j++ {
 			var e pack.Entry
@@ -279,7 +304,14 @@ func (r *Repo) WriteIndex(ctx context.Context, batch *IndexBatch) (int64, error)
 	if err := r.putEverywhere(ctx, name, func(*Target) ([]byte, error) { return obj, nil }); err != nil {
 		return 0, err
 	}
-	for _, p := range batch.Packs {
+	x := r.loaded.Load()
+	for i, p := range batch.Packs {
+		if x != nil {
+			if p.ShardCRC == nil {
+				p.ShardCRC = r.unindexedCRCs(p.ID)
+			}
+			x.AddPack(p, batch.Entries[i])
+		}
 		r.unindexed.Delete(p.ID)
 	}
 	return int64(len(obj) * len(r.Targets)), nil
@@ -320,45 +352,79 @@ func (r *Repo) openIndex(obj []byte) (*IndexBatch, error) {
 	return batch, nil
 }
 
-// LoadIndex reads every index object (from any target that has it).
+// LoadIndex reads every index object (from any target that has it) and
+// the prune plans' marks; index objects and packs that a deletion record
+// names are left out. An index object deleted since the listing (a prune
+// rewrote it, writing its replacement first) makes it list again, so the
+// replacement is read.
 func (r *Repo) LoadIndex(ctx context.Context) (*Index, error) {
-	names, err := r.listAll(ctx, "index/")
+	recs, err := r.deletions(ctx)
 	if err != nil {
 		return nil, err
 	}
+	gone := deletingOf(recs)
+	plans, err := r.loadPlans(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read prune plans: %w", err)
+	}
 	x := NewIndex()
-	g, ctx := errgroup.WithContext(ctx)
-	g.SetLimit(8)
-	var mu sync.Mutex
-	var bad []string
-	for _, name := range names {
-		g.Go(func() error {
-			var batch *IndexBatch
-			err := r.getAny(ctx, name, func(b []byte) error {
-				var err error
-				batch, err = r.openIndex(b)
-				return err
-			})
-			if err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
+	x.marks = mergeMarks(plans)
+	read := map[string]bool{}
+	for round := 1; ; round++ {
+		names, err := r.listAll(ctx, "index/")
+		if err != nil {
+			return nil, err
+		}
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(8)
+		var mu sync.Mutex
+		var bad []string
+		vanished := false
+		for _, name := range names {
+			if read[name] || gone.Objects[name] {
+				continue
+			}
+			read[name] = true
+			g.Go(func() error {
+				var batch *IndexBatch
+				err := r.getAny(gctx, name, func(b []byte) error {
+					var err error
+					batch, err = r.openIndex(b)
+					return err
+				})
+				switch {
+				case err == nil:
+				case gctx.Err() != nil:
+					return gctx.Err()
+				case errors.Is(err, objstore.ErrNotFound):
+					mu.Lock()
+					vanished = true
+					mu.Unlock()
+					return nil
+				default:
+					mu.Lock()
+					bad = append(bad, err.Error())
+					mu.Unlock()
+					return nil
 				}
-				mu.Lock()
-				bad = append(bad, err.Error())
-				mu.Unlock()
+				for i, p := range batch.Packs {
+					if !gone.Packs[p.ID] {
+						x.AddPack(p, batch.Entries[i])
+					}
+				}
 				return nil
-			}
-			for i, p := range batch.Packs {
-				x.AddPack(p, batch.Entries[i])
-			}
-			return nil
-		})
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return nil, err
+		}
+		if len(bad) > 0 {
+			return nil, fmt.Errorf("unreadable index objects: %s", strings.Join(bad, "; "))
+		}
+		if !vanished || round == 3 {
+			break
+		}
 	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	if len(bad) > 0 {
-		return nil, fmt.Errorf("unreadable index objects: %s", strings.Join(bad, "; "))
-	}
+	r.loaded.Store(x)
 	return x, nil
 }

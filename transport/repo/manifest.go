@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ferrydr/ferry/chunk"
+	"github.com/ferrydr/ferry/transport/objstore"
 )
 
 // A snapshot manifest (sealed, associated data "ferry manifest v1") is the
@@ -191,8 +192,14 @@ func ParseManifest(z []byte) (*Manifest, error) {
 }
 
 // SaveSnapshot seals m and writes it to every target: the commit point of a
-// backup. It returns the snapshot ID and the bytes written.
+// backup. It returns the snapshot ID and the bytes written. It refuses
+// (ErrLockLost, ErrConflict) a manifest that names a chunk no index object
+// holds, or one only in a pack that a prune may be deleting (see
+// checkCommit).
 func (r *Repo) SaveSnapshot(ctx context.Context, m *Manifest) (string, int64, error) {
+	if err := r.checkCommit(ctx, m); err != nil {
+		return "", 0, err
+	}
 	plain, err := m.marshal()
 	if err != nil {
 		return "", 0, err
@@ -225,9 +232,15 @@ func (r *Repo) loadSnapshot(ctx context.Context, id string) (*Snapshot, error) {
 	return &Snapshot{ID: id, Manifest: m}, nil
 }
 
-// Snapshots returns every snapshot, oldest first.
+// Snapshots returns every snapshot, oldest first. Snapshots that a
+// deletion record names (forgotten, maybe still on some targets) are left
+// out, and so are those deleted since the listing.
 func (r *Repo) Snapshots(ctx context.Context) ([]*Snapshot, error) {
 	names, err := r.listAll(ctx, "snapshots/")
+	if err != nil {
+		return nil, err
+	}
+	gone, err := r.Deleting(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -236,8 +249,14 @@ func (r *Repo) Snapshots(ctx context.Context) ([]*Snapshot, error) {
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
 	for _, n := range names {
+		if gone.Objects[n] {
+			continue
+		}
 		g.Go(func() error {
 			s, err := r.loadSnapshot(ctx, strings.TrimPrefix(n, "snapshots/"))
+			if errors.Is(err, objstore.ErrNotFound) {
+				return nil
+			}
 			if err != nil {
 				return fmt.Errorf("snapshot %s: %w", strings.TrimPrefix(n, "snapshots/"), err)
 			}
@@ -263,9 +282,19 @@ func (r *Repo) Snapshots(ctx context.Context) ([]*Snapshot, error) {
 // 4 hex digits). name, when set, restricts "latest" to snapshots of that name.
 func (r *Repo) FindSnapshot(ctx context.Context, ref, name string) (*Snapshot, error) {
 	if len(ref) == 64 {
-		s, err := r.loadSnapshot(ctx, ref)
+		gone, err := r.Deleting(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s (%v)", ErrSnapshotNotFound, ref, err)
+			return nil, err
+		}
+		if gone.Objects["snapshots/"+ref] {
+			return nil, fmt.Errorf("%w: %s (forgotten)", ErrSnapshotNotFound, ref)
+		}
+		s, err := r.loadSnapshot(ctx, ref)
+		if errors.Is(err, objstore.ErrNotFound) {
+			return nil, fmt.Errorf("%w: %s", ErrSnapshotNotFound, ref)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("snapshot %s: %w", ref, err)
 		}
 		return s, nil
 	}

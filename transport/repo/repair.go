@@ -120,7 +120,9 @@ func (r *Repo) RepairPack(ctx context.Context, p PackInfo) ([]ShardProblem, erro
 // RepairMetadata copies the replicated objects (keys, index objects,
 // manifests) to every reachable target that lacks them, and writes the
 // config of a target that has none (a bucket that came back empty). It
-// returns the names it wrote, as "target N: name".
+// returns the names it wrote, as "target N: name". Objects that a deletion
+// record names (forget or prune is deleting them) are not copied, nor are
+// those deleted from every target since the listing.
 func (r *Repo) RepairMetadata(ctx context.Context) ([]string, error) {
 	var mu sync.Mutex
 	var wrote []string
@@ -140,10 +142,16 @@ func (r *Repo) RepairMetadata(ctx context.Context) ([]string, error) {
 			}
 		}
 	}
+	// Read after the listings: a deletion the listings saw half done was
+	// recorded before it started.
+	gone, err := r.Deleting(ctx)
+	if err != nil {
+		return nil, err
+	}
 	all := map[string]bool{}
 	for _, h := range have {
 		for name := range h {
-			if name != "config" {
+			if name != "config" && !gone.Objects[name] {
 				all[name] = true
 			}
 		}
@@ -176,13 +184,17 @@ func (r *Repo) RepairMetadata(ctx context.Context) ([]string, error) {
 				var obj []byte
 				// Copies are checked before they spread: keys by their
 				// name, the rest by their authentication tag and name.
-				if err := r.getAny(gctx, name, func(b []byte) error {
+				err := r.getAny(gctx, name, func(b []byte) error {
 					if err := r.checkReplicated(name, b); err != nil {
 						return err
 					}
 					obj = b
 					return nil
-				}); err != nil {
+				})
+				if errors.Is(err, objstore.ErrNotFound) {
+					return nil // deleted since the listing
+				}
+				if err != nil {
 					return err
 				}
 				if err := t.Store.Create(gctx, name, obj); err != nil && !errors.Is(err, objstore.ErrExists) {

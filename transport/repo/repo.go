@@ -120,6 +120,13 @@ type Repo struct {
 	// carry them without the writer handling them: at most the packs of one
 	// index object per writer (a backup flushes its index every 64Ki chunks).
 	unindexed sync.Map
+
+	// loaded is the index LoadIndex last returned, with what WriteIndex
+	// wrote since: SaveSnapshot checks a manifest against it.
+	loaded atomic.Pointer[Index]
+
+	lockMu sync.Mutex
+	writer *heldLock // the writer lock the backups of this Repo share (see Lock)
 }
 
 func newTargets(stores []objstore.Store) []*Target {
@@ -228,11 +235,16 @@ func newRepo(targets []*Target, key *crypt.Key, cfg Config) (*Repo, error) {
 
 // Open opens the repository on stores (in the order given at init) with
 // password. Targets that cannot be reached are marked down; Open fails only
-// when no target can give it the key and config.
+// when no target can give it the key and config, or when a target's config
+// shows that it belongs to another repository or sits at another position.
 func Open(ctx context.Context, stores []objstore.Store, password []byte) (*Repo, error) {
 	targets := newTargets(stores)
 	var key *crypt.Key
-	var cfg *Config
+	keyFrom := -1 // the target whose key objects gave key
+	// Every readable config is checked once the key is known, also that of
+	// a target whose key objects do not open with the password: such a
+	// target is usually another repository's.
+	configs := make([][]byte, len(targets))
 	var problems []string
 	sawKeys, sawConfig, reachable := false, false, 0
 	for _, t := range targets {
@@ -242,7 +254,6 @@ func Open(ctx context.Context, stores []objstore.Store, password []byte) (*Repo,
 			sawKeys = true
 			reachable++
 			problems = append(problems, fmt.Sprintf("target %d: %v", t.Index+1, err))
-			continue
 		case errors.Is(err, ErrNotRepository):
 			reachable++
 			problems = append(problems, fmt.Sprintf("target %d (%s): no keys", t.Index+1, t.Store.Location()))
@@ -253,7 +264,9 @@ func Open(ctx context.Context, stores []objstore.Store, password []byte) (*Repo,
 		default:
 			sawKeys = true
 			reachable++
-			key = k
+			if key == nil {
+				key, keyFrom = k, t.Index
+			}
 		}
 		raw, err := t.Store.Get(ctx, "config")
 		if errors.Is(err, objstore.ErrNotFound) {
@@ -264,12 +277,30 @@ func Open(ctx context.Context, stores []objstore.Store, password []byte) (*Repo,
 			continue
 		}
 		sawConfig = true
-		if key == nil {
+		configs[t.Index] = raw
+	}
+	switch {
+	case key == nil && sawKeys:
+		return nil, fmt.Errorf("%w: no key object on the targets opens with this password", crypt.ErrWrongPassword)
+	case key == nil && reachable == 0:
+		return nil, fmt.Errorf("%w: cannot reach any target (%s)", ErrUnavailable, strings.Join(problems, "; "))
+	case key == nil && !sawConfig:
+		return nil, fmt.Errorf("%w (%s)", ErrNotRepository, strings.Join(problems, "; "))
+	}
+	var cfg *Config
+	for _, t := range targets {
+		raw := configs[t.Index]
+		if key == nil || raw == nil {
 			continue
 		}
 		c, err := openConfig(key, raw)
 		if errors.Is(err, crypt.ErrAuth) {
-			return nil, fmt.Errorf("target %d (%s) belongs to another repository (its config does not open with this one's key): %w", t.Index+1, t.Store.Location(), ErrTargetMismatch)
+			if t.Index == keyFrom {
+				return nil, fmt.Errorf("target %d (%s): its config does not open with the key its key objects hold: they or the config belong to another repository: %w", t.Index+1, t.Store.Location(), ErrTargetMismatch)
+			}
+			// Either target may be the odd one out: name both.
+			kt := targets[keyFrom]
+			return nil, fmt.Errorf("target %d (%s) belongs to another repository than target %d (%s): its config does not open with that target's key: %w", t.Index+1, t.Store.Location(), kt.Index+1, kt.Store.Location(), ErrTargetMismatch)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("target %d (%s): config: %w", t.Index+1, t.Store.Location(), err)
@@ -284,14 +315,7 @@ func Open(ctx context.Context, stores []objstore.Store, password []byte) (*Repo,
 			cfg = &c
 		}
 	}
-	switch {
-	case key == nil && sawKeys:
-		return nil, fmt.Errorf("%w: no key object on the targets opens with this password", crypt.ErrWrongPassword)
-	case key == nil && reachable == 0:
-		return nil, fmt.Errorf("%w: cannot reach any target (%s)", ErrUnavailable, strings.Join(problems, "; "))
-	case key == nil && !sawConfig:
-		return nil, fmt.Errorf("%w (%s)", ErrNotRepository, strings.Join(problems, "; "))
-	case key == nil || cfg == nil:
+	if key == nil || cfg == nil {
 		return nil, fmt.Errorf("%w: no target gave a readable key and config (%s)", ErrUnavailable, strings.Join(problems, "; "))
 	}
 	if cfg.Targets != len(stores) {
@@ -338,11 +362,18 @@ func openConfig(key *crypt.Key, raw []byte) (Config, error) {
 	if err != nil {
 		return c, err
 	}
-	if err := json.Unmarshal(b, &c); err != nil {
+	// The version first: another version's config need not decode as this one.
+	var v struct {
+		Version int `json:"version"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
 		return c, err
 	}
-	if c.Version != 1 {
-		return c, fmt.Errorf("unsupported repository version %d", c.Version)
+	if v.Version != 1 {
+		return c, fmt.Errorf("unsupported repository version %d; this Ferry reads version 1", v.Version)
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, err
 	}
 	if err := c.Erasure.Validate(); err != nil {
 		return c, err
@@ -392,26 +423,63 @@ func (r *Repo) putEverywhere(ctx context.Context, name string, data func(*Target
 
 // getAny reads a replicated object from the first target that has it,
 // preferring targets not marked down. open authenticates the bytes; a target
-// whose copy fails open is skipped.
+// whose copy fails open is skipped. When every target answered that it has
+// no such object, the error wraps objstore.ErrNotFound: the object was
+// deleted (by forget or prune) since it was listed.
 func (r *Repo) getAny(ctx context.Context, name string, open func([]byte) error) error {
 	var errs []string
+	notFound := 0
 	for _, pass := range []bool{true, false} {
 		for _, t := range r.Targets {
 			if (t.Down() == nil) != pass {
 				continue
 			}
 			b, err := t.Store.Get(ctx, name)
-			if err == nil {
+			switch {
+			case err == nil:
 				if err = open(b); err == nil {
 					return nil
 				}
-			} else if !errors.Is(err, objstore.ErrNotFound) {
+			case errors.Is(err, objstore.ErrNotFound):
+				notFound++
+			default:
 				t.MarkDown(err)
 			}
 			errs = append(errs, fmt.Sprintf("target %d: %v", t.Index+1, err))
 		}
 	}
+	if notFound == len(r.Targets) {
+		return fmt.Errorf("read %s: %w on any target", name, objstore.ErrNotFound)
+	}
 	return fmt.Errorf("read %s: %s", name, strings.Join(errs, "; "))
+}
+
+// loadEach reads every object under prefix (the union of the targets'
+// listings) with getAny, at most 8 at once, and hands each to open. An
+// object that every target has lost since the listing was deleted
+// meanwhile and is skipped.
+func (r *Repo) loadEach(ctx context.Context, prefix string, open func(name string, b []byte) error) error {
+	names, err := r.listAll(ctx, prefix)
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for _, name := range names {
+		g.Go(func() error {
+			err := r.getAny(gctx, name, func(b []byte) error {
+				mu.Lock()
+				defer mu.Unlock()
+				return open(name, b)
+			})
+			if errors.Is(err, objstore.ErrNotFound) {
+				return nil
+			}
+			return err
+		})
+	}
+	return g.Wait()
 }
 
 // listAll returns the union of the names under prefix on every reachable target.

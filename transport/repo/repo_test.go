@@ -320,7 +320,8 @@ func TestManifestRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	r := initRepo(t, memStores(3))
 	m := &Manifest{Meta: Meta{Name: "db", Size: 3 << 20, Digest: "ab", Started: time.Unix(100, 0).UTC(), Volume: Volume{Namespace: "ns", PVC: "data"}}}
-	m.Extents = []Extent{{Off: 0, Len: 1 << 20, ID: chunk.ID{1}}, {Off: 1 << 20, Len: 1 << 20, Zero: true}, {Off: 2 << 20, Len: 1 << 20, ID: chunk.ID{2}}}
+	ids := storeChunks(t, r, []byte("first"), []byte("second"))
+	m.Extents = []Extent{{Off: 0, Len: 1 << 20, ID: ids[0]}, {Off: 1 << 20, Len: 1 << 20, Zero: true}, {Off: 2 << 20, Len: 1 << 20, ID: ids[1]}}
 	id, _, err := r.SaveSnapshot(ctx, m)
 	if err != nil {
 		t.Fatal(err)
