@@ -3,6 +3,7 @@ package chunk
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -33,10 +34,12 @@ const minSegment = 32 << 20
 // Chunks come without their data: the finders look at each byte once to
 // place the cuts, and ReadData reads a chunk's bytes when its consumer wants
 // them, in parallel and usually from the page cache. Memory is one MaxSize
-// buffer and about 2.5 MiB of chunker and read buffers per goroutine, plus
-// the chunk lists of the segments ahead (a few KiB each).
+// buffer and about 2.5 MiB of chunker and read buffers per goroutine, the
+// chunk lists of the segments ahead (a few KiB each), and a bit per block
+// read (128 KiB per TiB of volume) so that BytesRead counts each byte once.
 type Parallel struct {
 	p       Params
+	stride  int64
 	src     io.ReaderAt
 	size    int64
 	holes   []Range
@@ -88,7 +91,8 @@ func NewParallel(src io.ReaderAt, size int64, holes []Range, p Params, workers i
 // newParallel is NewParallel with other segment and read sizes, for tests;
 // seg must be a multiple of bsize.
 func newParallel(src io.ReaderAt, size int64, holes []Range, p Params, workers int, seg, bsize int64) (*Parallel, error) {
-	if _, err := p.ZeroStride(); err != nil {
+	stride, err := p.ZeroStride()
+	if err != nil {
 		return nil, err
 	}
 	if size < 0 {
@@ -97,13 +101,13 @@ func newParallel(src io.ReaderAt, size int64, holes []Range, p Params, workers i
 	if seg <= 0 || seg%bsize != 0 {
 		return nil, fmt.Errorf("chunk: segment size %d is not a multiple of the read size %d", seg, bsize)
 	}
-	holes, err := normalizeHoles(holes, size)
+	holes, err = normalizeHoles(holes, size)
 	if err != nil {
 		return nil, fmt.Errorf("chunk: %w", err)
 	}
 	workers = max(workers, 1)
 	x := &Parallel{
-		p: p, src: src, size: size, holes: holes, bsize: bsize, segSize: seg,
+		p: p, stride: stride, src: src, size: size, holes: holes, bsize: bsize, segSize: seg,
 		nseg:   (size + seg - 1) / seg,
 		window: 2 * workers,
 		seen:   newBlockSet((size + bsize - 1) / bsize),
@@ -159,10 +163,7 @@ func (x *Parallel) chain() (Chunk, error) {
 		if x.buf == nil {
 			x.buf = make([]byte, x.p.MaxSize)
 		}
-		t, err := newSplitter(x.src, x.size, x.holes, x.p, x.bsize)
-		if err != nil {
-			return Chunk{}, err
-		}
+		t := splitterOver(x.src, x.size, x.holes, x.p, x.stride, x.bsize)
 		t.v.seen = x.seen
 		t.seek(x.pos)
 		x.tail = t
@@ -238,10 +239,7 @@ func (x *Parallel) finder() {
 // reads nothing past its segment; the last chunk, cut by that end unless it
 // is the volume's, is left to the chain.
 func (x *Parallel) find(s *segment, buf []byte) error {
-	sp, err := newSplitter(x.src, s.end, clipHoles(x.holes, s.end), x.p, x.bsize)
-	if err != nil {
-		return err
-	}
+	sp := splitterOver(x.src, s.end, clipHoles(x.holes, s.start, s.end), x.p, x.stride, x.bsize)
 	sp.v.seen = x.seen
 	defer func() { x.read.Add(sp.v.read) }()
 	sp.seek(s.start)
@@ -269,13 +267,21 @@ func (s *segment) chunkAt(off int64) (int, bool) {
 	return i, i < len(s.chunks) && s.chunks[i].Off == off
 }
 
-// clipHoles returns the part of holes, which are normalized, below end.
-func clipHoles(holes []Range, end int64) []Range {
-	i := sort.Search(len(holes), func(i int) bool { return holes[i].End() >= end })
-	if i == len(holes) || holes[i].Off >= end {
-		return holes[:i:i]
+// clipHoles returns the holes, which are normalized, that overlap
+// [start,end), the last one cut at end: what a Splitter over a volume that
+// ends at end needs to chunk from start. Holes the segment holds are copied
+// once, not every hole of the volume for every segment.
+func clipHoles(holes []Range, start, end int64) []Range {
+	i := sort.Search(len(holes), func(i int) bool { return holes[i].End() > start })
+	j := sort.Search(len(holes), func(j int) bool { return holes[j].Off >= end })
+	if i >= j {
+		return nil
 	}
-	return append(holes[:i:i], Range{Off: holes[i].Off, Len: end - holes[i].Off})
+	out := slices.Clone(holes[i:j])
+	if last := &out[len(out)-1]; last.End() > end {
+		last.Len = end - last.Off
+	}
+	return out
 }
 
 func (x *Parallel) fail(err error) error {

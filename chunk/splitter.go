@@ -66,10 +66,17 @@ func newSplitter(src io.ReaderAt, size int64, holes []Range, p Params, bsize int
 	if err != nil {
 		return nil, fmt.Errorf("chunk: %w", err)
 	}
+	return splitterOver(src, size, holes, p, stride, bsize), nil
+}
+
+// splitterOver is newSplitter for holes that normalizeHoles returned (for
+// this size or a larger one: a hole may start before the offsets the
+// Splitter will chunk, but none may reach past size).
+func splitterOver(src io.ReaderAt, size int64, holes []Range, p Params, stride, bsize int64) *Splitter {
 	s := &Splitter{p: p, stride: stride, v: newVolume(src, size, holes, bsize)}
 	s.rd = stream{v: &s.v, end: size}
 	s.ch = p.newChunker(&s.rd)
-	return s, nil
+	return s
 }
 
 // Next returns the next chunk, or io.EOF after the last one. buf must have a

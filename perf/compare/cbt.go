@@ -30,22 +30,27 @@ type cbtIteration struct {
 }
 
 // cbtBackup is one backup through CSI, in seconds: in all, asking for the
-// ranges to read (SnapshotMetadata), exposing the snapshot, backing up.
+// ranges to read (SnapshotMetadata), exposing the snapshot, backing up
+// (BenchmarkIncrementalCSI's csiBackup).
 type cbtBackup struct {
 	Seconds float64 `json:"s"`
 	ReadMiB int64   `json:"read_mib"`
 	Ranges  float64 `json:"ranges_s"`
 	Expose  float64 `json:"expose_s"`
 	Backup  float64 `json:"backup_s"`
+	// Within the backup: when the first and the last chunk were done.
+	FirstChunk float64 `json:"first_chunk_s"`
+	LastChunk  float64 `json:"last_chunk_s"`
 }
 
 func (c cbtBackup) String() string {
-	return fmt.Sprintf("%.1f s, read %d MiB (ranges %.1f s, expose %.1f s, backup %.1f s)", c.Seconds, c.ReadMiB, c.Ranges, c.Expose, c.Backup)
+	return fmt.Sprintf("%.1f s, read %d MiB (ranges %.1f s, expose %.1f s, backup %.1f s: first chunk done after %.1f s, last after %.1f s)",
+		c.Seconds, c.ReadMiB, c.Ranges, c.Expose, c.Backup, c.FirstChunk, c.LastChunk)
 }
 
 var (
 	cbtIterationLine = regexp.MustCompile(`iteration \d+: full .*`)
-	cbtBackupPart    = regexp.MustCompile(`(full|incremental|reread) ([\d.]+) s \(read (\d+) MiB; ranges ([\d.]+) s, expose ([\d.]+) s, backup ([\d.]+) s\)`)
+	cbtBackupPart    = regexp.MustCompile(`(full|incremental|reread) ([\d.]+) s \(read (\d+) MiB; ranges ([\d.]+) s, expose ([\d.]+) s, backup ([\d.]+) s: first chunk after ([\d.]+) s, last after ([\d.]+) s\)`)
 	cbtVolumeLine    = regexp.MustCompile(`volume \d+ MiB from .*`)
 )
 
@@ -122,6 +127,8 @@ func parseCBTLine(line string) (cbtIteration, bool) {
 		c.Ranges, _ = strconv.ParseFloat(p[4], 64)
 		c.Expose, _ = strconv.ParseFloat(p[5], 64)
 		c.Backup, _ = strconv.ParseFloat(p[6], 64)
+		c.FirstChunk, _ = strconv.ParseFloat(p[7], 64)
+		c.LastChunk, _ = strconv.ParseFloat(p[8], 64)
 		switch p[1] {
 		case "full":
 			it.Full = c

@@ -7,16 +7,18 @@ import (
 
 func TestParseCBTLine(t *testing.T) {
 	// As BenchmarkIncrementalCSI logs it (csiBackup.String).
-	line := "    csi_incremental_bench_test.go:152: iteration 2: full 31.90 s (read 2950 MiB; ranges 0.12 s, expose 0.40 s, backup 31.38 s), " +
-		"incremental 3.80 s (read 224 MiB; ranges 0.90 s, expose 0.50 s, backup 2.40 s), reread 14.90 s (read 2984 MiB; ranges 0.10 s, expose 0.30 s, backup 14.50 s)"
+	line := "    csi_incremental_bench_test.go:152: iteration 2: " +
+		"full 31.90 s (read 2950 MiB; ranges 0.12 s, expose 0.40 s, backup 31.38 s: first chunk after 0.30 s, last after 30.00 s), " +
+		"incremental 3.80 s (read 224 MiB; ranges 0.90 s, expose 0.50 s, backup 2.40 s: first chunk after 0.20 s, last after 1.90 s), " +
+		"reread 14.90 s (read 2984 MiB; ranges 0.10 s, expose 0.30 s, backup 14.50 s: first chunk after 0.10 s, last after 14.00 s)"
 	it, ok := parseCBTLine(line)
 	if !ok {
 		t.Fatal("line not recognised")
 	}
 	want := cbtIteration{
-		Full:   cbtBackup{Seconds: 31.9, ReadMiB: 2950, Ranges: 0.12, Expose: 0.4, Backup: 31.38},
-		Inc:    cbtBackup{Seconds: 3.8, ReadMiB: 224, Ranges: 0.9, Expose: 0.5, Backup: 2.4},
-		Reread: cbtBackup{Seconds: 14.9, ReadMiB: 2984, Ranges: 0.1, Expose: 0.3, Backup: 14.5},
+		Full:   cbtBackup{Seconds: 31.9, ReadMiB: 2950, Ranges: 0.12, Expose: 0.4, Backup: 31.38, FirstChunk: 0.3, LastChunk: 30},
+		Inc:    cbtBackup{Seconds: 3.8, ReadMiB: 224, Ranges: 0.9, Expose: 0.5, Backup: 2.4, FirstChunk: 0.2, LastChunk: 1.9},
+		Reread: cbtBackup{Seconds: 14.9, ReadMiB: 2984, Ranges: 0.1, Expose: 0.3, Backup: 14.5, FirstChunk: 0.1, LastChunk: 14},
 	}
 	if it != want {
 		t.Errorf("got %+v, want %+v", it, want)

@@ -80,9 +80,18 @@ func main() {
 	flag.BoolVar(&cfg.rebuild, "rebuild", false, "make the images anew even if cached")
 	flag.DurationVar(&quietWait, "quiet-wait", quietWait, "before each measurement, wait up to this long for other processes to leave the machine idle (0: never wait)")
 	flag.StringVar(&cfg.profile, "profile", "failing", "CPU-profile Ferry's operations: failing (those that miss a target), all, none")
+	probe := flag.String("probe", "", "(used by compare itself) run Ferry's backup or restore in this process and report its memory")
+	probeHeap := flag.String("probe-heap", "", "(with -probe) where the heap profile goes")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *probe != "" {
+		if err := runProbe(ctx, *probe, *probeHeap, flag.Args()); err != nil {
+			fmt.Fprintf(os.Stderr, "compare -probe: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := compare(ctx, cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "compare: %v\n", err)
 		os.Exit(1)

@@ -242,7 +242,7 @@ func (r *results) markdown() string {
 		}
 	}
 	if len(r.MemoryPeaks) > 0 {
-		p("\nThe same, in-process (perf/compare calling the library as the command does), memory sampled every 20 ms, at the peak RSS (MiB):\n\n| run | RSS before | peak RSS | anonymous | file-backed | Go heap objects | Go free heap | Go stacks | Go resident in all |\n|---|---|---|---|---|---|---|---|---|\n")
+		p("\nThe same in a fresh process of perf/compare (-probe: the library calls the command makes), its memory sampled every 20 ms, at the peak RSS (MiB):\n\n| run | RSS before | peak RSS | anonymous | file-backed | Go heap objects | Go free heap | Go stacks | Go resident in all |\n|---|---|---|---|---|---|---|---|---|\n")
 		for _, m := range r.MemoryPeaks {
 			p("| %s | %d | %d | %d | %d | %d | %d | %d | %d |\n", m.Op, m.Baseline>>20, m.RSS>>20, m.RSSAnon>>20, m.RSSFile>>20, m.HeapObjects>>20, m.HeapFree>>20, m.Stacks>>20, m.GoResident>>20)
 		}
@@ -250,7 +250,7 @@ func (r *results) markdown() string {
 	for _, pr := range r.Profiles {
 		kind := "CPU profile"
 		if strings.HasPrefix(pr.Op, "memory-") {
-			kind = "Heap profile nearest the peak RSS"
+			kind = "Heap profile taken nearest the peak RSS"
 		}
 		p("\n%s, %s (`%s`):\n\n```\n%s```\n", kind, pr.Op, pr.Command, pr.Top)
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -45,6 +46,10 @@ type Plan struct {
 // no parsed time overflows.
 const maxUnixMilli = 253402300800000
 
+// maxWaitMilli bounds a mark's grace period so that it converts to a
+// time.Duration without overflow (about 292 years).
+const maxWaitMilli = math.MaxInt64 / int64(time.Millisecond)
+
 func (p *Plan) marshal() []byte {
 	out := []byte{1}
 	out = binary.AppendUvarint(out, uint64(p.Created.UnixMilli()))
@@ -75,7 +80,7 @@ func ParsePlan(b []byte) (*Plan, error) {
 		var id pack.ID
 		copy(id[:], r.bytes(32))
 		marked := int64(r.uvarint(maxUnixMilli))
-		wait := int64(r.uvarint(maxUnixMilli))
+		wait := int64(r.uvarint(uint64(maxWaitMilli)))
 		if _, dup := p.Marks[id]; dup && r.err == nil {
 			r.err = errPlanFormat
 		}
