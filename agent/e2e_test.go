@@ -362,4 +362,27 @@ func TestReplicateWithoutSnapshotMetadata(t *testing.T) {
 	if got, _ := os.ReadFile(out); !bytes.Equal(got, snapshotBytes(t, e, id)) {
 		t.Fatal("restored bytes differ from the snapshot")
 	}
+
+	// The next snapshot is compared with this one (backup.Options.Basis)
+	// instead of chunked whole; it restores as exactly.
+	csitest.WithMounted(t, e.hook, volID, func(dir string) { writeFiles(t, dir, "q", 2, 128<<10, 4) })
+	s2, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{SourceVolumeId: volID, Name: "snap-plain-2", Parameters: snapshotParams(e.repoURL, "snap-plain-2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id2 := s2.GetSnapshot().GetSnapshotId()
+	m2 := waitReplicated(t, e, id2)
+	if m2.Params["mode"] != "full" || m2.Params["basis"] != m.ID {
+		t.Fatalf("second snapshot: mode %q, basis %q: want full, compared with %s", m2.Params["mode"], m2.Params["basis"], m.ID[:12])
+	}
+	if m2.Stats.NewChunks == 0 || m2.Stats.NewChunks >= m.Stats.Chunks {
+		t.Fatalf("second snapshot stored %d new chunks of %d", m2.Stats.NewChunks, m.Stats.Chunks)
+	}
+	out2 := filepath.Join(t.TempDir(), "restored2.img")
+	if _, err := restore.Run(ctx, r, m2, out2, restore.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(out2); !bytes.Equal(got, snapshotBytes(t, e, id2)) {
+		t.Fatal("second snapshot's restored bytes differ from it")
+	}
 }

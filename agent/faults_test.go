@@ -19,6 +19,7 @@ import (
 	"github.com/ferrydr/ferry/transport/erasure"
 	"github.com/ferrydr/ferry/transport/objstore"
 	"github.com/ferrydr/ferry/transport/repo"
+	"github.com/ferrydr/ferry/verify"
 )
 
 // faultRepo is a 2+1 repository on three MinIO servers, each reached
@@ -139,13 +140,9 @@ func TestRestoreTargetFaults(t *testing.T) {
 	}
 }
 
-// TestBackupTargetFaults documents the write policy: a pack counts as
-// written only when all k+m shards are, each request retried (5 attempts,
-// backoff to 2 s; a request that moves nothing for the stall timeout
-// counts as failed). A target that resets connections or is slow for a
-// while is ridden out; one that stays down fails the backup with an error
-// naming it, writes no manifest, and the next backup, once the target is
-// back, succeeds and restores.
+// TestBackupTargetFaults: a target that resets connections, is slow or
+// hangs for a while (less than the write retries last) is ridden out: the
+// backup writes everything, degrades nothing, and restores.
 func TestBackupTargetFaults(t *testing.T) {
 	f := startFaultRepo(t)
 	img := filepath.Join(t.TempDir(), "vol.img")
@@ -176,42 +173,197 @@ func TestBackupTargetFaults(t *testing.T) {
 			if err != nil {
 				t.Fatalf("backup with target 2 %s for a while: %v", fault.Mode, err)
 			}
+			if len(sum.Degraded) > 0 {
+				t.Errorf("a target %s for 1.5 s degraded the backup: %s", fault.Mode, sum.DegradedMessage())
+			}
 			restoreEquals(t, f, sum.SnapshotID, img)
 		})
 	}
+}
 
-	t.Run("down", func(t *testing.T) {
-		if err := volume.Mutate(img, 8, 1<<20, 99); err != nil {
-			t.Fatal(err)
+// TestBackupTargetDown documents the write policy for a target that stays
+// down: the backup goes on without it (2+1 over three targets survives
+// one loss), says what target 2 lacks, and commits a snapshot that
+// verify calls degraded, not lost; once the target is back, repair writes
+// what it lacks, and the snapshot restores without target 1, from the
+// repaired shards.
+func TestBackupTargetDown(t *testing.T) {
+	f := startFaultRepo(t)
+	img := filepath.Join(t.TempDir(), "vol.img")
+	if err := volume.Write(img, volume.Spec{Size: 64 << 20, DataFrac: 0.6, Seed: 13}); err != nil {
+		t.Fatal(err)
+	}
+	// A first snapshot with every target up: target 2 keeps its objects.
+	if _, err := backup.File(t.Context(), f.open(t), img, backup.Options{Name: "vol"}); err != nil {
+		t.Fatal(err)
+	}
+	for i, fault := range []faultproxy.Fault{{Mode: faultproxy.Refuse}, {Mode: faultproxy.Reset}, {Mode: faultproxy.Hang}} {
+		whole := i == 0 // down for the whole backup, else from the middle of it
+		name := "mid-backup-" + fault.Mode.String()
+		if whole {
+			name = "whole-backup-" + fault.Mode.String()
 		}
-		before := snapshotCount(t, f)
-		prog := &backup.Progress{}
-		f.duringTransfer(t, prog.Read.Load, faultproxy.Fault{Mode: faultproxy.Refuse})
-		start := time.Now()
-		_, err := backup.File(t.Context(), f.open(t), img, backup.Options{Name: "vol", Progress: prog})
-		if err == nil {
-			t.Fatal("a backup with a target down for good succeeded")
+		t.Run(name, func(t *testing.T) {
+			if err := volume.Mutate(img, 24, 1<<20, uint64(100+i)); err != nil {
+				t.Fatal(err)
+			}
+			before := manifestsOn(t, f, 1)
+			prog := &backup.Progress{}
+			if whole {
+				f.proxies[1].Set(fault)
+				t.Cleanup(func() { f.proxies[1].Set(faultproxy.Fault{Mode: faultproxy.Pass}) })
+			} else {
+				f.duringTransfer(t, prog.Stored.Load, fault)
+			}
+			start := time.Now()
+			sum, err := backup.File(t.Context(), f.open(t), img, backup.Options{Name: "vol", Progress: prog})
+			took := time.Since(start)
+			if err != nil {
+				t.Fatalf("backup with target 2 %s: %v", fault.Mode, err)
+			}
+			msg := sum.DegradedMessage()
+			t.Logf("backup with target 2 %s: %s, %d new packs, in %s; %s", fault.Mode, sum.SnapshotID[:12], sum.Packs, took.Round(time.Millisecond), msg)
+			if len(sum.Degraded) != 1 || sum.Degraded[0].Target != 2 {
+				t.Fatalf("degraded = %+v, want target 2 only", sum.Degraded)
+			}
+			d := sum.Degraded[0]
+			if !strings.Contains(d.Location, f.proxies[1].Addr) || !strings.Contains(msg, f.proxies[1].Addr) {
+				t.Errorf("the report does not name the target's location %s: %+v; %s", f.proxies[1].Addr, d, msg)
+			}
+			// One shard of each pack goes to target 2; the manifest and
+			// at least one index object did not get there.
+			if whole && d.Shards != int(sum.Packs) || d.Shards < 1 || d.Shards > int(sum.Packs) {
+				t.Errorf("%d shards not written to target 2, for %d new packs", d.Shards, sum.Packs)
+			}
+			if d.Objects < 2 {
+				t.Errorf("%d replicated objects not written to target 2, want the manifest and an index object at least", d.Objects)
+			}
+			if took > 90*time.Second {
+				t.Errorf("backup took %s", took)
+			}
+
+			f.proxies[1].Set(faultproxy.Fault{Mode: faultproxy.Pass})
+			if got := manifestsOn(t, f, 1); got != before {
+				t.Fatalf("target 2 has %d manifests, had %d before the backup it missed", got, before)
+			}
+			rep, err := verify.Run(t.Context(), f.open(t), verify.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Status != verify.Degraded || !errors.Is(rep.Err(), verify.ErrDegraded) || len(rep.Lost) > 0 {
+				t.Fatalf("verify after a degraded backup: %s (%v), lost %v; want degraded, repairable", rep.Status, rep.Err(), rep.Lost)
+			}
+			r := f.open(t)
+			fixed, err := verify.Repair(t.Context(), r, rep)
+			if err != nil {
+				t.Fatalf("repair: %v (%+v)", err, fixed)
+			}
+			// A write that failed while the target hung may have been
+			// stored: such a shard needs no repair.
+			if len(fixed.Shards) == 0 || len(fixed.Shards) > d.Shards {
+				t.Errorf("repair rebuilt %d shards, the backup skipped %d", len(fixed.Shards), d.Shards)
+			}
+			rep, err = verify.Run(t.Context(), f.open(t), verify.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Status > verify.Notice {
+				t.Fatalf("verify after repair: %s: %v", rep.Status, rep.Problems)
+			}
+			if got := manifestsOn(t, f, 1); got != before+1 {
+				t.Fatalf("target 2 has %d manifests after repair, want %d", got, before+1)
+			}
+
+			// Without target 1, every pack needs its shard on target 2.
+			f.proxies[0].Set(faultproxy.Fault{Mode: faultproxy.Refuse})
+			defer f.proxies[0].Set(faultproxy.Fault{Mode: faultproxy.Pass})
+			restoreEquals(t, f, sum.SnapshotID, img)
+		})
+	}
+}
+
+// TestBackupTwoTargetsDown: with two of three targets down a 2+1 layout
+// cannot hold a pack, so the backup fails with one line naming both, and
+// commits nothing anywhere; the next backup, every target back, succeeds.
+func TestBackupTwoTargetsDown(t *testing.T) {
+	f := startFaultRepo(t)
+	img := filepath.Join(t.TempDir(), "vol.img")
+	if err := volume.Write(img, volume.Spec{Size: 64 << 20, DataFrac: 0.6, Seed: 14}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := backup.File(t.Context(), f.open(t), img, backup.Options{Name: "vol"}); err != nil {
+		t.Fatal(err)
+	}
+	refuse := faultproxy.Fault{Mode: faultproxy.Refuse}
+	for i, mid := range []bool{false, true} {
+		name := "from-the-start"
+		if mid {
+			name = "second-mid-backup"
 		}
-		t.Logf("backup with target 2 down: failed after %s: %v", time.Since(start).Round(time.Millisecond), err)
-		if !strings.Contains(err.Error(), f.proxies[1].Addr) {
-			t.Errorf("the error does not name the target: %v", err)
-		}
-		if !objstore.IsTransient(errors.Unwrap(err)) && !strings.Contains(err.Error(), "refused") {
-			t.Errorf("the error does not say the target is unreachable: %v", err)
-		}
-		if time.Since(start) > time.Minute {
-			t.Errorf("gave up only after %s", time.Since(start))
-		}
-		f.proxies[1].Set(faultproxy.Fault{Mode: faultproxy.Pass})
-		if n := snapshotCount(t, f); n != before {
-			t.Fatalf("the failed backup left a manifest: %d snapshots, was %d", n, before)
-		}
-		sum, err := backup.File(t.Context(), f.open(t), img, backup.Options{Name: "vol"})
-		if err != nil {
-			t.Fatalf("the next backup, target back: %v", err)
-		}
-		restoreEquals(t, f, sum.SnapshotID, img)
-	})
+		t.Run(name, func(t *testing.T) {
+			if err := volume.Mutate(img, 8, 1<<20, uint64(200+i)); err != nil {
+				t.Fatal(err)
+			}
+			var before [3]int
+			for j := range before {
+				before[j] = manifestsOn(t, f, j)
+			}
+			prog := &backup.Progress{}
+			f.proxies[1].Set(refuse)
+			if mid {
+				go func() {
+					for prog.Stored.Load() < 4<<20 {
+						time.Sleep(5 * time.Millisecond)
+					}
+					// Reset, not refuse: objstore does not retry the
+					// error a connection closed by a stopping server
+					// gives (see the report), so it fails at once.
+					f.proxies[2].Set(faultproxy.Fault{Mode: faultproxy.Reset})
+				}()
+			} else {
+				f.proxies[2].Set(refuse)
+			}
+			start := time.Now()
+			_, err := backup.File(t.Context(), f.open(t), img, backup.Options{Name: "vol", Progress: prog})
+			took := time.Since(start)
+			f.proxies[1].Set(faultproxy.Fault{Mode: faultproxy.Pass})
+			f.proxies[2].Set(faultproxy.Fault{Mode: faultproxy.Pass})
+			if err == nil {
+				t.Fatal("a backup with two of three targets down succeeded")
+			}
+			t.Logf("backup with targets 2 and 3 down (%s): failed after %s: %v", name, took.Round(time.Millisecond), err)
+			if !errors.Is(err, repo.ErrUnavailable) || strings.Contains(err.Error(), "\n") ||
+				!strings.Contains(err.Error(), f.proxies[1].Addr) || !strings.Contains(err.Error(), f.proxies[2].Addr) {
+				t.Errorf("want one line naming targets 2 and 3 as unavailable, got: %v", err)
+			}
+			if took > time.Minute {
+				t.Errorf("gave up only after %s", took)
+			}
+			for j := range before {
+				if n := manifestsOn(t, f, j); n != before[j] {
+					t.Errorf("the failed backup left a manifest on target %d: %d, was %d", j+1, n, before[j])
+				}
+			}
+			sum, err := backup.File(t.Context(), f.open(t), img, backup.Options{Name: "vol"})
+			if err != nil {
+				t.Fatalf("the next backup, targets back: %v", err)
+			}
+			if len(sum.Degraded) > 0 {
+				t.Errorf("the next backup, targets back: %s", sum.DegradedMessage())
+			}
+			restoreEquals(t, f, sum.SnapshotID, img)
+		})
+	}
+}
+
+// manifestsOn counts the manifests target i (0-based) holds.
+func manifestsOn(t *testing.T, f *faultRepo, i int) int {
+	t.Helper()
+	n := 0
+	if err := f.stores()[i].List(t.Context(), "snapshots/", func(objstore.Info) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func snapshotCount(t *testing.T, f *faultRepo) int {

@@ -19,6 +19,8 @@ type metrics struct {
 	bytes       *prometheus.CounterVec
 	duration    *prometheus.HistogramVec
 	lastSuccess *prometheus.GaugeVec
+	degraded    prometheus.Counter
+	notWritten  *prometheus.CounterVec
 
 	// Continuous verification (verifyloop.go).
 	restorable          *prometheus.GaugeVec
@@ -56,6 +58,12 @@ func newMetrics(q *queue.Queue) *metrics {
 		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ferry_replication_last_success_timestamp_seconds", Help: "Creation time of the newest replicated snapshot of a volume (Unix time): RPO is now minus this.",
 		}, []string{"volume", "namespace"}),
+		degraded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ferry_backup_degraded_total", Help: "Backups committed while a target was down: restorable, with less redundancy until repair.",
+		}),
+		notWritten: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_backup_not_written_total", Help: "What degraded backups did not write to the targets that were down (kind: shards, objects); repair writes it.",
+		}, []string{"kind"}),
 
 		restorable: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ferry_restorable_snapshot_timestamp_seconds",
@@ -106,7 +114,7 @@ func newMetrics(q *queue.Queue) *metrics {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_replication_jobs_queued", Help: "Replication jobs in the queue, running ones included."},
 			func() float64 { return float64(len(q.List())) }))
 	}
-	m.reg.MustRegister(m.jobs, m.running, m.bytes, m.duration, m.lastSuccess,
+	m.reg.MustRegister(m.jobs, m.running, m.bytes, m.duration, m.lastSuccess, m.degraded, m.notWritten,
 		m.restorable, m.drillDuration, m.drillBytesPerSecond, m.drillRuns, m.shardsMissing, m.shardsCorrupt, m.packsAtRisk,
 		m.repairShards, m.verifyBytes, m.verifyRuns, m.forgotten, m.pruneRuns, m.prunedPacks, m.prunedBytes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -121,6 +129,13 @@ func (m *metrics) observe(s hook.Snapshot, r *replicate.Result, d time.Duration)
 		m.bytes.WithLabelValues("new").Add(float64(r.Summary.BytesNew))
 		m.bytes.WithLabelValues("stored").Add(float64(r.Summary.BytesStored))
 		m.duration.WithLabelValues(r.Mode).Observe(d.Seconds())
+		if len(r.Summary.Degraded) > 0 {
+			m.degraded.Inc()
+			for _, t := range r.Summary.Degraded {
+				m.notWritten.WithLabelValues("shards").Add(float64(t.Shards))
+				m.notWritten.WithLabelValues("objects").Add(float64(t.Objects))
+			}
+		}
 	}
 	// The snapshot's own time, so that RPO = now - this gauge.
 	at := s.CreatedAt

@@ -230,7 +230,7 @@ func (v *verifier) loop(ctx context.Context, ref repoRef) {
 func (l *repoLoop) prune(ctx context.Context) {
 	m := l.v.m
 	start := time.Now()
-	r, err := l.open(ctx, nil)
+	r, _, err := l.open(ctx, nil)
 	var rep *repo.PruneReport
 	if err == nil {
 		rep, err = r.Prune(ctx, repo.PruneOptions{Grace: l.v.cfg.PruneGrace})
@@ -256,15 +256,16 @@ func (l *repoLoop) prune(ctx context.Context) {
 }
 
 // open opens the repository, reading the Secret afresh (it may have been
-// rotated). With lim, every object read is paced by it.
-func (l *repoLoop) open(ctx context.Context, lim *limiter) (*repo.Repo, error) {
+// rotated), and returns it with the password it opened with. With lim,
+// every object read is paced by it.
+func (l *repoLoop) open(ctx context.Context, lim *limiter) (*repo.Repo, []byte, error) {
 	sec, err := l.v.secrets.Secret(ctx, l.ref.SecretNamespace, l.ref.SecretName)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	locs, err := objstore.ParseRepo(l.ref.Repository)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	stores := objstore.OpenAll(ctx, locs, sec.Env)
 	if lim != nil {
@@ -274,9 +275,9 @@ func (l *repoLoop) open(ctx context.Context, lim *limiter) (*repo.Repo, error) {
 	}
 	r, err := repo.Open(ctx, stores, sec.Password)
 	if err != nil {
-		return nil, fmt.Errorf("open repository: %w", err)
+		return nil, nil, fmt.Errorf("open repository: %w", err)
 	}
-	return r, nil
+	return r, sec.Password, nil
 }
 
 // readPercent is the share of the packs one run may read: budget bytes per
@@ -299,7 +300,7 @@ func (l *repoLoop) verify(ctx context.Context) {
 		m.verifyRuns.WithLabelValues("error").Inc()
 		l.log.Error("verification could not run", "step", what, "error", err, "seconds", time.Since(start).Seconds())
 	}
-	r, err := l.open(ctx, newLimiter(float64(cfg.VerifyBytesPerSecond)))
+	r, password, err := l.open(ctx, newLimiter(float64(cfg.VerifyBytesPerSecond)))
 	if err != nil {
 		fail("open", err)
 		return
@@ -326,7 +327,7 @@ func (l *repoLoop) verify(ctx context.Context) {
 	// bytes of its size without reading it; it runs every ChecksumInterval,
 	// the cheaper size check in between.
 	sizesOnly := time.Since(l.checksummed) < cfg.ChecksumInterval
-	rep, err := verify.Run(ctx, r, verify.Options{ReadDataPercent: pct, SizesOnly: sizesOnly, StateFile: filepath.Join(stateDir, l.ref.key()+".json")})
+	rep, err := verify.Run(ctx, r, verify.Options{ReadDataPercent: pct, SizesOnly: sizesOnly, StateFile: filepath.Join(stateDir, l.ref.key()+".json"), Password: password})
 	if err != nil {
 		fail("verify", err)
 		return
@@ -384,7 +385,7 @@ func (l *repoLoop) verify(ctx context.Context) {
 // when repair could not run), so the metrics show the repository as it is
 // after the repair.
 func (l *repoLoop) repair(ctx context.Context, rep *verify.Report) *verify.Report {
-	r, err := l.open(ctx, nil) // writes are not paced: they are what the repository lacks
+	r, password, err := l.open(ctx, nil) // writes are not paced: they are what the repository lacks
 	if err != nil {
 		l.log.Error("repair could not run", "step", "open", "error", err)
 		return nil
@@ -397,7 +398,7 @@ func (l *repoLoop) repair(ctx context.Context, rep *verify.Report) *verify.Repor
 	if err != nil {
 		l.log.Warn("repair incomplete", "error", err)
 	}
-	after, err := verify.Run(ctx, r, verify.Options{})
+	after, err := verify.Run(ctx, r, verify.Options{Password: password})
 	if err != nil {
 		l.log.Error("verify after repair", "error", err)
 		return nil
@@ -491,7 +492,7 @@ func (l *repoLoop) publish() {
 
 func (l *repoLoop) drill(ctx context.Context) {
 	m := l.v.m
-	r, err := l.open(ctx, nil)
+	r, _, err := l.open(ctx, nil)
 	var idx *repo.Index
 	var snaps []*repo.Snapshot
 	if err == nil {

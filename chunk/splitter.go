@@ -111,7 +111,7 @@ func (s *Splitter) Next(buf []byte) (Chunk, error) {
 		return Chunk{}, s.fail(err)
 	}
 	off, n := s.base+int64(c.Start), int64(c.Length)
-	if isZero(c.Data) {
+	if IsZero(c.Data) {
 		// Either a stride-long chunk at the start of a zero run, or the
 		// volume's last chunk.
 		return s.zeroRun(off, off+n)

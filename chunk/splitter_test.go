@@ -512,16 +512,16 @@ func TestParamsValidate(t *testing.T) {
 func TestZeroHelpers(t *testing.T) {
 	for _, n := range []int{0, 1, 7, 4095, 4096, 4097, 16 << 10, 40000} {
 		b := make([]byte, n)
-		if !isZero(b) || firstNonZero(b) != n {
-			t.Fatalf("%d zeros: isZero %v, firstNonZero %d", n, isZero(b), firstNonZero(b))
+		if !IsZero(b) || firstNonZero(b) != n {
+			t.Fatalf("%d zeros: isZero %v, firstNonZero %d", n, IsZero(b), firstNonZero(b))
 		}
 		for _, i := range []int{0, n / 2, n - 1} {
 			if i < 0 || i >= n {
 				continue
 			}
 			b[i] = 1
-			if isZero(b) || firstNonZero(b) != i {
-				t.Fatalf("%d bytes, non-zero at %d: isZero %v, firstNonZero %d", n, i, isZero(b), firstNonZero(b))
+			if IsZero(b) || firstNonZero(b) != i {
+				t.Fatalf("%d bytes, non-zero at %d: isZero %v, firstNonZero %d", n, i, IsZero(b), firstNonZero(b))
 			}
 			b[i] = 0
 		}

@@ -5,8 +5,8 @@ import "bytes"
 // zeros is compared against with bytes.Equal, which the runtime vectorises.
 var zeros [16 << 10]byte
 
-// isZero reports whether every byte of b is zero.
-func isZero(b []byte) bool {
+// IsZero reports whether every byte of b is zero.
+func IsZero(b []byte) bool {
 	for len(b) > 0 {
 		n := min(len(b), len(zeros))
 		if !bytes.Equal(b[:n], zeros[:n]) {

@@ -120,7 +120,7 @@ func NewStages(data []byte, scheme erasure.Scheme) (*Stages, error) {
 		return nil, err
 	}
 	// The settings of transport/pack.NewCodec, one encoder per core measured.
-	zenc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	zenc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true), zstd.WithEncoderCRC(false))
 	if err != nil {
 		return nil, err
 	}

@@ -7,8 +7,11 @@
 //     data/ on every target (in that order, each prefix on all targets
 //     before the next: the reverse of a backup's commit order, so a backup
 //     running meanwhile shows up as unreferenced shards at worst), reads
-//     every index object and manifest once (from one target each), and
-//     checks manifest -> index -> pack -> shards: every chunk a manifest
+//     every target's copy of every key object, index object and manifest
+//     and its config (a copy that differs from the authenticated one is
+//     corrupt; with Options.Password, key objects must open with it to the
+//     repository's master key), and checks manifest -> index -> pack ->
+//     shards: every chunk a manifest
 //     names is in the index, every pack the index names has all k+m shard
 //     objects on their targets with the size the pack length implies
 //     (64-byte header + ceil(packLen/k)), and every replicated object
@@ -25,19 +28,23 @@
 //     unless a manifest needs chunks the index lost: then their pack headers
 //     are read to tell a rebuildable index from lost data. Cost: one LIST
 //     per prefix and target (about one request per 1000 objects), the index
-//     and manifests, and one HEAD per shard (Report.HeadRequests); no shard
-//     data is downloaded.
+//     and manifests from every target (T times about 45 bytes per chunk
+//     indexed plus 40 per chunk of each snapshot), and one HEAD per shard
+//     (Report.HeadRequests); no shard data is downloaded.
 //   - Read data (ReadDataPercent N): downloads every shard of N% of the
 //     packs the index knows and checks each shard's header and CRC-32C, the
 //     decoded pack against its ID, the pack header, that the index agrees
 //     with it, and that every blob decrypts and hashes to its chunk ID;
-//     each shard's CRC32C is also compared with the index's record, so a
-//     shard that passes its own checks but is not the one written is
-//     found too. The
+//     each shard's CRC32C is also compared with the index's record, and
+//     every shard with the decoded pack's erasure re-encoding, so a shard
+//     that passes its own checks but is not the one written (forged: CRC32C
+//     is no MAC) is found too, parity included; a pack that does not match
+//     its ID is decoded again without each shard in turn. The
 //     packs are taken in pack-ID order from a cursor kept in a state file,
 //     so ceil(100/N) runs cover every pack and then start over. Cost: N% of
 //     the stored bytes ((k+m)/k times the packed data) per run. Memory:
-//     Workers × about (2 + m/k) pack sizes.
+//     Workers × about (3 + 2m/k) pack sizes (the shards, the pack, its
+//     re-encoding).
 //   - Drill: restores one snapshot into an io.WriterAt (Discard, or a scratch
 //     file or device), checks every chunk hash and the whole-volume digest,
 //     and measures the time it took: the RTO evidence. Cost: the snapshot's

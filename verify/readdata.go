@@ -218,18 +218,27 @@ func (c *checker) deepCheck(ctx context.Context, id pack.ID) (int64, error) {
 	if err := ctx.Err(); err != nil {
 		return read, err
 	}
-	p, rep, err := c.r.Coder.Decode(id, objs)
-	if err != nil {
-		why := err.Error()
-		if errors.Is(err, erasure.ErrTooFewShards) {
-			why = fmt.Sprintf("%d of %d shards intact, %d needed", rep.Healthy(), c.n, c.k)
+	// The shards left pass their checksums, which a forger can make them
+	// do: the pack must match its ID, and each shard its re-encoding.
+	p, bad, err := c.r.DecodeAuthentic(id, objs)
+	switch {
+	case errors.Is(err, erasure.ErrTooFewShards):
+		intact := 0
+		for _, o := range objs {
+			if o != nil {
+				intact++
+			}
 		}
-		c.markLost(id, KindPackLost, why)
+		c.markLost(id, KindPackLost, fmt.Sprintf("%d of %d shards pass their checks, %d needed", intact, c.n, c.k))
+		return read, nil
+	case err != nil:
+		c.markLost(id, KindPackCorrupt, "no set of the shards decodes to the pack its ID names: "+err.Error())
 		return read, nil
 	}
-	if pack.Sum(p) != id {
-		c.markLost(id, KindPackCorrupt, "decoded pack does not hash to its ID")
-		return read, nil
+	for i, why := range bad {
+		if why != "" {
+			c.reportShard(id, i, erasure.TargetFor(i, c.T), KindShardCorrupt, why)
+		}
 	}
 	entries, err := c.r.Codec.ParseHeader(p)
 	if err != nil {

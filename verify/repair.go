@@ -19,11 +19,13 @@ type Repaired struct {
 }
 
 // Repair fixes what a verify report found: replicated objects are copied to
-// targets that lack them (a bucket recreated empty included), packs that
+// targets that lack them (a bucket recreated empty included) and over
+// copies that differ from the good one, packs that
 // hold chunks a snapshot needs but no index names get an index object
 // rebuilt from their headers, and every pack with missing, truncated or
-// corrupt shards is rebuilt from at least k intact ones, each rewritten
-// shard checked against the CRC32C the index recorded for it. Packs whose
+// corrupt shards is rebuilt from shards that make the authentic pack (one
+// that matches its ID), each rewritten shard checked against the CRC32C
+// the index recorded for it. Packs whose
 // index was rebuilt have every shard checked and repaired too. Shards of
 // packs no index knows are left alone: they may belong to a backup still
 // running, which indexes them when its shards are written. Every step is
@@ -32,11 +34,17 @@ type Repaired struct {
 func Repair(ctx context.Context, r *repo.Repo, rep *Report) (*Repaired, error) {
 	out := &Repaired{}
 	var damaged, unindexed []pack.ID
+	var corrupt []repo.CopyRef
 	metadata := false
 	for _, p := range rep.Problems {
 		switch p.Kind {
 		case KindObjectMissing, KindObjectCorrupt:
 			metadata = true
+			if p.Kind == KindObjectCorrupt && p.Target > 0 && p.Object != "config" {
+				corrupt = append(corrupt, repo.CopyRef{Target: p.Target - 1, Name: p.Object})
+			}
+		case KindObjectForeign:
+			corrupt = append(corrupt, repo.CopyRef{Target: -1, Name: p.Object}) // spread it nowhere
 		case KindIndexRebuildable:
 			if id, err := pack.ParseID(p.Pack); err == nil && !slices.Contains(unindexed, id) {
 				unindexed = append(unindexed, id)
@@ -48,7 +56,7 @@ func Repair(ctx context.Context, r *repo.Repo, rep *Report) (*Repaired, error) {
 		}
 	}
 	if metadata {
-		copied, err := r.RepairMetadata(ctx)
+		copied, err := r.RepairMetadata(ctx, corrupt...)
 		out.Copied = copied
 		if err != nil {
 			out.Failed = append(out.Failed, fmt.Sprintf("metadata: %v", err))

@@ -55,9 +55,10 @@ func (s Severity) MarshalText() ([]byte, error) { return []byte(s.String()), nil
 const (
 	KindTargetUnavailable    = "target-unavailable"
 	KindObjectMissing        = "object-missing"   // a replicated object (config, keys, index, manifest) absent from a target
-	KindObjectCorrupt        = "object-corrupt"   // a target's copy of a replicated object does not open
-	KindIndexUnreadable      = "index-unreadable" // no target has a good copy of an index object
-	KindSnapshotLost         = "snapshot-lost"    // no target has a good copy of a manifest
+	KindObjectCorrupt        = "object-corrupt"   // a target's copy of a replicated object differs from the good copy, or does not open
+	KindObjectForeign        = "object-foreign"   // a key object no target has a valid copy of, or one that opens to another master key
+	KindIndexUnreadable      = "index-unreadable" // no target has a valid copy of an object under index/
+	KindSnapshotLost         = "snapshot-lost"    // no target has a valid copy of an object under snapshots/
 	KindShardMissing         = "shard-missing"
 	KindShardSize            = "shard-size"            // listed size differs from header + ceil(packLen/k)
 	KindShardCorrupt         = "shard-corrupt"         // the store's CRC32C differs from the index's, or a downloaded shard fails its checks

@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ferrydr/ferry/chunk"
+	"github.com/ferrydr/ferry/transport/crypt"
 	"github.com/ferrydr/ferry/transport/erasure"
 	"github.com/ferrydr/ferry/transport/objstore"
 	"github.com/ferrydr/ferry/transport/pack"
@@ -39,6 +41,11 @@ type Options struct {
 	StatWorkers int
 	// Progress, when set, counts the shard bytes the read-data level reads.
 	Progress *Progress
+	// Password, when set, is the password the repository was opened with:
+	// every key object must then open with it to the repository's master
+	// key (scrypt, about 100 ms per key object), or is reported. Without
+	// it, key objects are checked against their names only.
+	Password []byte
 }
 
 // Progress counts a running verification's downloads.
@@ -154,6 +161,9 @@ func (c *checker) structural(ctx context.Context, opts Options) error {
 		return err
 	}
 	if err := c.checkReplicas(ctx, opts.StatWorkers); err != nil {
+		return err
+	}
+	if err := c.checkKeysAndConfig(ctx, opts.Password); err != nil {
 		return err
 	}
 	if err := c.loadIndex(ctx, opts.Workers); err != nil {
@@ -430,19 +440,48 @@ func (c *checker) checkReplicas(ctx context.Context, workers int) error {
 	return nil
 }
 
+// dropMissing withdraws the object-missing problems about object, which
+// turned out to have no valid copy or not to be this repository's: the
+// targets without it miss nothing, and repair must not spread it.
+func (c *checker) dropMissing(object string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	problems := c.rep.Problems
+	c.rep.Problems, c.rep.Status = []Problem{}, OK
+	for _, p := range problems {
+		if p.Kind != KindObjectMissing || p.Object != object {
+			c.rep.add(p)
+		}
+	}
+}
+
 // stat is Store.Stat on target t, counted.
 func (c *checker) stat(ctx context.Context, t int, name string) (objstore.Info, error) {
 	c.heads.Add(1)
 	return c.r.Targets[t].Store.Stat(ctx, name)
 }
 
-// fetchReplicated reads a replicated object from the reachable targets that
-// list it, until one copy opens. Copies that fail to open are reported; a
-// copy whose listed size differs from the good one is reported as corrupt
-// without reading it.
-func (c *checker) fetchReplicated(ctx context.Context, dir, id string, sizes func(*listing) map[string]int64, open func([]byte) error) (bool, error) {
-	var good = -1
-	var goodSize int
+// fetchReplicated reads every reachable target's copy of a replicated
+// object (from those that list it): the first copy that opens is the good
+// one, and every other copy must be byte-identical to it (the names are
+// the SHA-256 of the content, so that is what they promise). Once a good
+// copy is known, the copies that differ or do not open are reported as
+// object-corrupt, for repair to replace. When no copy opens, it reports
+// nothing and returns, one per copy, what was wrong with it, for the
+// caller to report the object as a whole.
+//
+// Every copy is downloaded: a verify reads each index object and manifest
+// once from every target that lists it (T times the metadata, which is
+// small next to the data: about 45 bytes per chunk in index objects and
+// 40 per chunk of each snapshot in manifests).
+func (c *checker) fetchReplicated(ctx context.Context, dir, id string, sizes func(*listing) map[string]int64, open func([]byte) error) (bool, []string, error) {
+	type badCopy struct {
+		target int
+		why    string
+	}
+	var bad []badCopy
+	var good []byte
+	goodAt := -1
 	for t, l := range c.listings {
 		if l.err != nil {
 			continue
@@ -451,27 +490,104 @@ func (c *checker) fetchReplicated(ctx context.Context, dir, id string, sizes fun
 			continue
 		}
 		b, err := c.r.Targets[t].Store.Get(ctx, dir+id)
-		if err == nil {
-			if err = open(b); err == nil {
-				good, goodSize = t, len(b)
-				break
+		if ctx.Err() != nil {
+			return false, nil, ctx.Err()
+		}
+		switch {
+		case err != nil:
+			bad = append(bad, badCopy{t, err.Error()})
+		case good != nil:
+			if !bytes.Equal(b, good) {
+				bad = append(bad, badCopy{t, fmt.Sprintf("%d bytes that differ from the good copy on target %d (%d bytes)", len(b), goodAt+1, len(good))})
+			}
+		default:
+			if err := open(b); err != nil {
+				bad = append(bad, badCopy{t, err.Error()})
+			} else {
+				good, goodAt = b, t
 			}
 		}
-		if ctx.Err() != nil {
-			return false, ctx.Err()
-		}
-		c.add(Problem{Severity: Degraded, Kind: KindObjectCorrupt, Target: t + 1, Object: dir + id, Detail: err.Error()})
 	}
-	if good < 0 {
-		return false, nil
+	if good == nil {
+		why := make([]string, len(bad))
+		for i, b := range bad {
+			why[i] = fmt.Sprintf("target %d: %s", b.target+1, b.why)
+		}
+		return false, why, nil
+	}
+	for _, b := range bad {
+		c.add(Problem{Severity: Degraded, Kind: KindObjectCorrupt, Target: b.target + 1, Object: dir + id, Detail: b.why})
+	}
+	return true, nil, nil
+}
+
+// checkKeysAndConfig reads every reachable target's key objects and
+// config (small: a few hundred bytes each) and checks them: a key object's
+// content must match its name and, given the password, open with it to
+// the repository's master key; a config must open with that key and
+// describe this repository at that target's position. A copy that differs
+// from a good one is object-corrupt (repair replaces it); a key object
+// with no good copy, or one that holds another master key, is
+// object-foreign; a config that does not check is object-corrupt, but
+// repair leaves it alone (it might be another repository's target).
+func (c *checker) checkKeysAndConfig(ctx context.Context, password []byte) error {
+	keys := c.names(func(l *listing) map[string]int64 { return l.keys })
+	opened := 0
+	for _, id := range keys {
+		var good []byte
+		ok, why, err := c.fetchReplicated(ctx, "keys/", id, func(l *listing) map[string]int64 { return l.keys }, func(b []byte) error {
+			if err := c.r.CheckKeyObject(id, b, nil); err != nil {
+				return err
+			}
+			good = b
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if !ok {
+			c.dropMissing("keys/" + id)
+			c.add(Problem{Severity: Degraded, Kind: KindObjectForeign, Object: "keys/" + id,
+				Detail: fmt.Sprintf("no target has a valid copy (%s): not a key object Ferry wrote, or one damaged everywhere; it opens nothing; delete it by hand", strings.Join(why, "; "))})
+			continue
+		}
+		if password == nil {
+			continue
+		}
+		// One copy is enough: the others are byte-identical or reported.
+		switch err := c.r.CheckKeyObject(id, good, password); {
+		case err == nil:
+			opened++
+		case errors.Is(err, crypt.ErrWrongPassword):
+			c.add(Problem{Severity: Notice, Kind: KindObjectForeign, Object: "keys/" + id,
+				Detail: "does not open with this password: another password's key object, or not Ferry's"})
+		default:
+			c.dropMissing("keys/" + id)
+			c.add(Problem{Severity: Degraded, Kind: KindObjectForeign, Object: "keys/" + id,
+				Detail: err.Error() + ": a reader that meets it first fails to open the repository; delete it by hand"})
+		}
+	}
+	if password != nil && opened == 0 && len(keys) > 0 {
+		c.add(Problem{Severity: Degraded, Kind: KindObjectForeign, Object: "keys/",
+			Detail: "no key object on the reachable targets opens with this password to the repository's master key"})
 	}
 	for t, l := range c.listings {
-		if size, ok := sizes(l)[id]; ok && l.err == nil && t > good && size != int64(goodSize) {
-			c.add(Problem{Severity: Degraded, Kind: KindObjectCorrupt, Target: t + 1, Object: dir + id,
-				Detail: fmt.Sprintf("%d bytes, the good copy on target %d has %d", size, good+1, goodSize)})
+		if l.err != nil || !l.config {
+			continue
+		}
+		b, err := c.r.Targets[t].Store.Get(ctx, "config")
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err == nil {
+			err = c.r.CheckConfig(t, b)
+		}
+		if err != nil {
+			c.add(Problem{Severity: Degraded, Kind: KindObjectCorrupt, Target: t + 1, Object: "config",
+				Detail: err.Error() + "; repair does not overwrite a config: if this target is this repository's, delete its config object and run repair"})
 		}
 	}
-	return true, nil
+	return nil
 }
 
 func (c *checker) names(get func(*listing) map[string]int64) []string {
@@ -500,7 +616,7 @@ func (c *checker) loadIndex(ctx context.Context, workers int) error {
 	for _, id := range names {
 		g.Go(func() error {
 			var batch *repo.IndexBatch
-			ok, err := c.fetchReplicated(gctx, "index/", id, func(l *listing) map[string]int64 { return l.index }, func(b []byte) error {
+			ok, why, err := c.fetchReplicated(gctx, "index/", id, func(l *listing) map[string]int64 { return l.index }, func(b []byte) error {
 				var err error
 				batch, err = c.r.OpenIndexObject(id, b)
 				return err
@@ -509,8 +625,11 @@ func (c *checker) loadIndex(ctx context.Context, workers int) error {
 				return err
 			}
 			if !ok {
+				c.dropMissing("index/" + id)
 				c.add(Problem{Severity: Degraded, Kind: KindIndexUnreadable, Object: "index/" + id,
-					Detail: "no target has a good copy; rebuildable from pack headers"})
+					Detail: fmt.Sprintf("no target has a valid copy (%s); restores and backups skip it. "+
+						"If Ferry wrote it, the chunks it held that snapshots need are reported as chunk-unindexed (repair rebuilds the index from pack headers) or lost; "+
+						"either way, once repair is done, delete it by hand from the targets named", strings.Join(why, "; "))})
 				return nil
 			}
 			c.mu.Lock()
@@ -545,7 +664,7 @@ func (c *checker) loadSnapshots(ctx context.Context, workers int) error {
 	for _, id := range names {
 		g.Go(func() error {
 			var s *repo.Snapshot
-			ok, err := c.fetchReplicated(gctx, "snapshots/", id, func(l *listing) map[string]int64 { return l.snapshots }, func(b []byte) error {
+			ok, why, err := c.fetchReplicated(gctx, "snapshots/", id, func(l *listing) map[string]int64 { return l.snapshots }, func(b []byte) error {
 				var err error
 				s, err = c.r.OpenSnapshot(id, b)
 				return err
@@ -554,8 +673,10 @@ func (c *checker) loadSnapshots(ctx context.Context, workers int) error {
 				return err
 			}
 			if !ok {
+				c.dropMissing("snapshots/" + id)
 				c.add(Problem{Severity: DataLost, Kind: KindSnapshotLost, Object: "snapshots/" + id,
-					Detail: "no target has a good copy of the manifest"})
+					Detail: fmt.Sprintf("no target has a valid copy of the manifest (%s); listings and restores skip it. "+
+						"If it is not a snapshot Ferry wrote (junk, or another tool's), delete it by hand from the targets named", strings.Join(why, "; "))})
 				c.mu.Lock()
 				c.rep.Lost = append(c.rep.Lost, SnapshotRef{ID: id, Why: []string{"manifest unreadable on every target"}})
 				c.mu.Unlock()

@@ -1,12 +1,18 @@
 package backup
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +40,12 @@ type Options struct {
 	// a full backup of the same bytes.
 	Parent  *repo.Snapshot
 	Changed []chunk.Range
+	// Basis, without Parent, is an earlier snapshot of the same volume
+	// whose changes are not known: the backup finds them by reading the
+	// basis's chunks again and comparing their keyed hashes (see
+	// findChanges), then reads only around those that differ. The result
+	// is again identical to a full backup.
+	Basis   *repo.Snapshot
 	Uploads int // packs uploaded at once; default 2
 	// Progress, when set, is updated as the backup runs.
 	Progress *Progress
@@ -41,12 +53,19 @@ type Options struct {
 
 // Progress counts a running backup's work. Fields are updated atomically.
 type Progress struct {
-	Total  atomic.Int64 // bytes in the volume
-	Done   atomic.Int64 // bytes of the volume chunked and hashed, in order
-	Read   atomic.Int64 // bytes read from the source
-	New    atomic.Int64 // bytes of new chunks (before compression)
-	Stored atomic.Int64 // bytes written to the targets
+	Total atomic.Int64 // bytes in the volume
+	Done  atomic.Int64 // bytes of the volume chunked and hashed, in order
+	// Compared counts the bytes of the volume compared with Options.Basis,
+	// which comes before chunking; Covered combines the two.
+	Compared atomic.Int64
+	Read     atomic.Int64 // bytes read from the source
+	New      atomic.Int64 // bytes of new chunks (before compression)
+	Stored   atomic.Int64 // bytes written to the targets
 }
+
+// Covered is how far the backup has gone through the volume: the bytes
+// compared with the basis until chunking passes them, then those chunked.
+func (p *Progress) Covered() int64 { return max(p.Done.Load(), p.Compared.Load()) }
 
 // Summary reports a finished backup. BytesStored counts everything
 // written to the targets, the manifest's copies included.
@@ -57,6 +76,24 @@ type Summary struct {
 	repo.Stats
 	Duration        time.Duration `json:"-"`
 	DurationSeconds float64       `json:"duration_seconds"`
+	// Degraded lists the targets that were down during the backup and
+	// what they lack: the snapshot is restorable, with less redundancy
+	// until repair (ferry repair, the agent's verify loop) writes it.
+	Degraded []repo.DegradedTarget `json:"degraded,omitempty"`
+}
+
+// DegradedMessage is one line saying what the backup could not write, for
+// people; "" when it wrote everything.
+func (s *Summary) DegradedMessage() string {
+	if len(s.Degraded) == 0 {
+		return ""
+	}
+	var parts []string
+	for _, d := range s.Degraded {
+		parts = append(parts, fmt.Sprintf("target %d (%s) was unavailable; %d shards and %d replicated objects not written there",
+			d.Target, d.Location, d.Shards, d.Objects))
+	}
+	return "degraded: " + strings.Join(parts, "; ") + "; `ferry repair` (or the agent's verify loop) writes them when it is back"
 }
 
 // indexFlush is how many entries an index object holds at most.
@@ -72,10 +109,14 @@ type item struct {
 	done   chan struct{}
 }
 
-// Run backs up the volume src[0:size) into r and commits a snapshot.
+// Run backs up the volume src[0:size) into r and commits a snapshot. It
+// goes on without targets that are or go down while the layout survives
+// their loss (see repo.DegradedWrites); Summary.Degraded says what they
+// lack.
 func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Options) (*Summary, error) {
 	start := time.Now()
-	if err := r.RequireAll(); err != nil {
+	ctx, degraded := repo.DegradedWrites(ctx)
+	if err := r.RequireWritable(); err != nil {
 		return nil, err
 	}
 	// A backup lock tells prune which packs it may still reference (see
@@ -102,7 +143,7 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 		return nil, fmt.Errorf("load index: %w", err)
 	}
 	params := r.Config.Chunking()
-	sp, err := newChunks(src, size, opts, params)
+	sp, err := newChunks(ctx, src, size, opts, params, r.IDKey, prog)
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +160,7 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 		stored    atomic.Int64
 		packs     atomic.Int64
 	)
-	// flushIndex writes the entries of packs whose shards are all written.
+	// flushIndex writes the entries of packs whose shards are written.
 	flushIndex := func(ctx context.Context, min int) error {
 		batchMu.Lock()
 		b := batch
@@ -154,7 +195,7 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 			}
 			it := &item{c: c, done: make(chan struct{})}
 			if reused >= 0 {
-				it.id = opts.Parent.Extents[reused].ID
+				it.id = cmp.Or(opts.Parent, opts.Basis).Extents[reused].ID
 			}
 			hash := !c.Zero && reused < 0
 			if hash {
@@ -311,6 +352,7 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 	d := time.Since(start)
 	sum := &Summary{SnapshotID: id, Name: name, BytesVolume: size, Stats: stats, Duration: d, DurationSeconds: d.Seconds()}
 	sum.BytesStored = stored.Load()
+	sum.Degraded = degraded.Targets()
 	return sum, nil
 }
 
@@ -438,8 +480,11 @@ func (f fullChunks) close() { f.Close() }
 // read the few chunks that changed again.
 type incrementalChunks struct {
 	*chunk.Incremental
-	buf []byte
+	buf      []byte
+	compared int64 // bytes read by findChanges first
 }
+
+func (x incrementalChunks) BytesRead() int64 { return x.compared + x.Incremental.BytesRead() }
 
 func (x incrementalChunks) next() (chunk.Chunk, int, error) {
 	c, reused, err := x.Next(x.buf)
@@ -449,20 +494,32 @@ func (x incrementalChunks) next() (chunk.Chunk, int, error) {
 
 func (incrementalChunks) close() {}
 
-func newChunks(src io.ReaderAt, size int64, opts Options, p chunk.Params) (chunks, error) {
-	if opts.Parent == nil {
+func newChunks(ctx context.Context, src io.ReaderAt, size int64, opts Options, p chunk.Params, ids *chunk.IDKey, prog *Progress) (chunks, error) {
+	parent, changed := opts.Parent, opts.Changed
+	var compared int64
+	if parent == nil && opts.Basis != nil {
+		holes := slices.Clone(opts.Holes)
+		slices.SortFunc(holes, func(a, b chunk.Range) int { return cmp.Compare(a.Off, b.Off) })
+		var err error
+		changed, compared, err = findChanges(ctx, src, size, holes, opts.Basis, ids, p.MaxSize, opts.Workers, prog)
+		if err != nil {
+			return nil, fmt.Errorf("compare with snapshot %s: %w", opts.Basis.ID[:12], err)
+		}
+		parent = opts.Basis
+	}
+	if parent == nil {
 		x, err := chunk.NewParallel(src, size, opts.Holes, p, opts.Workers)
 		return fullChunks{x}, err
 	}
-	prev := make([]chunk.Chunk, len(opts.Parent.Extents))
-	for i, e := range opts.Parent.Extents {
+	prev := make([]chunk.Chunk, len(parent.Extents))
+	for i, e := range parent.Extents {
 		prev[i] = chunk.Chunk{Off: e.Off, Len: e.Len, Zero: e.Zero}
 	}
-	x, err := chunk.NewIncremental(src, size, opts.Holes, p, prev, opts.Changed)
+	x, err := chunk.NewIncremental(src, size, opts.Holes, p, prev, changed)
 	if err != nil {
-		return nil, fmt.Errorf("incremental chunking against snapshot %s: %w", opts.Parent.ID[:12], err)
+		return nil, fmt.Errorf("incremental chunking against snapshot %s: %w", parent.ID[:12], err)
 	}
-	return incrementalChunks{x, make([]byte, p.MaxSize)}, nil
+	return incrementalChunks{x, make([]byte, p.MaxSize), compared}, nil
 }
 
 // File backs up the block device or image file at path: holes are found
@@ -484,6 +541,22 @@ func File(ctx context.Context, r *repo.Repo, path string, opts Options) (*Summar
 	}
 	if opts.Volume.Source == "" {
 		opts.Volume.Source, _ = filepath.Abs(path)
+	}
+	if opts.Parent == nil && opts.Basis == nil {
+		// The newest snapshot of the same name, to compare with (see
+		// Options.Basis); without one, or when it cannot be read, the
+		// backup chunks the whole volume.
+		switch s, err := r.FindSnapshot(ctx, "latest", opts.Name); {
+		case err == nil:
+			opts.Basis = s
+			opts.Params = maps.Clone(opts.Params)
+			if opts.Params == nil {
+				opts.Params = map[string]string{}
+			}
+			opts.Params["basis"] = s.ID
+		case !errors.Is(err, repo.ErrSnapshotNotFound):
+			slog.Warn("no earlier snapshot to compare with, reading the whole volume", "name", opts.Name, "error", err)
+		}
 	}
 	return Run(ctx, r, vol, vol.Size(), opts)
 }

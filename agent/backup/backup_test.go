@@ -163,3 +163,105 @@ func TestIncrementalEqualsFull(t *testing.T) {
 		t.Fatal("incremental snapshot restores differently")
 	}
 }
+
+// TestBasisEqualsFull backs changed volumes up twice, once chunking
+// everything and once comparing with an earlier snapshot (Options.Basis,
+// no list of changes): the manifests must describe the same chunks, and
+// the comparison must read each byte of data about once.
+func TestBasisEqualsFull(t *testing.T) {
+	ctx := context.Background()
+	r := memRepo(t, erasure.Scheme{K: 2, M: 1}, 3)
+	rnd := rand.New(rand.NewPCG(8, 8))
+	a := volume.Data(rnd, 24<<20)
+	clear(a[4<<20 : 7<<20]) // a long zero run: a Zero chunk of the basis
+	s1 := run(t, r, a, nil)
+	basis, err := r.FindSnapshot(ctx, s1.SnapshotID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	changedCopy := func(size int) []byte {
+		b := make([]byte, size)
+		copy(b, a)
+		for _, off := range []int{1 << 20, 9<<20 + 123, 20 << 20} {
+			copy(b[off:], volume.Data(rnd, 8192))
+		}
+		copy(b[5<<20:], volume.Data(rnd, 4096)) // data inside the zero run
+		clear(b[12<<20 : 14<<20])               // data that became zeros
+		return b
+	}
+	for _, tc := range []struct {
+		name  string
+		b     []byte
+		holes []chunk.Range
+	}{
+		{"same size", changedCopy(len(a)), nil},
+		{"same size, holes declared", changedCopy(len(a)), []chunk.Range{{Off: 12 << 20, Len: 2 << 20}}},
+		{"grown", append(changedCopy(len(a)), volume.Data(rnd, 3<<20)...), nil},
+		{"shrunk", changedCopy(len(a))[:17<<20+5], nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			full, err := backup.Run(ctx, r, bytes.NewReader(tc.b), int64(len(tc.b)), backup.Options{Name: "v", Holes: tc.holes})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmpd, err := backup.Run(ctx, r, bytes.NewReader(tc.b), int64(len(tc.b)), backup.Options{Name: "v", Holes: tc.holes, Basis: basis})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fm, _ := r.FindSnapshot(ctx, full.SnapshotID, "")
+			cm, _ := r.FindSnapshot(ctx, cmpd.SnapshotID, "")
+			if fm.Digest != cm.Digest || !reflect.DeepEqual(fm.Extents, cm.Extents) {
+				t.Fatalf("manifest by comparison differs from the full one (%d vs %d extents)", len(cm.Extents), len(fm.Extents))
+			}
+			// Every byte once to compare, then the changed chunks and
+			// their neighbours again.
+			if limit := int64(len(tc.b)) + 10*int64(params.MaxSize) + 3<<20; cmpd.BytesRead > limit {
+				t.Fatalf("comparison read %d bytes of a %d-byte volume (limit %d)", cmpd.BytesRead, len(tc.b), limit)
+			}
+			if cmpd.NewChunks != 0 {
+				t.Fatalf("the same bytes again stored %d new chunks", cmpd.NewChunks)
+			}
+			if got := restoreBytes(t, r, cmpd.SnapshotID); !bytes.Equal(got, tc.b) {
+				t.Fatal("snapshot made by comparison restores differently")
+			}
+		})
+	}
+}
+
+// TestFileComparesWithLatest: backup.File takes the newest snapshot of the
+// same name as its basis, and says so in the manifest.
+func TestFileComparesWithLatest(t *testing.T) {
+	ctx := context.Background()
+	r := memRepo(t, erasure.Scheme{K: 2, M: 1}, 3)
+	rnd := rand.New(rand.NewPCG(9, 9))
+	path := filepath.Join(t.TempDir(), "vol.img")
+	data := volume.Data(rnd, 8<<20)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	first, err := backup.File(ctx, r, path, backup.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(data[3<<20:], volume.Data(rnd, 4096))
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	second, err := backup.File(ctx, r, path, backup.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := r.FindSnapshot(ctx, second.SnapshotID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Params["basis"] != first.SnapshotID {
+		t.Fatalf("second backup's basis %q, want the first snapshot %s", m.Params["basis"], first.SnapshotID[:12])
+	}
+	if second.NewChunks == 0 || second.NewChunks > 3 {
+		t.Fatalf("second backup stored %d new chunks for one changed block", second.NewChunks)
+	}
+	if got := restoreBytes(t, r, second.SnapshotID); !bytes.Equal(got, data) {
+		t.Fatal("restore differs")
+	}
+}

@@ -90,10 +90,12 @@ func (e *Events) started(ctx context.Context, j *Job) {
 	}
 }
 
-func (e *Events) finished(ctx context.Context, j *Job, err error) {
+func (e *Events) finished(ctx context.Context, j *Job, out *Outcome, err error) {
 	what := map[string]string{TypeReplicate: "Replication", TypeRestore: "Restore"}[j.Spec.Type]
 	st := j.Status
 	switch {
+	case err == nil && out != nil && out.Degraded:
+		e.emit(ctx, j, corev1.EventTypeWarning, what+"Degraded", st.Message)
 	case err == nil:
 		e.emit(ctx, j, corev1.EventTypeNormal, what+"Succeeded", st.Message)
 	case st.Phase == PhaseFailed:

@@ -153,6 +153,9 @@ type Outcome struct {
 	BytesRead, BytesNew, BytesStored int64
 	Mode, Snapshot, Volume           string
 	Message                          string // for the status and the Event
+	// Degraded: done, but without a target that was down (see
+	// backup.Summary.Degraded); the Event is a Warning.
+	Degraded bool
 }
 
 // ErrPermanent marks errors that retrying cannot fix (a PVC that exists, a
@@ -468,7 +471,7 @@ func (w *Worker) finish(ctx context.Context, j *Job, p *Progress, out *Outcome, 
 				log.Warn("job attempt failed", "phase", st.Phase, "error", runErr)
 			}
 			if !stopping {
-				w.Events.finished(ctx, j, runErr)
+				w.Events.finished(ctx, j, out, runErr)
 				if w.Observe != nil {
 					w.Observe(j)
 				}

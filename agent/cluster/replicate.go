@@ -35,7 +35,7 @@ func (rp *Replicator) Handle(ctx context.Context, j *Job, p *Progress) (*Outcome
 	s := j.Spec.Replicate.Snapshot
 	pvc := rp.claimOf(ctx, s)
 	bp := &backup.Progress{}
-	p.Track(func() (int64, int64, int64) { return bp.Total.Load(), bp.Done.Load(), bp.Read.Load() })
+	p.Track(func() (int64, int64, int64) { return bp.Total.Load(), bp.Covered(), bp.Read.Load() })
 	p.Say("replicating snapshot %s", s.SnapshotID)
 	start := time.Now()
 	res, err := rp.Runner.Run(ctx, s, replicate.Options{PVC: pvc, Progress: bp})
@@ -54,12 +54,17 @@ func (rp *Replicator) Handle(ctx context.Context, j *Job, p *Progress) (*Outcome
 		return &Outcome{Message: fmt.Sprintf("Ferry had already replicated %s to %s", of, j.Spec.Repository)}, nil
 	}
 	sum := res.Summary
+	var degraded string
+	if msg := sum.DegradedMessage(); msg != "" {
+		degraded = ". " + msg
+		rp.Runner.Log.Warn("replicated without a target that was down", "snapshot", s.SnapshotID, "manifest", sum.SnapshotID, "degraded", sum.Degraded)
+	}
 	return &Outcome{
 		BytesRead: sum.BytesRead, BytesNew: sum.BytesNew, BytesStored: sum.BytesStored,
-		Mode: res.Mode, Snapshot: sum.SnapshotID,
+		Mode: res.Mode, Snapshot: sum.SnapshotID, Degraded: degraded != "",
 		Message: fmt.Sprintf("Ferry replicated %s (%s) to %s as snapshot %s in %s: read %s (%s), stored %s new",
 			of, humanize.IBytes(uint64(sum.BytesVolume)), j.Spec.Repository, sum.SnapshotID[:12], took.Round(time.Millisecond),
-			humanize.IBytes(uint64(sum.BytesRead)), modeWords(res.Mode), humanize.IBytes(uint64(sum.BytesStored))),
+			humanize.IBytes(uint64(sum.BytesRead)), modeWords(res.Mode), humanize.IBytes(uint64(sum.BytesStored))) + degraded,
 	}, nil
 }
 

@@ -155,9 +155,15 @@ func (r *Runner) Run(ctx context.Context, s hook.Snapshot, o Options) (*Result, 
 		},
 		Params: map[string]string{"mode": res.Mode},
 	}
-	if res.Mode == "delta" {
+	switch {
+	case res.Mode == "delta":
 		opts.Parent, opts.Changed = parent, changed
 		opts.Params["parent"] = parent.ID
+	case parent != nil:
+		// No list of changes: compare with the previous snapshot instead
+		// of chunking the whole volume (backup.Options.Basis).
+		opts.Basis = parent
+		opts.Params["basis"] = parent.ID
 	}
 	// The lock tells prune that a backup is running (see repo.Prune): the
 	// packs it marks meanwhile wait until the backup has committed.

@@ -6,15 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/ferrydr/ferry/chunk"
 	"github.com/ferrydr/ferry/transport/erasure"
@@ -131,6 +135,9 @@ func NewPlan(ctx context.Context, r *repo.Repo, s *repo.Snapshot, idx *repo.Inde
 		if idx, err = r.LoadIndex(ctx); err != nil {
 			return nil, fmt.Errorf("load index: %w", err)
 		}
+	}
+	if err := findUnindexed(ctx, r, s, idx); err != nil {
+		return nil, err
 	}
 	p := &Plan{r: r, snap: s, packs: map[pack.ID][]place{}, sizes: map[pack.ID]int64{}}
 	var missing []string
@@ -376,6 +383,68 @@ func dedupe(ps []repo.ShardProblem) []repo.ShardProblem {
 	return out
 }
 
+// findUnindexed looks for the snapshot's chunks that idx does not know in
+// the headers of the packs the targets hold but idx does not (an index
+// object lost or damaged on every target; repair would write it again,
+// but a restore should not need write access to every target), and adds
+// the packs that hold any to idx. Each such pack is read whole.
+func findUnindexed(ctx context.Context, r *repo.Repo, s *repo.Snapshot, idx *repo.Index) error {
+	want := map[chunk.ID]bool{}
+	for _, e := range s.Extents {
+		if !e.Zero && !idx.Has(e.ID) {
+			want[e.ID] = true
+		}
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	var mu sync.Mutex
+	stray := map[pack.ID]bool{}
+	for _, t := range r.Targets {
+		if t.Down() != nil {
+			continue
+		}
+		err := t.Store.List(ctx, "data/", func(i objstore.Info) error {
+			name := strings.TrimSuffix(path.Base(i.Name), path.Ext(i.Name))
+			if id, err := pack.ParseID(name); err == nil {
+				if _, known := idx.Pack(id); !known {
+					mu.Lock()
+					stray[id] = true
+					mu.Unlock()
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			t.MarkDown(err)
+		}
+	}
+	slog.Warn("chunks of the snapshot are missing from the index; looking for them in the headers of the packs it does not know (ferry repair writes the index again)",
+		"snapshot", s.ID[:12], "chunks", len(want), "packs", len(stray))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	for id := range stray {
+		g.Go(func() error {
+			p, _, err := r.ReadPack(gctx, id)
+			if err != nil {
+				return gctx.Err() // unreadable: its chunks stay missing
+			}
+			entries, err := r.Codec.ParseHeader(p)
+			if err != nil {
+				return nil
+			}
+			if slices.ContainsFunc(entries, func(e pack.Entry) bool { return want[e.ID] }) {
+				idx.AddPack(repo.PackInfo{ID: id, Length: int64(len(p))}, entries)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
 // checkShards lists the shards on every reachable target and fails, naming
 // the packs, when any needed pack has fewer than k shards present.
 func checkShards(ctx context.Context, r *repo.Repo, packs []pack.ID) error {
@@ -481,10 +550,24 @@ func openTarget(path string, size int64) (*output, error) {
 
 var zeros = make([]byte, 1<<20)
 
-// zero writes real zeros over [off, off+n) unless the file is new.
+// zero makes [off, off+n) read as zeros unless the file is new: a hole
+// punched in a file, the range zeroed by the kernel on a block device
+// (BLKZEROOUT, which thin and loop devices turn into discards), or,
+// where neither is supported, zeros written.
 func (o *output) zero(off, n int64) error {
 	if o.fresh {
 		return nil
+	}
+	fd := int(o.f.Fd())
+	if o.regular {
+		if unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n) == nil {
+			return nil
+		}
+	} else if off%512 == 0 && n%512 == 0 {
+		r := [2]uint64{uint64(off), uint64(n)}
+		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.BLKZEROOUT, uintptr(unsafe.Pointer(&r))); errno == 0 {
+			return nil
+		}
 	}
 	for n > 0 {
 		w := min(n, int64(len(zeros)))

@@ -23,11 +23,15 @@ func backupCmd(g *globals) *cobra.Command {
 				return err
 			}
 			prog := &backup.Progress{}
-			stopProgress := showProgress(prog.Total.Load, prog.Done.Load, "backup", asJSON)
+			stopProgress := showProgress(prog.Total.Load, prog.Covered, "backup", asJSON)
 			sum, err := backup.File(cmd.Context(), r, args[0], backup.Options{Name: name, Progress: prog})
 			stopProgress()
 			if err != nil {
 				return fmt.Errorf("backup %s: %w", args[0], err)
+			}
+			// Committed and restorable: a warning, not a failure.
+			if msg := sum.DegradedMessage(); msg != "" {
+				fmt.Fprintf(os.Stderr, "ferry: warning: %s\n", msg)
 			}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())

@@ -159,9 +159,9 @@ func TestBadInput(t *testing.T) {
 			want: fmt.Sprintf("ferry: snapshot not found: no snapshot named \"db\" in repository %s", b.id)},
 
 		{name: "tampered manifest, latest", env: env(tm.repo(), password), args: restore("latest"), code: 1,
-			want: fmt.Sprintf("ferry: snapshot %[1]s: read snapshots/%[1]s: target 1: authentication failed; target 2: authentication failed; target 3: authentication failed", forged)},
+			want: fmt.Sprintf("ferry: snapshot not found: latest; 1 manifest(s) skipped: read snapshots/%[1]s: no target has a valid copy (target 1: authentication failed; target 2: authentication failed; target 3: authentication failed) in repository %[2]s", forged, tm.id)},
 		{name: "tampered manifest, by ID", env: env(tm.repo(), password), args: restore(forged), code: 1,
-			want: fmt.Sprintf("ferry: snapshot %[1]s: read snapshots/%[1]s: target 1: authentication failed; target 2: authentication failed; target 3: authentication failed", forged)},
+			want: fmt.Sprintf("ferry: snapshot %[1]s: read snapshots/%[1]s: no target has a valid copy (target 1: authentication failed; target 2: authentication failed; target 3: authentication failed)", forged)},
 		{name: "tampered manifest, verify", env: env(tm.repo(), password), args: []string{"verify", "--sizes-only"}, code: 3,
 			want: fmt.Sprintf("ferry: data lost: 1 snapshot(s) cannot be restored: %s: manifest unreadable on every target", forged[:12])},
 

@@ -33,7 +33,11 @@ verify.`,
 			if err != nil {
 				return err
 			}
-			opts := verify.Options{ReadDataPercent: readPercent, StateFile: stateFile}
+			pw, err := g.password()
+			if err != nil {
+				return err
+			}
+			opts := verify.Options{ReadDataPercent: readPercent, StateFile: stateFile, Password: pw}
 			if readPercent > 0 && stateFile == "" {
 				if opts.StateFile, err = verify.DefaultStateFile(r.Config.ID); err != nil {
 					return err
@@ -60,7 +64,7 @@ verify.`,
 			}
 			// Verify again at the structural level (checksums included) to
 			// show what is left; what only reading finds is not read again.
-			after, err := verify.Run(ctx, r, verify.Options{})
+			after, err := verify.Run(ctx, r, verify.Options{Password: pw})
 			if err != nil {
 				return err
 			}

@@ -63,6 +63,11 @@ Exit status: 0 all good, 4 degraded but repairable (run repair), 3 data lost
 					return err
 				}
 			}
+			// Key objects must open with it (see verify.Options.Password);
+			// it opened the repository, so it can be read again.
+			if opts.Password, err = g.password(); err != nil {
+				return err
+			}
 			prog := &verify.Progress{}
 			opts.Progress = prog
 			stop := showProgress(prog.Total.Load, prog.Done.Load, "verify: read", asJSON)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"slices"
 	"strings"
 
@@ -225,6 +226,23 @@ func (d *Decoded) Bytes(off, n int64) ([]byte, error) {
 		done += int64(copy(out[done:], d.parts[i][at:]))
 	}
 	return out, nil
+}
+
+// WriteTo writes the whole pack to w, shard by shard, without copying it
+// together: to hash it, for one.
+func (d *Decoded) WriteTo(w io.Writer) (int64, error) {
+	var n int64
+	for _, part := range d.parts {
+		if n >= d.packLen {
+			break
+		}
+		m, err := w.Write(part[:min(int64(len(part)), d.packLen-n)])
+		n += int64(m)
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // DecodeVerified is Decode into d, without copying the data shards: d keeps

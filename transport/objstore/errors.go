@@ -87,9 +87,11 @@ func IsTransient(err error) bool {
 	if errors.As(err, &nerr) && nerr.Timeout() {
 		return true
 	}
-	// The server closed the connection before answering.
+	// The server closed the connection before answering: io.EOF, which
+	// minio-go rewrites into a message of its own (api.go, executeMethod).
 	var uerr *url.Error
-	if errors.As(err, &uerr) && errors.Is(uerr.Err, io.EOF) {
+	if errors.As(err, &uerr) && (errors.Is(uerr.Err, io.EOF) ||
+		strings.HasPrefix(uerr.Err.Error(), "Connection closed by foreign host")) {
 		return true
 	}
 	return false

@@ -35,6 +35,8 @@ func TestIsTransient(t *testing.T) {
 		{&net.OpError{Op: "read", Err: syscall.ECONNRESET}, true},
 		{fmt.Errorf("read body: %w", io.ErrUnexpectedEOF), true},
 		{&url.Error{Op: "Get", URL: "u", Err: io.EOF}, true},
+		// minio-go's rewording of that EOF.
+		{&url.Error{Op: "Put", URL: "u", Err: errors.New("Connection closed by foreign host u. Retry again.")}, true},
 		{&net.DNSError{Err: "timeout", IsTimeout: true}, true},
 		{minio.ErrorResponse{Code: "InternalError", StatusCode: 500}, true},
 		{minio.ErrorResponse{Code: "ServiceUnavailable", StatusCode: 503}, true},

@@ -90,8 +90,8 @@ func TestS3(t *testing.T) {
 	})
 }
 
-// TLS is the production path: unsigned payload with a CRC32C trailer, a
-// private CA from ?ca=, and the retry wrapper from Open.
+// TLS is the production path: a private CA from ?ca=, and the retry
+// wrapper from Open.
 func TestS3TLSOpen(t *testing.T) {
 	srv := minio.StartTLS(t)
 	srv.CreateBucket(t, "tls")

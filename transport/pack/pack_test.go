@@ -143,8 +143,11 @@ func fuzzCodec(f *testing.F) (*Codec, []byte) {
 // header plaintexts, valid and not.
 //
 // A parse allocates in proportion to the input, whatever its counts say,
-// and an opened blob is always the chunk its entry names: entries that
-// point at the wrong bytes fail.
+// and, in a pack whose header the key did not seal anew, an opened blob is
+// always the chunk its entry names: entries that point at the wrong bytes
+// fail. A header sealed with the key can mislabel a blob's compression
+// (the flag is not in the blob's associated data), so there the callers'
+// check of the keyed hash is what catches it (see OpenBlob).
 func FuzzParseHeader(f *testing.F) {
 	c, p := fuzzCodec(f)
 	idk := chunk.NewIDKey(c.key.IDKey())
@@ -167,7 +170,7 @@ func FuzzParseHeader(f *testing.F) {
 		}
 		for i, e := range entries {
 			plain, err := c.OpenBlob(nil, b, e)
-			if err == nil && idk.Sum(plain) != e.ID {
+			if err == nil && !sealHeader && idk.Sum(plain) != e.ID {
 				t.Fatalf("entry %d %+v opened to other bytes than chunk %s", i, e, e.ID.Short())
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 
@@ -354,9 +355,10 @@ func (r *Repo) openIndex(obj []byte) (*IndexBatch, error) {
 
 // LoadIndex reads every index object (from any target that has it) and
 // the prune plans' marks; index objects and packs that a deletion record
-// names are left out. An index object deleted since the listing (a prune
-// rewrote it, writing its replacement first) makes it list again, so the
-// replacement is read.
+// names are left out, and so, with a warning, are objects under index/
+// that no target has a valid copy of (ErrNoValidCopy). An index object
+// deleted since the listing (a prune rewrote it, writing its replacement
+// first) makes it list again, so the replacement is read.
 func (r *Repo) LoadIndex(ctx context.Context) (*Index, error) {
 	recs, err := r.deletions(ctx)
 	if err != nil {
@@ -400,6 +402,13 @@ func (r *Repo) LoadIndex(ctx context.Context) (*Index, error) {
 					mu.Lock()
 					vanished = true
 					mu.Unlock()
+					return nil
+				case errors.Is(err, ErrNoValidCopy):
+					// Not an index object of this repository, or one lost
+					// everywhere: either way it indexes nothing. A backup
+					// then stores its chunks again; a restore that needs
+					// them says which are missing.
+					slog.Warn("skipping an index object that no target has a valid copy of; ferry verify reports it", "object", name, "error", err)
 					return nil
 				default:
 					mu.Lock()

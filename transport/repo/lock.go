@@ -170,7 +170,11 @@ func (r *Repo) heldWriter() *heldLock {
 
 // takeLock writes a lock object of kind and starts refreshing it.
 func (r *Repo) takeLock(ctx context.Context, kind string) (*heldLock, error) {
-	if err := r.RequireAll(); err != nil {
+	require := r.RequireAll
+	if kind == LockWriter {
+		require = r.RequireWritable // a backup may go without down targets
+	}
+	if err := require(); err != nil {
 		return nil, err
 	}
 	host, _ := os.Hostname()
@@ -189,6 +193,9 @@ func (r *Repo) takeLock(ctx context.Context, kind string) (*heldLock, error) {
 	return h, nil
 }
 
+// writeLock writes a lock object to every target; a writer's, like the
+// other objects of a backup, to every target not down (see DegradedWrites),
+// whatever ctx.
 func (r *Repo) writeLock(ctx context.Context, info LockInfo) (string, error) {
 	b, err := json.Marshal(info)
 	if err != nil {
@@ -197,7 +204,29 @@ func (r *Repo) writeLock(ctx context.Context, info LockInfo) (string, error) {
 	obj := r.key.Seal(nil, b, lockAD)
 	sum := sha256.Sum256(obj)
 	name := "locks/" + hex.EncodeToString(sum[:])
-	return name, r.putEverywhere(ctx, name, func(*Target) ([]byte, error) { return obj, nil })
+	return name, r.put(ctx, name, func(*Target) ([]byte, error) { return obj, nil }, info.Kind == LockWriter, nil)
+}
+
+// deleteLock deletes a lock object of kind from every target; a writer's
+// is left on the targets that are down, where waiting for each would hold
+// up the backup: prune, which needs every target, ignores it once stale.
+func (r *Repo) deleteLock(ctx context.Context, kind, name string) error {
+	if kind != LockWriter {
+		return r.deleteEverywhere(ctx, name)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, t := range r.Targets {
+		if t.Down() != nil {
+			continue
+		}
+		g.Go(func() error {
+			if err := t.Store.Delete(gctx, name); err != nil && !errors.Is(err, objstore.ErrNotFound) {
+				return fmt.Errorf("delete %s from target %d (%s): %w", name, t.Index+1, t.Store.Location(), err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
 }
 
 // refresh rewrites the lock every LockRefresh until ctx ends.
@@ -224,7 +253,7 @@ func (h *heldLock) refresh(ctx context.Context) {
 				// Released while writing: the new object may be on some
 				// targets already.
 				dctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				h.r.deleteEverywhere(dctx, name)
+				h.r.deleteLock(dctx, info.Kind, name)
 				cancel()
 				return
 			}
@@ -239,7 +268,7 @@ func (h *heldLock) refresh(ctx context.Context) {
 		h.info, h.name, h.lastOK = info, name, now
 		h.mu.Unlock()
 		dctx, cancel := context.WithTimeout(ctx, time.Minute)
-		if err := h.r.deleteEverywhere(dctx, old); err != nil && ctx.Err() == nil {
+		if err := h.r.deleteLock(dctx, info.Kind, old); err != nil && ctx.Err() == nil {
 			slog.Warn("could not delete the previous repository lock; prune ignores it once stale", "lock", old, "error", err)
 		}
 		cancel()
@@ -271,9 +300,9 @@ func (h *heldLock) release() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	h.mu.Lock()
-	name := h.name
+	name, kind := h.name, h.info.Kind
 	h.mu.Unlock()
-	if err := h.r.deleteEverywhere(ctx, name); err != nil {
+	if err := h.r.deleteLock(ctx, kind, name); err != nil {
 		slog.Warn("could not delete the repository lock; prune ignores it once stale", "lock", name, "error", err)
 	}
 }

@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -9,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"io"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -116,8 +119,23 @@ var (
 	errManifestFormat = errors.New("malformed manifest")
 	// ErrSnapshotNotFound means no snapshot matches the given ID or name.
 	ErrSnapshotNotFound = errors.New("snapshot not found")
-	zenc, _             = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
-	zdec, _             = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<30))
+	zenc, _             = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(manifestWindow))
+	// zdecs holds streaming decoders (*zstd.Decoder; with concurrency 1
+	// they start no goroutines): decoding as a stream, memory follows the
+	// bytes a frame really holds, not the content size its header claims.
+	zdecs sync.Pool
+)
+
+const (
+	// maxManifestSize bounds a manifest's plaintext, uncompressed: about
+	// 36 bytes per data extent, so some 30 million chunks, a volume of
+	// about 30 TiB at the default 1 MiB average chunk size (7 TiB should
+	// every chunk be cut at the 256 KiB minimum). SaveSnapshot refuses a
+	// larger manifest; ParseManifest stops decompressing at this size.
+	maxManifestSize = 1 << 30
+	// manifestWindow is the zstd window manifests are written with, and the
+	// largest a manifest frame may ask the decoder to keep.
+	manifestWindow = 8 << 20
 )
 
 func (m *Manifest) marshal() ([]byte, error) {
@@ -139,12 +157,47 @@ func (m *Manifest) marshal() ([]byte, error) {
 			b = append(b, e.ID[:]...)
 		}
 	}
+	if len(b) > maxManifestSize {
+		return nil, fmt.Errorf("manifest of %d extents takes %d bytes, more than the %d a manifest may hold: back the volume up with larger chunks", len(m.Extents), len(b), maxManifestSize)
+	}
 	return zenc.EncodeAll(b, nil), nil
+}
+
+// decompress decompresses a manifest's zstd frame(s), refusing output
+// beyond maxManifestSize and windows beyond manifestWindow. A frame's
+// content size is never allocated up front: the output grows as it is
+// decoded, and the decoder keeps at most a window besides.
+func decompress(z []byte) ([]byte, error) {
+	d, _ := zdecs.Get().(*zstd.Decoder)
+	if d == nil {
+		var err error
+		d, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+			zstd.WithDecoderMaxMemory(maxManifestSize), zstd.WithDecoderMaxWindow(manifestWindow),
+			zstd.WithDecodeBuffersBelow(0)) // never DecodeAll, which allocates the claimed size
+		if err != nil {
+			return nil, err
+		}
+	}
+	defer func() {
+		d.Reset(nil) // drop the input
+		zdecs.Put(d)
+	}()
+	if err := d.Reset(bytes.NewReader(z)); err != nil {
+		return nil, err
+	}
+	b, err := io.ReadAll(io.LimitReader(d, maxManifestSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxManifestSize {
+		return nil, fmt.Errorf("more than %d bytes uncompressed", maxManifestSize)
+	}
+	return b, nil
 }
 
 // ParseManifest parses a manifest's compressed plaintext.
 func ParseManifest(z []byte) (*Manifest, error) {
-	b, err := zdec.DecodeAll(z, nil)
+	b, err := decompress(z)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errManifestFormat, err)
 	}
@@ -234,16 +287,36 @@ func (r *Repo) loadSnapshot(ctx context.Context, id string) (*Snapshot, error) {
 
 // Snapshots returns every snapshot, oldest first. Snapshots that a
 // deletion record names (forgotten, maybe still on some targets) are left
-// out, and so are those deleted since the listing.
+// out, and so are those deleted since the listing and, with a warning,
+// objects under snapshots/ that no target has a valid copy of
+// (ErrNoValidCopy). A target that fails to answer fails the listing, as its
+// copy might be the newest snapshot's only good one.
 func (r *Repo) Snapshots(ctx context.Context) ([]*Snapshot, error) {
+	out, skipped, err := r.snapshots(ctx)
+	for _, sk := range skipped {
+		// What a provider could do as well by deleting a manifest: it
+		// costs that snapshot, not the others.
+		slog.Warn("skipping a manifest that no target has a valid copy of; ferry verify reports it", "object", sk.name, "error", sk.err)
+	}
+	return out, err
+}
+
+// skippedManifest is a manifest Snapshots left out: no valid copy.
+type skippedManifest struct {
+	name string
+	err  error
+}
+
+func (r *Repo) snapshots(ctx context.Context) ([]*Snapshot, []skippedManifest, error) {
 	names, err := r.listAll(ctx, "snapshots/")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	gone, err := r.Deleting(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	var skipped []skippedManifest
 	var mu sync.Mutex
 	var out []*Snapshot
 	g, ctx := errgroup.WithContext(ctx)
@@ -254,7 +327,13 @@ func (r *Repo) Snapshots(ctx context.Context) ([]*Snapshot, error) {
 		}
 		g.Go(func() error {
 			s, err := r.loadSnapshot(ctx, strings.TrimPrefix(n, "snapshots/"))
-			if errors.Is(err, objstore.ErrNotFound) {
+			switch {
+			case errors.Is(err, objstore.ErrNotFound):
+				return nil
+			case errors.Is(err, ErrNoValidCopy):
+				mu.Lock()
+				skipped = append(skipped, skippedManifest{n, err})
+				mu.Unlock()
 				return nil
 			}
 			if err != nil {
@@ -267,7 +346,7 @@ func (r *Repo) Snapshots(ctx context.Context) ([]*Snapshot, error) {
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	slices.SortFunc(out, func(a, b *Snapshot) int {
 		if c := a.Started.Compare(b.Started); c != 0 {
@@ -275,7 +354,8 @@ func (r *Repo) Snapshots(ctx context.Context) ([]*Snapshot, error) {
 		}
 		return strings.Compare(a.ID, b.ID)
 	})
-	return out, nil
+	slices.SortFunc(skipped, func(a, b skippedManifest) int { return strings.Compare(a.name, b.name) })
+	return out, skipped, nil
 }
 
 // FindSnapshot resolves "latest", a full ID or a unique ID prefix (at least
@@ -301,7 +381,7 @@ func (r *Repo) FindSnapshot(ctx context.Context, ref, name string) (*Snapshot, e
 	if ref != "latest" && len(ref) < 4 {
 		return nil, fmt.Errorf("snapshot %q: give at least 4 hex digits of the ID, or \"latest\"", ref)
 	}
-	all, err := r.Snapshots(ctx)
+	all, skipped, err := r.snapshots(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -314,13 +394,22 @@ func (r *Repo) FindSnapshot(ctx context.Context, ref, name string) (*Snapshot, e
 			match = append(match, s)
 		}
 	}
+	// A manifest without a valid copy might have been the one asked for
+	// (the newest, or the one with that prefix): say so.
+	var also string
+	if len(skipped) > 0 {
+		also = fmt.Sprintf("; %d manifest(s) skipped: %v", len(skipped), skipped[0].err)
+	}
 	switch len(match) {
 	case 0:
 		if ref == "latest" && name != "" {
-			return nil, fmt.Errorf("%w: no snapshot named %q", ErrSnapshotNotFound, name)
+			return nil, fmt.Errorf("%w: no snapshot named %q%s", ErrSnapshotNotFound, name, also)
 		}
-		return nil, fmt.Errorf("%w: %s", ErrSnapshotNotFound, ref)
+		return nil, fmt.Errorf("%w: %s%s", ErrSnapshotNotFound, ref, also)
 	case 1:
+		if also != "" {
+			slog.Warn("found the snapshot, but a manifest no target has a valid copy of might have been a newer one; ferry verify reports it", "snapshot", match[0].ID[:12], "skipped", also[2:])
+		}
 		return match[0], nil
 	default:
 		return nil, fmt.Errorf("snapshot prefix %q is ambiguous (%d matches)", ref, len(match))

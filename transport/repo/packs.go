@@ -2,11 +2,14 @@ package repo
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 
@@ -95,7 +98,8 @@ func (r *Repo) shardBuffers() [][]byte {
 }
 
 // WritePack erasure-codes a pack and writes shard i to target i mod T, all
-// in parallel. It returns the bytes written. Every shard must be written: a
+// in parallel. It returns the bytes written. Every shard must be written,
+// or, under DegradedWrites, every shard on a target that is not down: a
 // shard that already exists (the same pack written before) counts. The
 // shards' CRCs are kept for the pack's index entry (see WriteIndex).
 func (r *Repo) WritePack(ctx context.Context, id pack.ID, p []byte) (int64, error) {
@@ -109,24 +113,46 @@ func (r *Repo) WritePack(ctx context.Context, id pack.ID, p []byte) (int64, erro
 // WriteShards is the writing half of WritePack.
 func (r *Repo) WriteShards(ctx context.Context, s *Shards) (int64, error) {
 	id := s.ID
+	d := degradedFrom(ctx)
 	g, gctx := errgroup.WithContext(ctx)
-	var stored int64
+	var stored, written atomic.Int64
 	for i, obj := range s.objs {
-		stored += int64(len(obj))
 		t := r.TargetOf(i)
+		if d != nil && t.Down() != nil {
+			d.skip(t, 1, 0)
+			continue
+		}
 		g.Go(func() error {
 			err := t.Store.Create(gctx, ShardName(id, i), obj)
-			if err != nil && !errors.Is(err, objstore.ErrExists) {
-				return fmt.Errorf("upload shard %d of pack %s to target %d (%s): %w", i, id.Short(), t.Index+1, t.Store.Location(), err)
+			switch {
+			case err == nil || errors.Is(err, objstore.ErrExists):
+				stored.Add(int64(len(obj)))
+				written.Add(1)
+				return nil
+			case d != nil && gctx.Err() == nil && isTargetFailure(err):
+				t.MarkDown(err)
+				d.skip(t, 1, 0)
+				return nil
 			}
-			return nil
+			return fmt.Errorf("upload shard %d of pack %s to target %d (%s): %w", i, id.Short(), t.Index+1, t.Store.Location(), err)
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return 0, err
 	}
+	if d != nil {
+		// Shards are skipped only on down targets, so while the layout
+		// survives their loss at least k are written; counting them states
+		// the rule instead of leaving it to SurvivableTargetLosses.
+		if err := r.RequireWritable(); err != nil {
+			return 0, fmt.Errorf("pack %s: %w", id.Short(), err)
+		}
+		if k := r.Config.Erasure.K; written.Load() < int64(k) {
+			return 0, fmt.Errorf("pack %s: %d shards written, %d needed: %w", id.Short(), written.Load(), k, ErrUnavailable)
+		}
+	}
 	r.unindexed.Store(id, objectCRCs(s.objs))
-	return stored, nil
+	return stored.Load(), nil
 }
 
 // ShardProblem describes one shard a read found missing or corrupt.
@@ -148,9 +174,15 @@ const ReasonTargetUnavailable = "not read: target unavailable"
 // ErrPackLost means fewer than k intact shards of a pack remain.
 var ErrPackLost = errors.New("pack lost")
 
+// ReasonNotAuthentic is the reason given for a shard that passes its own
+// checks (header, CRC32Cs) but without which alone the pack matches its ID:
+// forged, or rewritten by something else with valid checksums.
+const ReasonNotAuthentic = "passes its checksums, but the pack is authentic only without it"
+
 // ReadPack fetches a pack: the data shards first, then parity shards only
-// as needed to replace missing or corrupt ones. It returns the pack bytes
-// and the shards it had to do without.
+// as needed to replace missing or corrupt ones (see FetchPack). It returns
+// the pack bytes, checked against the pack ID, and the shards it had to do
+// without.
 func (r *Repo) ReadPack(ctx context.Context, id pack.ID) ([]byte, []ShardProblem, error) {
 	var d erasure.Decoded
 	problems, err := r.FetchPack(ctx, id, &d)
@@ -161,19 +193,19 @@ func (r *Repo) ReadPack(ctx context.Context, id pack.ID) ([]byte, []ShardProblem
 	if err != nil {
 		return nil, problems, err
 	}
-	if pack.Sum(p) != id {
-		return nil, problems, fmt.Errorf("pack %s: reconstructed bytes do not match the pack ID: %w", id, ErrPackLost)
-	}
 	return p, problems, nil
 }
 
-// FetchPack is ReadPack into d, for a restore: d holds the pack as its data
-// shards, as they were read or reconstructed, without copying them
-// together. Unlike ReadPack it does not compare the pack with its ID, a
-// SHA-256 over all of it that would cost as much as decrypting it: the
-// caller must authenticate every blob it takes from d (Codec.OpenBlob and
-// Opener do), which proves more. Each shard's data is read once, for its
-// CRC.
+// FetchPack is ReadPack into d: d holds the pack as its data shards, as
+// they were read or reconstructed, without copying them together. Each
+// shard's data is read once for its CRC and once for the SHA-256 that
+// compares the pack with its ID. A shard can pass its CRCs and still be
+// wrong (CRC32C is no MAC: a provider can forge a shard that passes), so
+// when the pack does not match its ID, FetchPack reads every shard and
+// decodes again without each one in turn; the one whose absence gives the
+// right pack is reported with ReasonNotAuthentic. A restore reads ranges
+// (ReadRange) and comes here only when that fails, so the hash costs it
+// nothing on the way that works.
 func (r *Repo) FetchPack(ctx context.Context, id pack.ID, d *erasure.Decoded) ([]ShardProblem, error) {
 	scheme := r.Config.Erasure
 	n := scheme.Shards()
@@ -218,7 +250,8 @@ func (r *Repo) FetchPack(ctx context.Context, id pack.ID, d *erasure.Decoded) ([
 	}
 	order = append(order, later...)
 	healthy := 0
-	for next := 0; healthy < scheme.K && next < len(order); {
+	next := 0
+	for healthy < scheme.K && next < len(order) {
 		batch := order[next:min(len(order), next+scheme.K-healthy)]
 		next += len(batch)
 		fetch(ctx, batch)
@@ -232,16 +265,31 @@ func (r *Repo) FetchPack(ctx context.Context, id pack.ID, d *erasure.Decoded) ([
 			}
 		}
 	}
+	rep, err := r.Coder.DecodeVerified(d, id, objs)
+	forged := -1
+	if !errors.Is(err, erasure.ErrTooFewShards) && (err != nil || decodedSum(d) != id) {
+		fetch(ctx, order[next:])
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		next = len(order)
+		forged, rep, err = leaveOneOut(objs, func(objs [][]byte) (erasure.Report, bool) {
+			rep, err := r.Coder.DecodeVerified(d, id, objs)
+			return rep, err == nil && decodedSum(d) == id
+		})
+	}
 	for i := 0; i < scheme.K; i++ {
 		if objs[i] == nil && reasons[i] == "" {
 			reasons[i] = ReasonTargetUnavailable
 		}
 	}
-	rep, err := r.Coder.DecodeVerified(d, id, objs)
 	var problems []ShardProblem
 	for i := 0; i < n; i++ {
 		reason := reasons[i]
-		if reason == "" && i < len(rep.States) && rep.States[i] == erasure.Corrupt {
+		switch {
+		case i == forged:
+			reason = ReasonNotAuthentic
+		case reason == "" && i < len(rep.States) && rep.States[i] == erasure.Corrupt:
 			reason = rep.Reasons[i]
 		}
 		if reason != "" {
@@ -253,9 +301,48 @@ func (r *Repo) FetchPack(ctx context.Context, id pack.ID, d *erasure.Decoded) ([
 		for _, p := range problems {
 			parts = append(parts, fmt.Sprintf("shard %d on target %d: %s", p.Shard, p.Target, p.Reason))
 		}
+		if errors.Is(err, errNotAuthentic) {
+			return problems, fmt.Errorf("pack %s: %w: %v (%s)", id, ErrPackLost, err, strings.Join(parts, "; "))
+		}
 		return problems, fmt.Errorf("pack %s: %w: only %d of %d shards intact, %d needed (%s)", id, ErrPackLost, n-len(problems), n, scheme.K, strings.Join(parts, "; "))
 	}
 	return problems, nil
+}
+
+// errNotAuthentic means no shard set tried decodes to the pack its ID names.
+var errNotAuthentic = errors.New("the shards pass their checksums but do not make the pack its ID names, nor do they with any one of them left out")
+
+// leaveOneOut finds the shard whose absence makes decode (which decodes
+// the given shard objects and tells whether the result is the authentic
+// pack) succeed, trying each shard present in turn: at most k+m decodes,
+// done only when the whole set failed. It returns that shard and decode's
+// report, or errNotAuthentic; two bad shards that pass their checks are
+// not looked for (that would take C(k+m, 2) decodes).
+func leaveOneOut(objs [][]byte, decode func([][]byte) (erasure.Report, bool)) (int, erasure.Report, error) {
+	without := slices.Clone(objs)
+	var rep erasure.Report
+	for i, obj := range objs {
+		if obj == nil {
+			continue
+		}
+		without[i] = nil
+		var ok bool
+		rep, ok = decode(without)
+		without[i] = obj
+		if ok {
+			return i, rep, nil
+		}
+	}
+	return -1, rep, errNotAuthentic
+}
+
+// decodedSum is the SHA-256 of the pack in d: its ID, if authentic.
+func decodedSum(d *erasure.Decoded) pack.ID {
+	h := sha256.New()
+	d.WriteTo(h)
+	var id pack.ID
+	h.Sum(id[:0])
+	return id
 }
 
 func reasonFor(err error) string {
@@ -284,7 +371,8 @@ func isTargetFailure(err error) bool {
 //
 // Nothing checks these bytes (a shard's CRC covers all of it): the caller
 // must authenticate every blob it takes from them, and read the pack with
-// FetchPack, which checks each shard and tries the others, if that fails.
+// FetchPack if that fails: FetchPack checks each shard, compares the pack
+// with its ID, and finds a shard forged with valid checksums.
 func (r *Repo) ReadRange(ctx context.Context, id pack.ID, packLen, off, n int64) ([]byte, []ShardProblem, error) {
 	k := int64(r.Config.Erasure.K)
 	if off < 0 || n < 0 || off > packLen-n {

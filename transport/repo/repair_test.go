@@ -212,22 +212,27 @@ func TestRepairSelfConsistentShard(t *testing.T) {
 	}
 	sameAsRecorded(t, f.stores, p)
 
-	// Without the record nothing is wrong with it.
+	// Without the record it is found all the same: the authentic pack
+	// (from the data shards) encodes to another parity shard.
 	f.stores[2].Delete(ctx, name)
 	f.stores[2].Create(ctx, name, obj)
-	if fixed, err := r.RepairPack(ctx, repo.PackInfo{ID: p.ID, Length: p.Length}); err != nil || len(fixed) != 0 {
+	if fixed, err := r.RepairPack(ctx, repo.PackInfo{ID: p.ID, Length: p.Length}); err != nil || len(fixed) != 1 || fixed[0].Reason != repo.ReasonNotEncoded {
 		t.Fatalf("repair without CRCs: %v %v", fixed, err)
 	}
-	// A data shard forged like this makes the rebuild of the others wrong:
-	// repair refuses to write what the index says is not the shard.
+	sameAsRecorded(t, f.stores, p)
+	// With a data shard lost, the forged one and the other data shard make
+	// a pack that does not match its ID, even where the index recorded the
+	// forged shard's CRC: repair writes nothing.
+	f.stores[2].Delete(ctx, name)
+	f.stores[2].Create(ctx, name, obj)
 	if err := f.stores[0].Delete(ctx, repo.ShardName(p.ID, 0)); err != nil {
 		t.Fatal(err)
 	}
 	p2 := p
 	p2.ShardCRC = append([]uint32{}, p.ShardCRC...)
 	p2.ShardCRC[2] = repo.ShardCRC(obj) // as if the forged one had been recorded
-	if fixed, err := r.RepairPack(ctx, p2); err == nil || !strings.Contains(err.Error(), "not written") || len(fixed) != 0 {
-		t.Fatalf("repair from survivors that disagree with the index: %v %v", fixed, err)
+	if fixed, err := r.RepairPack(ctx, p2); !errors.Is(err, repo.ErrPackLost) || len(fixed) != 0 {
+		t.Fatalf("repair from survivors that do not make the pack: %v %v", fixed, err)
 	}
 }
 

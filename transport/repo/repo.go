@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -87,8 +88,10 @@ func (t *Target) Down() error {
 }
 
 // MarkDown records that the target failed with err; reads skip it from now on
-// unless nothing else is left. The first error is kept; the caller decides
-// how to tell the user (see Repo.DownTargets).
+// unless nothing else is left, and so do a backup's writes (see
+// DegradedWrites): the mark lasts as long as the Repo, which the agent opens
+// for each job. The first error is kept; the caller decides how to tell the
+// user (see Repo.DownTargets).
 func (t *Target) MarkDown(err error) {
 	if t.down.CompareAndSwap(nil, &err) {
 		slog.Debug("target unavailable, continuing without it", "target", t.Index+1, "location", t.Store.Location(), "error", err)
@@ -392,7 +395,8 @@ func (r *Repo) SurvivableTargetLosses() int {
 	return erasure.SurvivableTargetLosses(r.Config.Erasure, len(r.Targets))
 }
 
-// RequireAll fails unless every target is reachable: writers need all of them.
+// RequireAll fails unless every target is reachable: prune and forget need
+// all of them, for they delete, and must do so everywhere.
 func (r *Repo) RequireAll() error {
 	for _, t := range r.Targets {
 		if err := t.Down(); err != nil {
@@ -402,33 +406,184 @@ func (r *Repo) RequireAll() error {
 	return nil
 }
 
-// putEverywhere writes one object to every target. A target that already has
-// the object (same name, content-addressed) counts as written.
-func (r *Repo) putEverywhere(ctx context.Context, name string, data func(*Target) ([]byte, error)) error {
-	g, ctx := errgroup.WithContext(ctx)
+// RequireWritable fails when more targets are down than the layout survives
+// (SurvivableTargetLosses): a backup may go on without the others (see
+// DegradedWrites). The error names every target that is down.
+func (r *Repo) RequireWritable() error {
+	var down []string
 	for _, t := range r.Targets {
+		if err := t.Down(); err != nil {
+			down = append(down, fmt.Sprintf("target %d (%s): %v", t.Index+1, t.Store.Location(), err))
+		}
+	}
+	if len(down) <= r.SurvivableTargetLosses() {
+		return nil
+	}
+	return fmt.Errorf("%w: %d of %d targets down and this layout (%s over %d targets) survives the loss of %d: %s",
+		ErrUnavailable, len(down), len(r.Targets), r.Config.Erasure, len(r.Targets), r.SurvivableTargetLosses(), strings.Join(down, "; "))
+}
+
+// DegradedWrites returns ctx for a backup's writes, and the tally of what
+// they left out. Under it, a write to a target that fails after the
+// store's retries (unreachable, hanging, refusing us: isTargetFailure)
+// marks the target down, and later writes skip a down target at once. A
+// pack counts as written when its shards are on every target that is not
+// down, at least k of them, and a replicated object (index object,
+// manifest, writer lock) when every target that is not down has it; both
+// only while no more targets are down than the layout survives
+// (RequireWritable). Otherwise the write fails, and a replicated object's
+// copies that it created are deleted again, so that a failed commit leaves
+// no manifest. Repair writes the missing shards and objects once the
+// target is back. Writes under any other context need every target.
+func DegradedWrites(ctx context.Context) (context.Context, *Degraded) {
+	d := &Degraded{}
+	return context.WithValue(ctx, degradedKey{}, d), d
+}
+
+type degradedKey struct{}
+
+func degradedFrom(ctx context.Context) *Degraded {
+	d, _ := ctx.Value(degradedKey{}).(*Degraded)
+	return d
+}
+
+// Degraded tallies, per target, what the writes under a DegradedWrites
+// context did not write there because the target was down.
+type Degraded struct {
+	mu      sync.Mutex
+	targets map[*Target]*DegradedTarget
+}
+
+// DegradedTarget is what one down target lacks. Objects counts the
+// replicated objects repair copies (index objects, manifests), not lock
+// objects: those are gone by then.
+type DegradedTarget struct {
+	Target   int    `json:"target"` // 1-based, for people
+	Location string `json:"location"`
+	Error    string `json:"error"` // why it is down
+	Shards   int    `json:"shards_not_written"`
+	Objects  int    `json:"objects_not_written"`
+}
+
+func (d *Degraded) skip(t *Target, shards, objects int) {
+	if d == nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.targets == nil {
+		d.targets = map[*Target]*DegradedTarget{}
+	}
+	dt := d.targets[t]
+	if dt == nil {
+		dt = &DegradedTarget{Target: t.Index + 1, Location: t.Store.Location()}
+		if err := t.Down(); err != nil {
+			dt.Error = err.Error()
+		}
+		d.targets[t] = dt
+	}
+	dt.Shards += shards
+	dt.Objects += objects
+}
+
+// Targets returns the targets the writes left something out on, in order;
+// nil when none.
+func (d *Degraded) Targets() []DegradedTarget {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []DegradedTarget
+	for _, dt := range d.targets {
+		out = append(out, *dt)
+	}
+	slices.SortFunc(out, func(a, b DegradedTarget) int { return a.Target - b.Target })
+	return out
+}
+
+// putEverywhere writes one object to every target; under DegradedWrites, to
+// every target not down (see there). A target that already has the object
+// (same name, content-addressed) counts as written.
+func (r *Repo) putEverywhere(ctx context.Context, name string, data func(*Target) ([]byte, error)) error {
+	d := degradedFrom(ctx)
+	return r.put(ctx, name, data, d != nil, d)
+}
+
+// put is putEverywhere, going without down targets when degradable, and
+// counting what it left out in d (nil: not counted).
+func (r *Repo) put(ctx context.Context, name string, data func(*Target) ([]byte, error), degradable bool, d *Degraded) error {
+	g, gctx := errgroup.WithContext(ctx)
+	var mu sync.Mutex
+	var created []*Target
+	for _, t := range r.Targets {
+		if degradable && t.Down() != nil {
+			d.skip(t, 0, 1)
+			continue
+		}
 		g.Go(func() error {
 			b, err := data(t)
 			if err != nil {
 				return err
 			}
-			if err := t.Store.Create(ctx, name, b); err != nil && !errors.Is(err, objstore.ErrExists) {
-				return fmt.Errorf("write %s to target %d (%s): %w", name, t.Index+1, t.Store.Location(), err)
+			err = t.Store.Create(gctx, name, b)
+			switch {
+			case err == nil:
+				mu.Lock()
+				created = append(created, t)
+				mu.Unlock()
+				return nil
+			case errors.Is(err, objstore.ErrExists):
+				return nil
+			case degradable && gctx.Err() == nil && isTargetFailure(err):
+				t.MarkDown(err)
+				d.skip(t, 0, 1)
+				return nil
 			}
-			return nil
+			return fmt.Errorf("write %s to target %d (%s): %w", name, t.Index+1, t.Store.Location(), err)
 		})
 	}
-	return g.Wait()
+	err := g.Wait()
+	if err == nil && degradable {
+		if err = r.RequireWritable(); err != nil {
+			err = fmt.Errorf("write %s: %w", name, err)
+		}
+	}
+	if err != nil && len(created) > 0 {
+		r.unput(ctx, name, created)
+	}
+	return err
 }
+
+// unput deletes the copies of name that a failed put created, so that a
+// manifest is on no target unless its commit succeeded. Best effort: a copy
+// left behind is reported in the log.
+func (r *Repo) unput(ctx context.Context, name string, created []*Target) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	for _, t := range created {
+		if err := t.Store.Delete(ctx, name); err != nil && !errors.Is(err, objstore.ErrNotFound) {
+			slog.Warn("could not delete the copy of a failed write", "object", name, "target", t.Index+1, "location", t.Store.Location(), "error", err)
+		}
+	}
+}
+
+// ErrNoValidCopy is wrapped by reads of a replicated object that some
+// targets hold but none holds a copy of that opens (authenticates and
+// matches its name): the object is not one this repository wrote (junk, an
+// upload of another tool, an object of another repository), or it was
+// damaged on every target. Readers of index objects and manifests skip it
+// with a warning; verify reports it.
+var ErrNoValidCopy = errors.New("no target has a valid copy")
 
 // getAny reads a replicated object from the first target that has it,
 // preferring targets not marked down. open authenticates the bytes; a target
 // whose copy fails open is skipped. When every target answered that it has
 // no such object, the error wraps objstore.ErrNotFound: the object was
-// deleted (by forget or prune) since it was listed.
+// deleted (by forget or prune) since it was listed. When the copies read
+// all failed open and every other target has none or was already down,
+// it wraps ErrNoValidCopy; a target that fails to answer now makes it a
+// plain error, as the copy it did not give might have been good.
 func (r *Repo) getAny(ctx context.Context, name string, open func([]byte) error) error {
-	var errs []string
-	notFound := 0
+	var errs, bad []string // bad leaves out the targets without the object
+	notFound, invalid, failed := 0, 0, 0
 	for _, pass := range []bool{true, false} {
 		for _, t := range r.Targets {
 			if (t.Down() == nil) != pass {
@@ -440,16 +595,28 @@ func (r *Repo) getAny(ctx context.Context, name string, open func([]byte) error)
 				if err = open(b); err == nil {
 					return nil
 				}
+				invalid++
 			case errors.Is(err, objstore.ErrNotFound):
 				notFound++
+			case ctx.Err() != nil:
+				return ctx.Err()
 			default:
+				if pass {
+					failed++
+				}
 				t.MarkDown(err)
 			}
 			errs = append(errs, fmt.Sprintf("target %d: %v", t.Index+1, err))
+			if !errors.Is(err, objstore.ErrNotFound) {
+				bad = append(bad, errs[len(errs)-1])
+			}
 		}
 	}
-	if notFound == len(r.Targets) {
+	switch {
+	case notFound == len(r.Targets):
 		return fmt.Errorf("read %s: %w on any target", name, objstore.ErrNotFound)
+	case invalid > 0 && failed == 0:
+		return fmt.Errorf("read %s: %w (%s)", name, ErrNoValidCopy, strings.Join(bad, "; "))
 	}
 	return fmt.Errorf("read %s: %s", name, strings.Join(errs, "; "))
 }

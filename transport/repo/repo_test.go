@@ -1,15 +1,20 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"reflect"
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/ferrydr/ferry/chunk"
+	"github.com/ferrydr/ferry/testenv/alloc"
 	"github.com/ferrydr/ferry/transport/crypt"
 	"github.com/ferrydr/ferry/transport/erasure"
 	"github.com/ferrydr/ferry/transport/objstore"
@@ -372,7 +377,16 @@ func FuzzParseManifest(f *testing.F) {
 	b, _ := m.marshal()
 	f.Add(b)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := ParseManifest(b)
+		var m *Manifest
+		var err error
+		n := alloc.Bytes(func() { m, err = ParseManifest(b) })
+		// A frame's claimed content size is never allocated: what a parse
+		// allocates follows what the frame decodes to (the output as it
+		// grows, and extents of 56 bytes for each 2 bytes of it at most),
+		// plus the decoder's window and tables.
+		if limit := 40*decodedLen(b) + 32<<20; n > limit {
+			t.Fatalf("parsing %d bytes (%d decoded) allocated %d bytes, more than %d", len(b), decodedLen(b), n, limit)
+		}
 		if err != nil {
 			return
 		}
@@ -387,4 +401,16 @@ func FuzzParseManifest(f *testing.F) {
 			t.Fatalf("extents cover %d of %d", off, m.Size)
 		}
 	})
+}
+
+// decodedLen is how many bytes the zstd frames in z decode to, up to the
+// first error.
+func decodedLen(z []byte) uint64 {
+	d, err := zstd.NewReader(bytes.NewReader(z), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(manifestWindow), zstd.WithDecoderMaxMemory(maxManifestSize))
+	if err != nil {
+		return 0
+	}
+	defer d.Close()
+	n, _ := io.Copy(io.Discard, io.LimitReader(d, maxManifestSize+1))
+	return uint64(n)
 }
