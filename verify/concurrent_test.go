@@ -81,7 +81,7 @@ func TestRepairDuringBackup(t *testing.T) {
 		}
 	}
 
-	second := image("second.img", 160<<20, 22)
+	second := image("second.img", 320<<20, 22)
 	type result struct {
 		sum *backup.Summary
 		err error

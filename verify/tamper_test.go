@@ -12,9 +12,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	miniogo "github.com/minio/minio-go/v7"
 
+	"github.com/ferrydr/ferry/agent/backup"
+	"github.com/ferrydr/ferry/testenv/volume"
 	"github.com/ferrydr/ferry/transport/crypt"
 	"github.com/ferrydr/ferry/transport/erasure"
 	"github.com/ferrydr/ferry/transport/objstore"
@@ -356,4 +359,47 @@ func TestTamperedKeyAndManifestCopies(t *testing.T) {
 	if rep := f.run(t, verify.Options{Password: password}); rep.Status != verify.OK || len(rep.Problems) != 0 {
 		t.Fatalf("foreign key object removed: %s: %v", rep.Status, rep.Problems)
 	}
+}
+
+// TestJunkUnderPlansLocksDeletions: an object of one provider's own under
+// plans/, locks/ or deletions/ on one target stops neither backups nor
+// prune (it is no object in force: a prune writes those to every target),
+// and verify names each as a notice.
+func TestJunkUnderPlansLocksDeletions(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	junk := []byte("not an object of this repository, named by its SHA-256")
+	var names []string
+	for _, dir := range []string{"plans/", "locks/", "deletions/"} {
+		names = append(names, dir+sha(junk))
+		f.put(t, 1, dir+sha(junk), junk)
+	}
+	r := f.open(t)
+	img := filepath.Join(t.TempDir(), "new.img")
+	if err := volume.Write(img, volume.Spec{Size: 8 << 20, DataFrac: 0.5, Seed: 77}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := backup.File(ctx, r, img, backup.Options{Name: "new"})
+	if err != nil {
+		t.Fatalf("backup with junk under plans/, locks/, deletions/: %v", err)
+	}
+	f.images[s.SnapshotID] = img
+	if _, err := r.Prune(ctx, repo.PruneOptions{Grace: time.Hour}); err != nil {
+		t.Fatalf("prune with junk under plans/, locks/, deletions/: %v", err)
+	}
+	rep := f.run(t, verify.Options{})
+	foreign := problems(rep, verify.KindObjectForeign)
+	var got []string
+	for _, p := range foreign {
+		if p.Severity != verify.Notice || !strings.Contains(p.Detail, "target 2:") || !strings.Contains(p.Detail, "delete it by hand") {
+			t.Errorf("junk %s reported as %s: %s", p.Object, p.Severity, p.Detail)
+		}
+		got = append(got, p.Object)
+	}
+	slices.Sort(got)
+	slices.Sort(names)
+	if !slices.Equal(got, names) || len(rep.Problems) != len(names) || rep.Status != verify.OK {
+		t.Fatalf("verify: %s, object-foreign %v, want %v; all: %v", rep.Status, got, names, rep.Problems)
+	}
+	f.restoresAll(t)
 }

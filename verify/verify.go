@@ -82,6 +82,9 @@ func Run(ctx context.Context, r *repo.Repo, opts Options) (*Report, error) {
 	if err := c.settle(ctx); err != nil {
 		return nil, err
 	}
+	if err := c.strays(ctx); err != nil {
+		return nil, err
+	}
 	c.attribute()
 	c.rep.HeadRequests = c.heads.Load()
 	c.rep.Duration = time.Since(c.rep.Started).Seconds()
@@ -998,4 +1001,26 @@ func firstDistinct(xs []string, n int) []string {
 		out = append(out[:n], fmt.Sprintf("and %d more", len(out)-n))
 	}
 	return out
+}
+
+// strays reports the objects under plans/, deletions/ and locks/ that
+// reads skip (repo.Repo.Skipped): some targets lack them and none holds a
+// valid copy. Prune and backups go on without them; they are worth a look,
+// not a repair.
+func (c *checker) strays(ctx context.Context) error {
+	if _, err := c.r.Plans(ctx); err != nil {
+		return err
+	}
+	if _, err := c.r.Locks(ctx); err != nil {
+		return err
+	}
+	if _, err := c.r.Deleting(ctx); err != nil {
+		return err
+	}
+	skipped := c.r.Skipped()
+	for _, name := range slices.Sorted(maps.Keys(skipped)) {
+		c.add(Problem{Severity: Notice, Kind: KindObjectForeign, Object: name,
+			Detail: skipped[name] + "; not an object in force (junk, or a damaged copy of one deleted on the other targets): reads skip it; delete it by hand from the targets named"})
+	}
+	return nil
 }

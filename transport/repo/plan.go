@@ -120,6 +120,9 @@ func (r *Repo) openPlan(name string, b []byte) (*Plan, error) {
 	return p, nil
 }
 
+// Plans returns every prune plan, by name (see loadPlans).
+func (r *Repo) Plans(ctx context.Context) (map[string]*Plan, error) { return r.loadPlans(ctx) }
+
 // loadPlans reads every prune plan, by name. A plan deleted since the
 // listing (a prune replaced it) is skipped.
 func (r *Repo) loadPlans(ctx context.Context) (map[string]*Plan, error) {

@@ -130,6 +130,23 @@ type Repo struct {
 
 	lockMu sync.Mutex
 	writer *heldLock // the writer lock the backups of this Repo share (see Lock)
+
+	// skipped holds, by name, why loadEach skipped an object as not in
+	// force (errStray), for verify to report.
+	skipped sync.Map
+}
+
+// Skipped returns the objects under plans/, deletions/ and locks/ that
+// reads of this Repo skipped, some targets lacking them and none holding a
+// valid copy (junk, or a damaged copy of one deleted everywhere else), each
+// with why.
+func (r *Repo) Skipped() map[string]string {
+	out := map[string]string{}
+	r.skipped.Range(func(k, v any) bool {
+		out[k.(string)] = v.(string)
+		return true
+	})
+	return out
 }
 
 func newTargets(stores []objstore.Store) []*Target {
@@ -573,6 +590,14 @@ func (r *Repo) unput(ctx context.Context, name string, created []*Target) {
 // with a warning; verify reports it.
 var ErrNoValidCopy = errors.New("no target has a valid copy")
 
+// errStray is wrapped with ErrNoValidCopy when every target answered, some
+// without the object and the others with copies that do not open. Ferry
+// writes a replicated object to every target that is up, and a prune (the
+// only writer of plans and deletion records) needs them all, so this is
+// no object in force: junk, or a damaged copy of one that was deleted
+// everywhere else.
+var errStray = errors.New("and some targets have none")
+
 // getAny reads a replicated object from the first target that has it,
 // preferring targets not marked down. open authenticates the bytes; a target
 // whose copy fails open is skipped. When every target answered that it has
@@ -615,6 +640,8 @@ func (r *Repo) getAny(ctx context.Context, name string, open func([]byte) error)
 	switch {
 	case notFound == len(r.Targets):
 		return fmt.Errorf("read %s: %w on any target", name, objstore.ErrNotFound)
+	case invalid > 0 && notFound > 0 && invalid+notFound == len(r.Targets):
+		return fmt.Errorf("read %s: %w, %w (%s)", name, ErrNoValidCopy, errStray, strings.Join(bad, "; "))
 	case invalid > 0 && failed == 0:
 		return fmt.Errorf("read %s: %w (%s)", name, ErrNoValidCopy, strings.Join(bad, "; "))
 	}
@@ -624,7 +651,10 @@ func (r *Repo) getAny(ctx context.Context, name string, open func([]byte) error)
 // loadEach reads every object under prefix (the union of the targets'
 // listings) with getAny, at most 8 at once, and hands each to open. An
 // object that every target has lost since the listing was deleted
-// meanwhile and is skipped.
+// meanwhile and is skipped; so is, with a warning, one that some targets
+// lack and none holds a valid copy of (errStray): otherwise one provider
+// could stop every backup and prune with an object of its own under
+// plans/, deletions/ or locks/.
 func (r *Repo) loadEach(ctx context.Context, prefix string, open func(name string, b []byte) error) error {
 	names, err := r.listAll(ctx, prefix)
 	if err != nil {
@@ -640,7 +670,13 @@ func (r *Repo) loadEach(ctx context.Context, prefix string, open func(name strin
 				defer mu.Unlock()
 				return open(name, b)
 			})
-			if errors.Is(err, objstore.ErrNotFound) {
+			switch {
+			case errors.Is(err, objstore.ErrNotFound):
+				return nil
+			case errors.Is(err, errStray):
+				if _, seen := r.skipped.Swap(name, err.Error()); !seen {
+					slog.Warn("skipping an object that some targets lack and none has a valid copy of; ferry verify reports it", "object", name, "error", err)
+				}
 				return nil
 			}
 			return err
