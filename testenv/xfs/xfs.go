@@ -118,8 +118,23 @@ func release(ctx context.Context, mnt, dev string) error {
 		errs = append(errs, fmt.Errorf("leaked loop device %s of %s (mounted on %v)", d.Path, d.BackingFile, points),
 			loopdev.Detach(ctx, d.Path))
 	}
-	errs = append(errs, unmount(mnt), loopdev.Detach(ctx, dev))
+	// A loop device detached while something else has it open (udev
+	// probing it, say) lets go of its backing file, on mnt, only when that
+	// closes: until then mnt is busy.
+	errs = append(errs, unmountWaiting(mnt, 5*time.Second), loopdev.Detach(ctx, dev))
 	return errors.Join(errs...)
+}
+
+// unmountWaiting is unmount, retried while the filesystem is busy, up to wait.
+func unmountWaiting(path string, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		err := unmount(path)
+		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func unmount(path string) error {
