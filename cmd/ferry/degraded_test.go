@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	miniogo "github.com/minio/minio-go/v7"
+
 	"github.com/ferrydr/ferry/testenv/faultproxy"
 	"github.com/ferrydr/ferry/testenv/minio"
 	"github.com/ferrydr/ferry/testenv/volume"
@@ -42,6 +44,7 @@ func TestBackupDegraded(t *testing.T) {
 	var sum struct {
 		SnapshotID string `json:"snapshot_id"`
 		Packs      int    `json:"packs"`
+		Stored     int64  `json:"bytes_stored"`
 		Degraded   []struct {
 			Target  int `json:"target"`
 			Shards  int `json:"shards_not_written"`
@@ -53,6 +56,23 @@ func TestBackupDegraded(t *testing.T) {
 	}
 	if len(sum.Degraded) != 1 || sum.Degraded[0].Target != 2 || sum.Degraded[0].Shards != sum.Packs || sum.Degraded[0].Objects < 2 {
 		t.Errorf("degraded = %+v for %d packs, want target 2 without a shard of each and the index and manifest", sum.Degraded, sum.Packs)
+	}
+	// bytes_stored counts what is on the targets, nothing for target 2:
+	// the shards, index object and manifest on targets 1 and 3.
+	var onTargets int64
+	for _, i := range []int{0, 2} {
+		for o := range c.Servers[i].Client(t).ListObjects(t.Context(), "ferry", miniogo.ListObjectsOptions{Prefix: "degraded/", Recursive: true}) {
+			if o.Err != nil {
+				t.Fatal(o.Err)
+			}
+			name := strings.TrimPrefix(o.Key, "degraded/")
+			if strings.HasPrefix(name, "data/") || strings.HasPrefix(name, "index/") || strings.HasPrefix(name, "snapshots/") {
+				onTargets += o.Size
+			}
+		}
+	}
+	if sum.Stored != onTargets {
+		t.Errorf("bytes_stored %d, but targets 1 and 3 hold %d bytes of shards, index and manifest", sum.Stored, onTargets)
 	}
 	var warned []string
 	for _, l := range strings.Split(strings.TrimSpace(r.stderr), "\n") {

@@ -315,7 +315,7 @@ func (r *Repo) WriteIndex(ctx context.Context, batch *IndexBatch) (int64, error)
 		}
 		r.unindexed.Delete(p.ID)
 	}
-	return int64(len(obj) * len(r.Targets)), nil
+	return int64(len(obj) * r.copies(ctx)), nil
 }
 
 func (r *Repo) unindexedCRCs(id pack.ID) []uint32 {

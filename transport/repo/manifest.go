@@ -263,7 +263,7 @@ func (r *Repo) SaveSnapshot(ctx context.Context, m *Manifest) (string, int64, er
 	if err := r.putEverywhere(ctx, "snapshots/"+id, func(*Target) ([]byte, error) { return obj, nil }); err != nil {
 		return "", 0, err
 	}
-	return id, int64(len(obj) * len(r.Targets)), nil
+	return id, int64(len(obj) * r.copies(ctx)), nil
 }
 
 func (r *Repo) loadSnapshot(ctx context.Context, id string) (*Snapshot, error) {

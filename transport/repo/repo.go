@@ -524,6 +524,21 @@ func (r *Repo) putEverywhere(ctx context.Context, name string, data func(*Target
 	return r.put(ctx, name, data, d != nil, d)
 }
 
+// copies is how many targets hold an object putEverywhere(ctx, ...) just
+// wrote: every target, or under DegradedWrites those not down.
+func (r *Repo) copies(ctx context.Context) int {
+	if degradedFrom(ctx) == nil {
+		return len(r.Targets)
+	}
+	n := 0
+	for _, t := range r.Targets {
+		if t.Down() == nil {
+			n++
+		}
+	}
+	return n
+}
+
 // put is putEverywhere, going without down targets when degradable, and
 // counting what it left out in d (nil: not counted).
 func (r *Repo) put(ctx context.Context, name string, data func(*Target) ([]byte, error), degradable bool, d *Degraded) error {
