@@ -3,6 +3,7 @@ package reflinkcsi
 import (
 	"context"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -77,8 +78,11 @@ func serve(t testing.TB, cfg Config) (*Driver, func()) {
 	}
 	t.Cleanup(stop)
 	sock, _ := socketPath(d.cfg.Endpoint)
+	// Until a connection is accepted: the socket file appears at bind,
+	// a moment before listen, and a connection in between is refused.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, err := os.Stat(sock); err == nil {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
 			break
 		}
 		select {

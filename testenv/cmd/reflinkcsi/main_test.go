@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -55,8 +56,10 @@ func TestServe(t *testing.T) {
 	go func() {
 		done <- run(ctx, []string{"--endpoint", "unix://" + sock, "--dir", dir, "--node-id", "n1", "--controller-publish"}, &stderr)
 	}()
+	// Until a connection is accepted (the file appears at bind, before listen).
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, err := os.Stat(sock); err == nil {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
 			break
 		}
 		if time.Now().After(deadline) {
