@@ -90,12 +90,9 @@ func (r *Repo) writeDeletion(ctx context.Context, d *Deletion) (string, error) {
 func (r *Repo) deletions(ctx context.Context) (map[string]*Deletion, error) {
 	out := map[string]*Deletion{}
 	err := r.loadEach(ctx, "deletions/", func(name string, b []byte) error {
-		if sum := sha256.Sum256(b); "deletions/"+hex.EncodeToString(sum[:]) != name {
-			return fmt.Errorf("%s: content does not match its name", name)
-		}
-		plain, err := r.key.Open(nil, b, deletionAD)
+		plain, err := r.openNamed(name, b, deletionAD)
 		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+			return err
 		}
 		d, err := ParseDeletion(plain)
 		if err != nil {

@@ -313,12 +313,9 @@ func (h *heldLock) release() {
 func (r *Repo) Locks(ctx context.Context) (map[string]LockInfo, error) {
 	out := map[string]LockInfo{}
 	err := r.loadEach(ctx, "locks/", func(name string, b []byte) error {
-		if sum := sha256.Sum256(b); "locks/"+hex.EncodeToString(sum[:]) != name {
-			return fmt.Errorf("%s: content does not match its name", name)
-		}
-		plain, err := r.key.Open(nil, b, lockAD)
+		plain, err := r.openNamed(name, b, lockAD)
 		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+			return err
 		}
 		var l LockInfo
 		if err := json.Unmarshal(plain, &l); err != nil {

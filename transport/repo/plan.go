@@ -104,14 +104,25 @@ func (r *Repo) writePlan(ctx context.Context, p *Plan) (string, error) {
 	return name, r.putEverywhere(ctx, name, func(*Target) ([]byte, error) { return obj, nil })
 }
 
-// openPlan authenticates and parses the plan object name.
-func (r *Repo) openPlan(name string, b []byte) (*Plan, error) {
-	if sum := sha256.Sum256(b); "plans/"+hex.EncodeToString(sum[:]) != name {
+// openNamed authenticates the sealed object name (dir/<sha256 of b>),
+// sealed with associated data ad, and returns its plaintext.
+func (r *Repo) openNamed(name string, b, ad []byte) ([]byte, error) {
+	dir, _, _ := strings.Cut(name, "/")
+	if sum := sha256.Sum256(b); dir+"/"+hex.EncodeToString(sum[:]) != name {
 		return nil, fmt.Errorf("%s: content does not match its name", name)
 	}
-	plain, err := r.key.Open(nil, b, planAD)
+	plain, err := r.key.Open(nil, b, ad)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return plain, nil
+}
+
+// openPlan authenticates and parses the plan object name.
+func (r *Repo) openPlan(name string, b []byte) (*Plan, error) {
+	plain, err := r.openNamed(name, b, planAD)
+	if err != nil {
+		return nil, err
 	}
 	p, err := ParsePlan(plain)
 	if err != nil {
