@@ -303,3 +303,84 @@ func knownZeros(holes []Range, prev []Chunk, changed []Range, size int64) []Rang
 	slices.SortFunc(out, func(a, b Range) int { return cmp.Compare(a.Off, b.Off) })
 	return mergeSorted(out)
 }
+
+// Expected returns the ranges Next can be expected to read, sorted and
+// disjoint, for a caller that wants them read ahead: every old chunk
+// holding a changed byte (for an old Zero chunk, the stride-long pieces
+// holding one), the last old chunk when the size changed, and everything
+// past the old volume's end, less the bytes known to be zeros, with their
+// ends rounded to Next's read size. Next may read less, or more where the
+// chunkings take longer to meet again than the changed chunks (on the
+// perf/compare images, 168 of the 222 MiB it reads are expected).
+func (x *Incremental) Expected() []Range {
+	var out []Range
+	i := 0
+	for _, r := range x.changed {
+		a, b := r.Off, r.End()
+		for i < len(x.prev) && x.prev[i].Off+x.prev[i].Len <= a {
+			i++
+		}
+		if i < len(x.prev) {
+			c := x.prev[i]
+			if c.Zero {
+				a = c.Off + (a-c.Off)/x.stride*x.stride
+			} else {
+				a = c.Off
+			}
+		}
+		j := i
+		for j < len(x.prev) && x.prev[j].Off+x.prev[j].Len < b {
+			j++
+		}
+		if j < len(x.prev) {
+			c := x.prev[j]
+			if c.Zero {
+				b = min(c.Off+c.Len, c.Off+(b-c.Off+x.stride-1)/x.stride*x.stride)
+			} else {
+				b = c.Off + c.Len
+			}
+		}
+		out = append(out, Range{Off: a, Len: b - a})
+	}
+	if x.oldSize != x.size && len(x.prev) > 0 {
+		// The last old chunk was cut by the old end, which moved.
+		last := x.prev[len(x.prev)-1]
+		if last.Off < x.size {
+			out = append(out, Range{Off: last.Off, Len: min(x.size, last.Off+last.Len) - last.Off})
+		}
+	}
+	if x.oldSize < x.size {
+		out = append(out, Range{Off: x.oldSize, Len: x.size - x.oldSize})
+	}
+	for k := range out {
+		end := roundUp(out[k].End(), x.s.v.bsize)
+		out[k].Off -= out[k].Off % x.s.v.bsize
+		out[k].Len = min(x.size, end) - out[k].Off
+	}
+	slices.SortFunc(out, func(a, b Range) int { return cmp.Compare(a.Off, b.Off) })
+	return subtract(mergeSorted(out), x.s.v.holes)
+}
+
+func roundUp(n, m int64) int64 { return (n + m - 1) / m * m }
+
+// subtract returns rs less zs, both sorted and disjoint.
+func subtract(rs, zs []Range) []Range {
+	var out []Range
+	j := 0
+	for _, r := range rs {
+		a, b := r.Off, r.End()
+		for j < len(zs) && zs[j].End() <= a {
+			j++
+		}
+		for k := j; k < len(zs) && zs[k].Off < b && a < b; k++ {
+			if zs[k].Off > a {
+				out = append(out, Range{Off: a, Len: zs[k].Off - a})
+			}
+			a = max(a, zs[k].End())
+		}
+		if a < b {
+			out = append(out, Range{Off: a, Len: b - a})
+		}
+	}
+	return out
+}

@@ -719,3 +719,136 @@ func TestIncrementalReadError(t *testing.T) {
 		t.Errorf("Next after a failure: %v, want the same error", err)
 	}
 }
+
+// TestIncrementalExpected checks Expected on random generations against
+// what it promises and against what Next then reads.
+func TestIncrementalExpected(t *testing.T) {
+	p := smallParams
+	stride, err := p.ZeroStride()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inside, outside int64
+	for seed := range uint64(30) {
+		rng := rand.New(rand.NewPCG(seed, 14))
+		b := &volumeBuilder{rng: rng, stride: int(stride)}
+		vol, _ := b.build(rng.IntN(8)+1, rng.IntN(300<<10)+1)
+		prev := shape(reference(t, vol, p))
+		for gen := range 4 {
+			g := nextGeneration(rng, stride, vol, prev, rng.IntN(6)+1)
+			// Rewrites with the same bytes from or up to an old cut, where
+			// widening to the old chunks has nothing to add.
+			for range rng.IntN(3) {
+				if len(prev) > 0 {
+					c := prev[rng.IntN(len(prev))]
+					n := rng.Int64N(c.Len) + 1
+					g.changed = append(g.changed, Range{Off: c.Off, Len: n}, Range{Off: c.Off + c.Len - n, Len: n})
+				}
+			}
+			want := reference(t, g.vol, p)
+			for _, bsize := range []int64{incrementalBlockSize, 4096, 24<<10 + 13} {
+				in, out := checkExpected(t, g, want, p, bsize)
+				inside += in
+				outside += out
+			}
+			if t.Failed() {
+				t.Fatalf("seed %d, generation %d: %d bytes, was %d, changed %v", seed, gen, len(g.vol), len(g.old), g.changed)
+			}
+			vol, prev = g.vol, shape(want)
+		}
+	}
+	t.Logf("Next read %d bytes inside Expected and %d outside", inside, outside)
+}
+
+// checkExpected checks x.Expected for the generation g, whose reference
+// chunking is want, and returns how many bytes Next then read inside and
+// outside it.
+func checkExpected(t *testing.T, g *generation, want []Chunk, p Params, bsize int64) (inside, outside int64) {
+	t.Helper()
+	stride, _ := p.ZeroStride()
+	size := int64(len(g.vol))
+	changed := g.changedMask()
+	known := g.knownZero(changed)
+	rec := &recorder{t: t, vol: g.vol, bsize: bsize}
+	x, err := newIncremental(rec, size, g.holes, p, g.prev, g.changed, bsize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := x.Expected()
+
+	// The old pieces (stride-long in Zero chunks) holding a changed byte,
+	// the last old chunk when the size changed, and everything past the
+	// old end: what Expected covers, block
+	// rounding and known zeros aside.
+	due := make([]byte, size)
+	for _, r := range pieces(g.prev, stride) {
+		if end := min(r.End(), size); r.Off < end && bytes.IndexByte(changed[r.Off:end], 1) >= 0 {
+			fill(due, r.Off, end, 1)
+		}
+	}
+	if oldSize := int64(len(g.old)); oldSize != size && len(g.prev) > 0 {
+		// The last old chunk, cut by the old end, which moved.
+		last := g.prev[len(g.prev)-1]
+		fill(due, min(last.Off, size), min(last.Off+last.Len, size), 1)
+	}
+	fill(due, min(int64(len(g.old)), size), size, 1)
+	dueBlock := make([]bool, (size+bsize-1)/bsize)
+	for _, r := range ranges(due) {
+		for k := r.Off / bsize; k <= (r.End()-1)/bsize; k++ {
+			dueBlock[k] = true
+		}
+	}
+
+	expected := make([]byte, size)
+	var end int64
+	for _, r := range exp {
+		if r.Len <= 0 || r.Off < end || r.End() > size {
+			t.Fatalf("read size %d: Expected %v is not sorted, disjoint, non-empty ranges within [0,%d)", bsize, exp, size)
+		}
+		end = r.End()
+		if i := bytes.IndexByte(known[r.Off:r.End()], 1); i >= 0 {
+			t.Errorf("read size %d: expected range [%d,+%d) holds byte %d, a hole or an unchanged old zero", bsize, r.Off, r.Len, r.Off+int64(i))
+		}
+		for k := r.Off / bsize; k <= (r.End()-1)/bsize; k++ {
+			if !dueBlock[k] {
+				t.Errorf("read size %d: expected range [%d,+%d) holds block %d, which holds no byte of a changed old chunk or past the old end", bsize, r.Off, r.Len, k)
+				break
+			}
+		}
+		fill(expected, r.Off, r.End(), 1)
+	}
+	missed := bytes.Clone(due)
+	for _, r := range ranges(known) {
+		fill(missed, r.Off, r.End(), 0)
+	}
+	for _, r := range exp {
+		fill(missed, r.Off, r.End(), 0)
+	}
+	for _, r := range ranges(missed) {
+		t.Errorf("read size %d: [%d,+%d) of a changed old chunk or past the old end is not expected", bsize, r.Off, r.Len)
+	}
+
+	got := runIncremental(t, x, p)
+	for _, r := range rec.reads {
+		n := int64(bytes.Count(expected[r.Off:min(r.End(), size)], []byte{1}))
+		inside += n
+		outside += min(r.End(), size) - r.Off - n
+	}
+	// By the doc of Incremental, Next reads the readable bytes of the
+	// dirty chunks of the new chunking, and per run of them at most
+	// MaxSize + 2*bsize more. Expected covers the changed old chunks and
+	// the bytes past the old end (checked above), so what Next reads
+	// outside it is at most the rest of the dirty chunks, which is mostly
+	// nothing but can be long where the chunkings take long to meet again
+	// (TestIncrementalResyncIsDataDependent), plus that allowance per run.
+	// That is readBound counting the bytes due as known.
+	notCounted := bytes.Clone(known)
+	for _, r := range ranges(due) {
+		fill(notCounted, r.Off, r.End(), 1)
+	}
+	bound, _ := readBound(g, want, changed, notCounted, p, bsize)
+	if outside > bound {
+		t.Errorf("read size %d: Next read %d bytes, %d of them outside Expected, bound %d", bsize, got.read, outside, bound)
+	}
+	return inside, outside
+}

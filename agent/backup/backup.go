@@ -96,6 +96,16 @@ func (s *Summary) DegradedMessage() string {
 	return "degraded: " + strings.Join(parts, "; ") + "; `ferry repair` (or the agent's verify loop) writes them when it is back"
 }
 
+// orderedQueue is how many chunks may wait for the collector, which takes
+// them in volume order. Chunks the workers read are bounded by the work
+// queue; the rest (kept from the parent, zeros) hold no data. An
+// incremental backup yields hundreds of kept chunks between two changed
+// ones: with a short queue the chunker would stop behind the changed chunk
+// still being compressed instead of finding the next one (measured on the
+// perf/compare images into file:// targets, medians of four: 1.02 s with
+// 4*Workers, 0.84 s with this).
+const orderedQueue = 4096
+
 // indexFlush is how many entries an index object holds at most.
 const indexFlush = 64 << 10
 
@@ -178,7 +188,7 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 
 	g, gctx := errgroup.WithContext(ctx)
 	work := make(chan *item, opts.Workers)
-	ordered := make(chan *item, 4*opts.Workers)
+	ordered := make(chan *item, orderedQueue)
 	pk := newPacker(gctx, r)
 
 	g.Go(func() error { // split
@@ -481,7 +491,9 @@ func (f fullChunks) close() { f.Close() }
 type incrementalChunks struct {
 	*chunk.Incremental
 	buf      []byte
-	compared int64 // bytes read by findChanges first
+	compared int64         // bytes read by findChanges first
+	stop     func()        // ends the read-ahead and waits for it
+	at       *atomic.Int64 // end of the last chunk, for the read-ahead
 }
 
 func (x incrementalChunks) BytesRead() int64 { return x.compared + x.Incremental.BytesRead() }
@@ -489,10 +501,13 @@ func (x incrementalChunks) BytesRead() int64 { return x.compared + x.Incremental
 func (x incrementalChunks) next() (chunk.Chunk, int, error) {
 	c, reused, err := x.Next(x.buf)
 	c.Data = nil
+	if err == nil {
+		x.at.Store(c.Off + c.Len)
+	}
 	return c, reused, err
 }
 
-func (incrementalChunks) close() {}
+func (x incrementalChunks) close() { x.stop() }
 
 func newChunks(ctx context.Context, src io.ReaderAt, size int64, opts Options, p chunk.Params, ids *chunk.IDKey, prog *Progress) (chunks, error) {
 	parent, changed := opts.Parent, opts.Changed
@@ -519,7 +534,17 @@ func newChunks(ctx context.Context, src io.ReaderAt, size int64, opts Options, p
 	if err != nil {
 		return nil, fmt.Errorf("incremental chunking against snapshot %s: %w", parent.ID[:12], err)
 	}
-	return incrementalChunks{x, make([]byte, p.MaxSize), compared}, nil
+	stop, at := func() {}, new(atomic.Int64)
+	if compared == 0 { // with a basis, findChanges has just read it all
+		pctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			prefetch(pctx, src, x.Expected(), size, at.Load)
+		}()
+		stop = func() { cancel(); <-done }
+	}
+	return incrementalChunks{x, make([]byte, p.MaxSize), compared, stop, at}, nil
 }
 
 // File backs up the block device or image file at path: holes are found

@@ -72,7 +72,7 @@ func (rs *Restorer) Handle(ctx context.Context, j *Job, p *Progress) (*Outcome, 
 	if err != nil {
 		return nil, Permanent(err)
 	}
-	r, err := repo.Open(ctx, objstore.OpenAll(ctx, locs, sec.Env), sec.Password)
+	r, err := repo.OpenForRestore(ctx, objstore.OpenAll(ctx, locs, sec.Env), sec.Password)
 	if err != nil {
 		return nil, fmt.Errorf("open repository: %w", err)
 	}

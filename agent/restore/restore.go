@@ -85,7 +85,9 @@ func Run(ctx context.Context, r *repo.Repo, s *repo.Snapshot, target string, opt
 		return nil, err
 	}
 	defer out.abort()
-	w, err := plan.WriteTo(ctx, out.f, opts)
+	wb := newWriteBehind(out.f, out.regular)
+	w, err := plan.WriteTo(ctx, wb, opts)
+	wb.close()
 	if err != nil {
 		return nil, err
 	}

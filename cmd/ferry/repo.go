@@ -35,6 +35,12 @@ func (g *globals) stores(ctx context.Context, create bool) ([]objstore.Store, er
 }
 
 func (g *globals) open(ctx context.Context) (*repo.Repo, error) {
+	return g.openWith(ctx, repo.Open)
+}
+
+// openWith opens the repository of --repo with opener (repo.Open, or
+// repo.OpenForRestore).
+func (g *globals) openWith(ctx context.Context, opener func(context.Context, []objstore.Store, []byte) (*repo.Repo, error)) (*repo.Repo, error) {
 	pw, err := g.password()
 	if err != nil {
 		return nil, err
@@ -43,7 +49,7 @@ func (g *globals) open(ctx context.Context) (*repo.Repo, error) {
 	if err != nil {
 		return nil, err
 	}
-	r, err := repo.Open(ctx, stores, pw)
+	r, err := opener(ctx, stores, pw)
 	if err != nil {
 		return nil, friendly(err)
 	}

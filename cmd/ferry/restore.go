@@ -28,7 +28,7 @@ device is overwritten in place, holes written as zeros.`,
 			if target == "" {
 				return usageError{fmt.Errorf("restore needs --target PATH")}
 			}
-			r, err := g.open(cmd.Context())
+			r, err := g.openWith(cmd.Context(), repo.OpenForRestore)
 			if err != nil {
 				return err
 			}

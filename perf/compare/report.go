@@ -131,6 +131,17 @@ func (r *results) evaluate() {
 	}
 	timed("second backup without changed-block tracking: at least 2x faster than restic", "second", r.walls("ferry second"), r.walls("restic second"), "restic", 0.5)
 	timed("restore: at most 1/2 of restic's time", "restore", r.walls("ferry restore"), r.walls("restic restore"), "restic", 0.5)
+	// Like for like: restic's restore with its image synced to disk, as
+	// Ferry's restore ends (run by run).
+	var synced []float64
+	for i, w := range r.walls("restic restore") {
+		if s := r.Samples["restic restore sync"]; i < len(s) {
+			synced = append(synced, w+s[i].Wall)
+		}
+	}
+	if len(synced) > 0 {
+		timed("restore, restic's image synced to disk as Ferry's is: at most 1/2", "restore", r.walls("ferry restore"), synced, "restic + sync", 0.5)
+	}
 	timed("restore with one of three targets down: at most 1.25x Ferry's own", "degraded", r.walls("ferry degraded"), r.walls("ferry restore"), "Ferry, all up:", 1.25)
 	mem := func(name, op string, keys ...string) {
 		m := float64(r.maxRSS(keys...)) / (1 << 20)

@@ -54,10 +54,24 @@ type retryStore struct {
 	p RetryPolicy
 }
 
+// attemptsKey carries WithAttempts' limit.
+type attemptsKey struct{}
+
+// WithAttempts returns a context under which reads through WithRetry's
+// stores make at most n attempts each (writes keep their policy): for a
+// caller that has somewhere else to turn and would rather not wait.
+func WithAttempts(ctx context.Context, n int) context.Context {
+	return context.WithValue(ctx, attemptsKey{}, max(n, 1))
+}
+
 // do runs op until it succeeds, fails permanently, runs out of attempts or
 // ctx is done. op learns which attempt it is (0-based).
 func (r *retryStore) do(ctx context.Context, op func(attempt int) error) error {
-	return r.attempts(ctx, r.p.Attempts, op)
+	n := r.p.Attempts
+	if v, ok := ctx.Value(attemptsKey{}).(int); ok {
+		n = min(n, v)
+	}
+	return r.attempts(ctx, n, op)
 }
 
 func (r *retryStore) attempts(ctx context.Context, n int, op func(attempt int) error) error {
@@ -68,6 +82,9 @@ func (r *retryStore) attempts(ctx context.Context, n int, op func(attempt int) e
 			return err
 		}
 		if attempt+1 >= n {
+			if n == 1 {
+				return fmt.Errorf("%w (one attempt)", err)
+			}
 			return fmt.Errorf("%w (gave up after %d attempts)", err, n)
 		}
 		t := time.NewTimer(r.backoff(attempt))
