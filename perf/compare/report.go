@@ -236,7 +236,7 @@ func (r *results) markdown() string {
 	}
 	if c := r.CBT; c != nil {
 		p("\nChanged-block tracking, through the test CSI driver on the same two images (%s):\n\n    %s\n\n", c.Volume, c.Command)
-		p("| iteration | full backup of snapshot 1 | incremental of snapshot 2 (delta) | snapshot 2 re-read without CBT |\n|---|---|---|---|\n")
+		p("| iteration | full backup of snapshot 1 | incremental of snapshot 2 (delta) | snapshot 2 without CBT, compared with snapshot 1 |\n|---|---|---|---|\n")
 		for i, it := range c.Iterations {
 			p("| %d | %s | %s | %s |\n", i+1, it.Full, it.Inc, it.Reread)
 		}

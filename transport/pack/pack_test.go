@@ -162,7 +162,10 @@ func FuzzParseHeader(f *testing.F) {
 		var entries []Entry
 		var err error
 		n := alloc.Bytes(func() { entries, err = c.ParseHeader(b) })
-		if limit := uint64(4*len(b) + 4096); n > limit {
+		// 64 KiB of slack, as the other parsers' fuzz targets have: the
+		// fuzzing engine's own goroutines allocate meanwhile (alloc.Bytes
+		// counts them; with 4 KiB a 2-byte input once measured 5648).
+		if limit := uint64(4*len(b) + 64<<10); n > limit {
 			t.Fatalf("ParseHeader of %d bytes allocated %d (limit %d)", len(b), n, limit)
 		}
 		if err != nil {
