@@ -151,11 +151,7 @@ func TestIncrementalEqualsFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fm, _ := r.FindSnapshot(ctx, full.SnapshotID, "")
-	im, _ := r.FindSnapshot(ctx, inc.SnapshotID, "")
-	if fm.Digest != im.Digest || !reflect.DeepEqual(fm.Extents, im.Extents) {
-		t.Fatalf("incremental manifest differs from the full one (%d vs %d extents)", len(im.Extents), len(fm.Extents))
-	}
+	sameManifest(t, r, full, inc, "incremental")
 	if inc.BytesRead > 3<<20+3*2*int64(params.MaxSize)+4*int64(params.MaxSize) {
 		t.Fatalf("incremental backup read %d bytes for %d changed", inc.BytesRead, 3*8192+3<<20)
 	}
@@ -208,11 +204,7 @@ func TestBasisEqualsFull(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			fm, _ := r.FindSnapshot(ctx, full.SnapshotID, "")
-			cm, _ := r.FindSnapshot(ctx, cmpd.SnapshotID, "")
-			if fm.Digest != cm.Digest || !reflect.DeepEqual(fm.Extents, cm.Extents) {
-				t.Fatalf("manifest by comparison differs from the full one (%d vs %d extents)", len(cm.Extents), len(fm.Extents))
-			}
+			sameManifest(t, r, full, cmpd, "by comparison")
 			// Every byte once to compare, then the changed chunks and
 			// their neighbours again.
 			if limit := int64(len(tc.b)) + 10*int64(params.MaxSize) + 3<<20; cmpd.BytesRead > limit {
@@ -263,5 +255,22 @@ func TestFileComparesWithLatest(t *testing.T) {
 	}
 	if got := restoreBytes(t, r, second.SnapshotID); !bytes.Equal(got, data) {
 		t.Fatal("restore differs")
+	}
+}
+
+// sameManifest fails unless the snapshot of got has the digest and extents
+// of the full backup's: how is what kind of backup got was.
+func sameManifest(t *testing.T, r *repo.Repo, full, got *backup.Summary, how string) {
+	t.Helper()
+	fm, err := r.FindSnapshot(context.Background(), full.SnapshotID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gm, err := r.FindSnapshot(context.Background(), got.SnapshotID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fm.Digest != gm.Digest || !reflect.DeepEqual(fm.Extents, gm.Extents) {
+		t.Fatalf("manifest %s differs from the full one (%d vs %d extents)", how, len(gm.Extents), len(fm.Extents))
 	}
 }
