@@ -69,6 +69,7 @@ type Incremental struct {
 	oldSize int64
 	size    int64
 	stride  int64
+	minSize uint
 	maxSize uint
 	pos     int64 // offset of the next chunk, a canonical cut
 	i       int   // index of the first prev chunk ending after pos
@@ -119,6 +120,7 @@ func newIncremental(src io.ReaderAt, size int64, holes []Range, p Params, prev [
 		oldSize: oldSize,
 		size:    size,
 		stride:  stride,
+		minSize: p.MinSize,
 		maxSize: p.MaxSize,
 	}, nil
 }
@@ -145,6 +147,7 @@ func (x *Incremental) Next(buf []byte) (c Chunk, reused int, err error) {
 		return c, i, nil
 	}
 	x.s.seek(x.pos)
+	x.s.firstCut = x.firstCut(x.pos)
 	c, err = x.s.Next(buf)
 	if err != nil {
 		x.err = err
@@ -202,6 +205,31 @@ func (x *Incremental) reuse() (Chunk, int, bool) {
 		i = x.i
 	}
 	return Chunk{Off: x.pos, Len: end - x.pos, Zero: true}, i, true
+}
+
+// firstCut returns the first position where a chunk starting at the cut pos
+// may end, as far as the old chunking tells, without reading: pos+MinSize,
+// or further when that lies inside an old chunk (not Zero) past its own
+// MinSize. The chunker found no cut there in the old bytes, and its cut
+// condition at a position depends only on the 64-byte window before it;
+// so up to the old chunk's end, or to the first changed byte that enters
+// the window, there is no cut in the new bytes either. Skipping those
+// positions, the chunker hashes from the change on rather than from
+// MinSize: most run chunks hold a change late in them, or end at the old
+// cut where the chunkings meet again.
+func (x *Incremental) firstCut(pos int64) int64 {
+	p0 := pos + int64(x.minSize)
+	k := sort.Search(len(x.prev), func(k int) bool { return x.prev[k].Off+x.prev[k].Len > p0 })
+	if k == len(x.prev) || x.prev[k].Zero || p0 < x.prev[k].Off+int64(x.minSize) {
+		return p0
+	}
+	end := x.prev[k].Off + x.prev[k].Len
+	j := sort.Search(len(x.changed), func(j int) bool { return x.changed[j].End() > p0-windowSize })
+	if j < len(x.changed) {
+		// The first position whose window holds a changed byte.
+		end = min(end, x.changed[j].Off+1)
+	}
+	return max(p0, end)
 }
 
 // clean reports whether the old canonical chunks tiling [a,b), which start

@@ -852,3 +852,65 @@ func checkExpected(t *testing.T, g *generation, want []Chunk, p Params, bsize in
 	}
 	return inside, outside
 }
+
+// TestIncrementalFirstCut checks where Incremental lets the chunker start
+// looking for a cut: past the positions the old chunking proves are not
+// cuts, and not one byte further (TestIncrementalMatchesSplitter checks
+// that the chunks stay the same).
+func TestIncrementalFirstCut(t *testing.T) {
+	p := smallParams
+	rng := rand.New(rand.NewPCG(3, 3))
+	vol := make([]byte, 1<<20)
+	for i := range vol {
+		vol[i] = byte(rng.Uint32())
+	}
+	prev := shape(reference(t, vol, p))
+	min := int64(p.MinSize)
+	// An old chunk long enough to have positions past its MinSize.
+	k := 1 + slices.IndexFunc(prev[1:], func(c Chunk) bool { return c.Len > min+1000 })
+	if k < 1 || k+1 >= len(prev) {
+		t.Fatalf("no old chunk longer than %d in %v", min+1000, prev)
+	}
+	a, b := prev[k].Off, prev[k].Off+prev[k].Len
+	firstCut := func(pos int64, changed ...Range) int64 {
+		x, err := NewIncremental(bytes.NewReader(vol), int64(len(vol)), nil, p, prev, changed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return x.firstCut(pos)
+	}
+	for _, tc := range []struct {
+		name    string
+		pos     int64
+		changed []Range
+		want    int64
+	}{
+		{"change past MinSize: up to the first position whose window holds it", a, []Range{{Off: b - 500, Len: 10}}, b - 499},
+		{"change in the window of pos+MinSize: nothing known", a, []Range{{Off: a + min - 10, Len: 1}}, a + min},
+		{"change just before that window: up to the old cut", a, []Range{{Off: a + min - windowSize - 1, Len: 1}}, b},
+		{"change long before: up to the old cut", a, []Range{{Off: a, Len: 100}}, b},
+		{"change after the old chunk: up to the old cut", a, []Range{{Off: b + 10, Len: 1}}, b},
+		{"start inside the old chunk: up to the old cut", a + 100, []Range{{Off: a + 50, Len: 1}}, b},
+		{"pos+MinSize before the old chunk's MinSize: nothing known", a - 100, []Range{{Off: a - 200, Len: 1}}, a - 100 + min},
+	} {
+		if got := firstCut(tc.pos, tc.changed...); got != tc.want {
+			t.Errorf("%s: firstCut(%d) = %d, want %d (old chunk [%d,%d), min %d)", tc.name, tc.pos, got, tc.want, a, b, min)
+		}
+	}
+
+	// A Zero old chunk tells nothing about cuts.
+	zvol := slices.Clone(vol)
+	clear(zvol[a : a+4*int64(p.MaxSize)])
+	zprev := shape(reference(t, zvol, p))
+	z := slices.IndexFunc(zprev, func(c Chunk) bool { return c.Zero })
+	if z < 0 {
+		t.Fatal("no Zero chunk")
+	}
+	x, err := NewIncremental(bytes.NewReader(zvol), int64(len(zvol)), nil, p, zprev, []Range{{Off: 0, Len: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pos := zprev[z].Off; x.firstCut(pos) != pos+min {
+		t.Errorf("in a Zero chunk: firstCut(%d) = %d, want %d", pos, x.firstCut(pos), pos+min)
+	}
+}

@@ -68,8 +68,13 @@ func (p Params) newChunker(rd io.Reader) *chunker.Chunker {
 }
 
 // reset restarts c on rd with p, reusing its buffer.
-func (p Params) reset(c *chunker.Chunker, rd io.Reader) {
-	c.ResetWithBoundaries(rd, p.Pol, p.MinSize, p.MaxSize)
+func (p Params) reset(c *chunker.Chunker, rd io.Reader) { p.resetMin(c, rd, p.MinSize) }
+
+// resetMin is reset with another minimum size, from MinSize to MaxSize.
+// restic/chunker hashes nothing before the minimum size less its window
+// and keeps it for every chunk after the first until reset again.
+func (p Params) resetMin(c *chunker.Chunker, rd io.Reader, minSize uint) {
+	c.ResetWithBoundaries(rd, p.Pol, minSize, p.MaxSize)
 	c.SetAverageBits(p.AverageBits)
 }
 

@@ -42,6 +42,11 @@ type Splitter struct {
 	// to at most MaxSize-MinSize. Incremental, which stops at a cut it
 	// cannot predict, relies on that.
 	perChunk bool
+	// firstCut, when past pos+MinSize, is where the next chunk may first be
+	// cut: the caller knows the chunker's cut condition to be false at
+	// every position before it (see Incremental.firstCut). Used once, and
+	// only with perChunk, which restarts the chunker with MinSize after.
+	firstCut int64
 	err      error
 }
 
@@ -103,9 +108,18 @@ func (s *Splitter) Next(buf []byte) (Chunk, error) {
 			s.rd.end = min(s.pos+int64(s.p.MaxSize), s.v.size)
 		}
 		s.base = s.pos
-		s.p.reset(s.ch, &s.rd)
+		// The chunker looks for a cut from MinSize on, so a larger first
+		// MinSize skips positions known not to be cuts without hashing
+		// them. Its state at a position depends only on the window
+		// before it, so the cuts are the same.
+		minSize := s.p.MinSize
+		if s.perChunk {
+			minSize = uint(min(max(s.firstCut-s.pos, int64(minSize)), int64(s.p.MaxSize)))
+		}
+		s.p.resetMin(s.ch, &s.rd, minSize)
 		s.restart = false
 	}
+	s.firstCut = 0
 	c, err := s.ch.Next(buf)
 	if err != nil {
 		return Chunk{}, s.fail(err)
