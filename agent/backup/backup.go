@@ -90,8 +90,8 @@ func (s *Summary) DegradedMessage() string {
 	}
 	var parts []string
 	for _, d := range s.Degraded {
-		parts = append(parts, fmt.Sprintf("target %d (%s) was unavailable; %d shards and %d replicated objects not written there",
-			d.Target, d.Location, d.Shards, d.Objects))
+		parts = append(parts, fmt.Sprintf("target %d (%s) was unavailable (%s); %d shards and %d replicated objects not written there",
+			d.Target, d.Location, d.Error, d.Shards, d.Objects))
 	}
 	return "degraded: " + strings.Join(parts, "; ") + "; `ferry repair` (or the agent's verify loop) writes them when it is back"
 }

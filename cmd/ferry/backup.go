@@ -32,6 +32,9 @@ func backupCmd(g *globals) *cobra.Command {
 			// Committed and restorable: a warning, not a failure.
 			if msg := sum.DegradedMessage(); msg != "" {
 				fmt.Fprintf(os.Stderr, "ferry: warning: %s\n", msg)
+				for _, d := range sum.Degraded {
+					g.describe(d.Target)
+				}
 			}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())

@@ -80,8 +80,12 @@ func TestBackupDegraded(t *testing.T) {
 			warned = append(warned, l)
 		}
 	}
-	if len(warned) != 1 || !strings.Contains(warned[0], "target 2 ("+"s3+http://"+proxies[1].Addr) || !strings.Contains(warned[0], "ferry repair") {
-		t.Errorf("want one degraded warning naming target 2 and repair, stderr:\n%s", r.stderr)
+	if len(warned) != 1 || !strings.Contains(warned[0], "target 2 ("+"s3+http://"+proxies[1].Addr) || !strings.Contains(warned[0], "ferry repair") ||
+		!strings.Contains(warned[0], "refused") {
+		t.Errorf("want one degraded warning naming target 2, why it was down, and repair, stderr:\n%s", r.stderr)
+	}
+	if n := linesWith(r.stderr, "target 2"); n != 1 {
+		t.Errorf("%d lines of stderr tell about target 2, want the degraded warning alone:\n%s", n, r.stderr)
 	}
 	if strings.Contains(r.stdout+r.stderr, password) || strings.Contains(r.stdout+r.stderr, c.Env("AWS_SECRET_ACCESS_KEY")) {
 		t.Error("a secret is in the output")
@@ -97,7 +101,27 @@ func TestBackupDegraded(t *testing.T) {
 	}
 	out := filepath.Join(t.TempDir(), "out.img")
 	proxies[0].Set(faultproxy.Fault{Mode: faultproxy.Refuse})
-	mustFerry(t, env, "restore", sum.SnapshotID, "--target", out)
+	rr := ferry(t, env, "restore", sum.SnapshotID, "--target", out)
 	proxies[0].Set(faultproxy.Fault{Mode: faultproxy.Pass})
+	if rr.code != 0 {
+		t.Fatalf("restore with target 1 down: exit %d: %s", rr.code, rr.stderr)
+	}
 	sameFile(t, img, out)
+	// One line about target 1: where it is, why it is down, and what the
+	// restore did without it.
+	if n := linesWith(rr.stderr, "target 1"); n != 1 || !strings.Contains(rr.stderr, "target 1 (s3+http://"+proxies[0].Addr) ||
+		!strings.Contains(rr.stderr, "refused") || !strings.Contains(rr.stderr, "reconstructed from parity") {
+		t.Errorf("restore with target 1 down: want one line naming it, why, and the shards reconstructed; stderr:\n%s", rr.stderr)
+	}
+}
+
+// linesWith counts the lines of s that contain sub.
+func linesWith(s, sub string) int {
+	n := 0
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			n++
+		}
+	}
+	return n
 }

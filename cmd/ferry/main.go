@@ -59,7 +59,10 @@ func report(err error) int {
 }
 
 type globals struct {
-	opened       *repo.Repo // set once a command opened the repository
+	opened *repo.Repo // set once a command opened the repository
+	// described holds the targets (1-based) whose loss the command has
+	// already told the user about in its own words.
+	described    map[int]bool
 	repo         string
 	passwordFile string
 	logLevel     string
@@ -83,9 +86,12 @@ func newRoot() *cobra.Command {
 	}
 	// Only after success: a failed command's error already names what failed.
 	root.PersistentPostRun = func(*cobra.Command, []string) {
-		if g.opened != nil {
-			for _, w := range g.opened.DownTargets() {
-				fmt.Fprintf(os.Stderr, "ferry: warning: %s\n", w)
+		if g.opened == nil {
+			return
+		}
+		for _, t := range g.opened.Targets {
+			if err := t.Down(); err != nil && !g.described[t.Index+1] {
+				fmt.Fprintf(os.Stderr, "ferry: warning: target %d (%s) unavailable: %v\n", t.Index+1, t.Store.Location(), err)
 			}
 		}
 	}
@@ -104,6 +110,15 @@ func envOr(k, def string) string {
 		return v
 	}
 	return def
+}
+
+// describe notes that the command told the user about the loss of target
+// (1-based), so that it is not reported twice.
+func (g *globals) describe(target int) {
+	if g.described == nil {
+		g.described = map[int]bool{}
+	}
+	g.described[target] = true
 }
 
 func (g *globals) password() ([]byte, error) {

@@ -43,7 +43,7 @@ device is overwritten in place, holes written as zeros.`,
 			if err != nil {
 				return fmt.Errorf("restore %s: %w", snap.ID[:12], err)
 			}
-			reportRepaired(sum.Repaired)
+			reportRepaired(g, r, sum.Repaired)
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
@@ -61,8 +61,9 @@ device is overwritten in place, holes written as zeros.`,
 }
 
 // reportRepaired tells what the restore had to reconstruct: one line per
-// unavailable target, and the first few damaged shards one by one.
-func reportRepaired(problems []repo.ShardProblem) {
+// unavailable target, with why it is unavailable, and the first few
+// damaged shards one by one.
+func reportRepaired(g *globals, r *repo.Repo, problems []repo.ShardProblem) {
 	perTarget := map[int]int{}
 	shown := 0
 	for _, p := range problems {
@@ -78,6 +79,15 @@ func reportRepaired(problems []repo.ShardProblem) {
 		fmt.Fprintf(os.Stderr, "ferry: ... and %d more damaged shards reconstructed from parity\n", shown-5)
 	}
 	for _, t := range slices.Sorted(maps.Keys(perTarget)) {
-		fmt.Fprintf(os.Stderr, "ferry: target %d unavailable: %d shard(s) reconstructed from parity\n", t, perTarget[t])
+		why := ""
+		if t >= 1 && t <= len(r.Targets) {
+			tg := r.Targets[t-1]
+			why = " (" + tg.Store.Location() + ")"
+			if err := tg.Down(); err != nil {
+				why += ": " + err.Error()
+			}
+		}
+		fmt.Fprintf(os.Stderr, "ferry: warning: target %d%s unavailable; %d shard(s) reconstructed from parity\n", t, why, perTarget[t])
+		g.describe(t)
 	}
 }

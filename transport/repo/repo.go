@@ -91,22 +91,11 @@ func (t *Target) Down() error {
 // unless nothing else is left, and so do a backup's writes (see
 // DegradedWrites): the mark lasts as long as the Repo, which the agent opens
 // for each job. The first error is kept; the caller decides how to tell the
-// user (see Repo.DownTargets).
+// user (ferry's commands list the targets that are Down when they end).
 func (t *Target) MarkDown(err error) {
 	if t.down.CompareAndSwap(nil, &err) {
 		slog.Debug("target unavailable, continuing without it", "target", t.Index+1, "location", t.Store.Location(), "error", err)
 	}
-}
-
-// DownTargets describes the targets this process stopped using, one line each.
-func (r *Repo) DownTargets() []string {
-	var out []string
-	for _, t := range r.Targets {
-		if err := t.Down(); err != nil {
-			out = append(out, fmt.Sprintf("target %d (%s) unavailable: %v", t.Index+1, t.Store.Location(), err))
-		}
-	}
-	return out
 }
 
 // Repo is an open repository.
