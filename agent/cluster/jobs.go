@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -15,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
@@ -176,6 +178,8 @@ type Handler func(ctx context.Context, j *Job, p *Progress) (*Outcome, error)
 // StaleAfter (its agent is gone). An agent that cannot renew its heartbeat
 // for StaleAfter minus one Heartbeat stops the job itself, so it is never
 // run twice at once while the API server is reachable by the new owner.
+// A pending replication is claimed only once the earlier ones of its
+// volume are over (see blockedBy).
 type Worker struct {
 	Jobs        *Jobs
 	Node        string // this agent's identity, in Status.Agent
@@ -225,13 +229,36 @@ func (w *Worker) Serve(ctx context.Context) error {
 	inf := f.ForResource(JobResource)
 	q := workqueue.NewTypedDelayingQueue[string]()
 	defer q.ShutDown()
+	l := inf.Lister().ByNamespace(w.Jobs.Namespace)
 	add := func(obj any) {
 		if u, ok := obj.(*unstructured.Unstructured); ok {
 			q.Add(u.GetName())
 		}
 	}
+	// A replication that ends or is deleted lets the next one of its
+	// volume start now rather than at the next resync.
+	release := func(obj any) {
+		if u, ok := obj.(*unstructured.Unstructured); ok {
+			if j, err := toJob(u); err == nil {
+				for _, x := range volumeJobs(l, j) {
+					q.Add(x.Name)
+				}
+			}
+		}
+	}
 	if _, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: add, UpdateFunc: func(_, o any) { add(o) },
+		AddFunc: add,
+		UpdateFunc: func(old, o any) {
+			add(o)
+			if !over(old) && over(o) {
+				release(o)
+			}
+		},
+		DeleteFunc: func(o any) {
+			if !over(o) {
+				release(o)
+			}
+		},
 	}); err != nil {
 		return err
 	}
@@ -252,7 +279,7 @@ func (w *Worker) Serve(ctx context.Context) error {
 				if stop {
 					return
 				}
-				if again := w.consider(ctx, inf.Lister().ByNamespace(w.Jobs.Namespace), name); again > 0 {
+				if again := w.consider(ctx, l, name); again > 0 {
 					q.AddAfter(name, again)
 				}
 				q.Done(name)
@@ -306,8 +333,88 @@ func (w *Worker) consider(ctx context.Context, l cache.GenericNamespaceLister, n
 			return d
 		}
 	}
+	if st.Phase != PhaseRunning {
+		if p := blockedBy(l, j); p != nil {
+			w.wait(ctx, j, p)
+			return 0 // p's end queues j again
+		}
+	}
 	w.run(ctx, j)
 	return 0
+}
+
+// before orders replications of a volume: by when the snapshot was cut,
+// then by when the job was created, then by name, so that every agent
+// computes the same order.
+func before(a, b *Job) bool {
+	return cmp.Or(
+		a.Spec.Replicate.Snapshot.CreatedAt.Compare(b.Spec.Replicate.Snapshot.CreatedAt),
+		a.CreationTimestamp.Time.Compare(b.CreationTimestamp.Time),
+		strings.Compare(a.Name, b.Name),
+	) < 0
+}
+
+// volumeJobs returns the replications of j's volume that are not over, j
+// included; none when j is not a replication.
+func volumeJobs(l cache.GenericNamespaceLister, j *Job) []*Job {
+	if j.Spec.Type != TypeReplicate || j.Spec.Replicate == nil {
+		return nil
+	}
+	objs, _ := l.List(labels.Everything())
+	var out []*Job
+	for _, o := range objs {
+		u, ok := o.(*unstructured.Unstructured)
+		if !ok || over(u) {
+			continue // most jobs are over, which is cheaper to see than to convert them
+		}
+		x, err := toJob(u)
+		if err == nil && x.Spec.Type == TypeReplicate && x.Spec.Replicate != nil &&
+			x.Spec.Replicate.Snapshot.SourceVolumeID == j.Spec.Replicate.Snapshot.SourceVolumeID &&
+			x.Spec.Repository == j.Spec.Repository && x.Spec.Driver == j.Spec.Driver {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// blockedBy returns the replication j must wait for before it is claimed:
+// the last of its volume's that come before it, or nil. Replications of one
+// volume (to one repository, by one driver) so run one at a time in the
+// order the snapshots were cut, whichever agents run them: each backup's
+// parent is the snapshot before it, and the newest snapshot ends up the
+// repository's latest.
+func blockedBy(l cache.GenericNamespaceLister, j *Job) *Job {
+	var last *Job
+	for _, x := range volumeJobs(l, j) {
+		if before(x, j) && (last == nil || before(last, x)) {
+			last = x
+		}
+	}
+	return last
+}
+
+// wait says in j's status which job it waits for; it writes only a new
+// message, and a conflict means j changed, which brings it back here.
+func (w *Worker) wait(ctx context.Context, j, p *Job) {
+	msg := fmt.Sprintf("waiting for FerryJob %s (snapshot %s) of the same volume to finish", p.Name, p.Spec.Replicate.Snapshot.SnapshotID)
+	w.Log.Debug("job waits for an earlier replication of its volume", "job", j.Name, "for", p.Name)
+	if j.Status.Message == msg {
+		return
+	}
+	j.Status.Phase, j.Status.Message = PhasePending, msg
+	if _, err := w.Jobs.UpdateStatus(ctx, j); err != nil && !apierrors.IsConflict(err) && ctx.Err() == nil {
+		w.Log.Warn("say why the job waits", "job", j.Name, "error", err)
+	}
+}
+
+// over reports whether obj is a FerryJob that is over, from its phase alone.
+func over(obj any) bool {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return false
+	}
+	p, _, _ := unstructured.NestedString(u.Object, "status", "phase")
+	return p == PhaseSucceeded || p == PhaseFailed
 }
 
 // run claims j and runs one attempt of it.
