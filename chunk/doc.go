@@ -29,6 +29,10 @@
 // also an old cut after it; every other chunk is reused unread, and the
 // result is identical to a Splitter over the whole new volume. The caller
 // must list every byte that changed (the SnapshotMetadata delta does).
+// Within a re-chunked chunk, the positions the old chunking proves are no
+// cuts (past an old chunk's MinSize, before its end, with an unchanged
+// window) are skipped unhashed, so the chunker hashes mostly from the
+// change on.
 //
 // Parallel chunking (Parallel). Several goroutines chunk segments of the
 // volume from their first byte on; where a segment's cuts meet the

@@ -172,7 +172,7 @@ func TestReplicationWaits(t *testing.T) {
 	create(t, jobs,
 		replicateJob("retried", "vol-a", cut), replicateJob("after-retried", "vol-a", cut.Add(time.Second)),
 		replicateJob("orphan", "vol-b", cut), replicateJob("after-orphan", "vol-b", cut.Add(time.Second)))
-	retry := metav1.NewTime(time.Now().Add(6 * time.Second).Truncate(time.Second))
+	retry := metav1.NewTime(time.Now().Add(12 * time.Second).Truncate(time.Second))
 	setStatus(t, jobs, "retried", cluster.JobStatus{Phase: cluster.PhasePending, Attempts: 1, RetryAfter: &retry, Message: "attempt 1 of 3 failed"})
 	lost := metav1.NewTime(time.Now().Add(-time.Hour).Truncate(time.Second))
 	setStatus(t, jobs, "orphan", cluster.JobStatus{Phase: cluster.PhaseRunning, Agent: "gone", Attempts: 1, Heartbeat: &lost, StartTime: &lost})
