@@ -66,6 +66,9 @@ type Config struct {
 	NodeName    string        // this agent's identity in FerryJobs and Leases; default: the host name
 	ClusterName string        // recorded in manifests; may be empty
 	Heartbeat   time.Duration // a running FerryJob's heartbeat; default 10s
+	// How long a finished FerryJob is kept after it ended; default 168h
+	// (7 days); negative: forever.
+	KeepFinishedJobs time.Duration
 }
 
 // Validate checks the configuration.

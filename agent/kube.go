@@ -43,6 +43,9 @@ func (c *Config) validateKube() error {
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = 10 * time.Second
 	}
+	if c.KeepFinishedJobs == 0 {
+		c.KeepFinishedJobs = 7 * 24 * time.Hour
+	}
 	return nil
 }
 
@@ -117,7 +120,8 @@ func (k *kubeMode) serve(ctx context.Context, g *errgroup.Group, m *metrics, v *
 	w := &cluster.Worker{
 		Jobs: k.jobs, Node: k.cfg.NodeName, Driver: k.driver, Events: ev,
 		Handlers:    map[string]cluster.Handler{cluster.TypeReplicate: rep.Handle, cluster.TypeRestore: rst.Handle},
-		Concurrency: k.cfg.Workers, Heartbeat: k.cfg.Heartbeat, MaxAttempts: k.cfg.MaxAttempts, Log: k.log,
+		Concurrency: k.cfg.Workers, Heartbeat: k.cfg.Heartbeat, MaxAttempts: k.cfg.MaxAttempts,
+		KeepFinished: k.cfg.KeepFinishedJobs, Log: k.log,
 		Observe: func(j *cluster.Job) {
 			if j.Spec.Type != cluster.TypeReplicate {
 				return

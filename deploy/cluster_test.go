@@ -127,7 +127,7 @@ func TestOnAPIServer(t *testing.T) {
 	events := cluster.NewEvents(agent.kube, agent.dyn, "ferry-agent", "node-1")
 	w := &cluster.Worker{
 		Jobs: &cluster.Jobs{Client: agent.dyn, Namespace: namespace}, Node: "node-1", Driver: driver,
-		Events: events, Heartbeat: time.Second, Log: log,
+		Events: events, Heartbeat: time.Second, KeepFinished: time.Hour, Log: log,
 		Handlers: map[string]cluster.Handler{
 			cluster.TypeReplicate: func(ctx context.Context, j *cluster.Job, _ *cluster.Progress) (*cluster.Outcome, error) {
 				return &cluster.Outcome{Message: "replicated " + j.Spec.Replicate.Snapshot.SnapshotID}, nil
@@ -252,6 +252,36 @@ func TestOnAPIServer(t *testing.T) {
 		}
 	})
 
+	t.Run("FinishedJobDeleted", func(t *testing.T) {
+		// Finished by another agent hours ago, past the worker's
+		// KeepFinished. Of a driver no agent serves, so that the worker
+		// does not claim it before the test marks it finished.
+		jobs := &cluster.Jobs{Client: admin.dyn, Namespace: namespace}
+		j, err := jobs.Create(ctx, &cluster.Job{
+			ObjectMeta: metav1.ObjectMeta{Name: "finished-long-ago"},
+			Spec: cluster.JobSpec{
+				Type: cluster.TypeRestore, Repository: repository, Driver: "nobody.csi.example",
+				Secret:  cluster.SecretRef{Namespace: namespace, Name: secretName},
+				Restore: &cluster.Restore{Snapshot: "latest", Namespace: "restored", PVC: "old"},
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ended := metav1.NewTime(time.Now().Add(-2 * time.Hour).Truncate(time.Second))
+		j.Status = cluster.JobStatus{Phase: cluster.PhaseSucceeded, Agent: "node-2", CompletionTime: &ended}
+		if _, err := jobs.UpdateStatus(ctx, j); err != nil {
+			t.Fatal(err)
+		}
+		err = poll(t, 30*time.Second, func() (bool, error) {
+			_, err := jobs.Get(t.Context(), j.Name)
+			return apierrors.IsNotFound(err), err
+		})
+		if err != nil {
+			t.Fatalf("the agent did not delete the finished job: %v", err)
+		}
+	})
+
 	t.Run("LeastPrivilege", func(t *testing.T) {
 		// A Secret elsewhere, so that Forbidden cannot hide NotFound.
 		other := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: secretName, Namespace: "app"}, StringData: map[string]string{"password": "x"}}
@@ -318,9 +348,6 @@ func TestOnAPIServer(t *testing.T) {
 			{"agent", agent, "update a ferryjob's spec", false, func(t *testing.T) error {
 				_, err := jobs(agent).Update(ctx, anyJob(t), metav1.UpdateOptions{})
 				return err
-			}},
-			{"agent", agent, "delete ferryjobs", false, func(t *testing.T) error {
-				return jobs(agent).Delete(ctx, anyJob(t).GetName(), metav1.DeleteOptions{})
 			}},
 			{"agent", agent, "delete persistentvolumes", false, func(t *testing.T) error {
 				return agent.kube.CoreV1().PersistentVolumes().Delete(ctx, "ferry-restored", metav1.DeleteOptions{})

@@ -75,6 +75,17 @@ func (js *Jobs) UpdateStatus(ctx context.Context, j *Job) (*Job, error) {
 	return toJob(out)
 }
 
+// Delete deletes j, and never a job created again under its name since j
+// was read: the delete has j's UID as a precondition, and fails with a
+// conflict when the UID is another.
+func (js *Jobs) Delete(ctx context.Context, j *Job) error {
+	err := js.api().Delete(ctx, j.Name, metav1.DeleteOptions{Preconditions: metav1.NewUIDPreconditions(string(j.UID))})
+	if err != nil {
+		return fmt.Errorf("delete FerryJob %s/%s: %w", js.Namespace, j.Name, err)
+	}
+	return nil
+}
+
 // ReplicationJobName is the name of the job replicating a driver's
 // snapshot: the same snapshot always gives the same job, so the hook's
 // retries create it once.
@@ -179,7 +190,8 @@ type Handler func(ctx context.Context, j *Job, p *Progress) (*Outcome, error)
 // for StaleAfter minus one Heartbeat stops the job itself, so it is never
 // run twice at once while the API server is reachable by the new owner.
 // A pending replication is claimed only once the earlier ones of its
-// volume are over (see blockedBy).
+// volume are over (see blockedBy). Finished jobs are deleted KeepFinished
+// after they ended (see expire).
 type Worker struct {
 	Jobs        *Jobs
 	Node        string // this agent's identity, in Status.Agent
@@ -190,7 +202,10 @@ type Worker struct {
 	Heartbeat   time.Duration
 	StaleAfter  time.Duration
 	MaxAttempts int // default 20
-	Log         *slog.Logger
+	// KeepFinished is how long a Succeeded or Failed job stays for
+	// kubectl to show; 0 or less: forever.
+	KeepFinished time.Duration
+	Log          *slog.Logger
 	// Observe, when set, sees every attempt's recorded end (metrics).
 	Observe func(j *Job)
 	// Running, when set, counts the jobs running now.
@@ -199,8 +214,9 @@ type Worker struct {
 		Dec()
 	}
 
-	mu      sync.Mutex
-	running map[string]bool
+	mu       sync.Mutex
+	running  map[string]bool
+	noDelete atomic.Bool // the API server said Forbidden to a delete
 }
 
 func (w *Worker) defaults() {
@@ -310,7 +326,7 @@ func (w *Worker) consider(ctx context.Context, l cache.GenericNamespaceLister, n
 	st := &j.Status
 	switch {
 	case st.Final():
-		return 0
+		return w.expire(ctx, j)
 	case j.Spec.Node != "" && j.Spec.Node != w.Node, j.Spec.Driver != w.Driver:
 		return 0
 	case w.Handlers[j.Spec.Type] == nil:
@@ -340,6 +356,52 @@ func (w *Worker) consider(ctx context.Context, l cache.GenericNamespaceLister, n
 		}
 	}
 	w.run(ctx, j)
+	return 0
+}
+
+// expire deletes a finished job KeepFinished after it ended, as Kubernetes
+// deletes a Job with ttlSecondsAfterFinished, or says when it will be due.
+// It does so for the jobs of every driver: any agent's informer holds them
+// all. The agent that ran the job deletes it; the others wait StaleAfter
+// longer, in case that agent is gone, so that a cluster of many agents
+// sends one delete per job rather than one per agent. Two that still meet
+// are harmless: the later one gets NotFound.
+func (w *Worker) expire(ctx context.Context, j *Job) time.Duration {
+	if w.KeepFinished <= 0 || w.noDelete.Load() {
+		return 0
+	}
+	st := &j.Status
+	// Ferry writes CompletionTime with every final phase; a job made final
+	// some other way (by hand) may have none, and then its last heartbeat,
+	// else its creation, says when it ended.
+	ended := j.CreationTimestamp.Time
+	switch {
+	case st.CompletionTime != nil:
+		ended = st.CompletionTime.Time
+	case st.Heartbeat != nil:
+		ended = st.Heartbeat.Time
+	}
+	due := ended.Add(w.KeepFinished)
+	if st.Agent != w.Node {
+		due = due.Add(w.StaleAfter)
+	}
+	if d := time.Until(due); d > 0 {
+		return d
+	}
+	err := w.Jobs.Delete(ctx, j)
+	switch {
+	case err == nil:
+		w.Log.Info("deleted finished FerryJob", "job", j.Name, "phase", st.Phase, "completed", ended)
+	case apierrors.IsNotFound(err), apierrors.IsConflict(err):
+		// Another agent deleted it (and someone may have created it again).
+	case apierrors.IsForbidden(err):
+		// Every resync would try again, for every finished job.
+		if w.noDelete.CompareAndSwap(false, true) {
+			w.Log.Error("may not delete FerryJobs: finished ones are kept until the agent restarts with delete on ferryjobs (deploy/rbac/agent.yaml grants it)", "error", err)
+		}
+	case ctx.Err() == nil:
+		w.Log.Warn("delete a finished FerryJob", "job", j.Name, "error", err)
+	}
 	return 0
 }
 
