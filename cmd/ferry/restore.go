@@ -79,15 +79,15 @@ func reportRepaired(g *globals, r *repo.Repo, problems []repo.ShardProblem) {
 		fmt.Fprintf(os.Stderr, "ferry: ... and %d more damaged shards reconstructed from parity\n", shown-5)
 	}
 	for _, t := range slices.Sorted(maps.Keys(perTarget)) {
-		why := ""
+		where, why := "", ""
 		if t >= 1 && t <= len(r.Targets) {
 			tg := r.Targets[t-1]
-			why = " (" + tg.Store.Location() + ")"
+			where = " (" + tg.Store.Location() + ")"
 			if err := tg.Down(); err != nil {
-				why += ": " + err.Error()
+				why = " (" + err.Error() + ")"
 			}
 		}
-		fmt.Fprintf(os.Stderr, "ferry: warning: target %d%s unavailable; %d shard(s) reconstructed from parity\n", t, why, perTarget[t])
+		fmt.Fprintf(os.Stderr, "ferry: warning: target %d%s unavailable%s; %d shard(s) reconstructed from parity\n", t, where, why, perTarget[t])
 		g.describe(t)
 	}
 }
