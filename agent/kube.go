@@ -46,6 +46,11 @@ func (c *Config) validateKube() error {
 	if c.KeepFinishedJobs == 0 {
 		c.KeepFinishedJobs = 7 * 24 * time.Hour
 	}
+	if c.KeepFinishedJobs > 0 && c.KeepFinishedJobs < time.Minute {
+		// restore-to-cluster --wait reads the result of the job it waits
+		// for once it has ended.
+		return fmt.Errorf("--keep-finished-jobs %s: at least 1m, so that restore-to-cluster --wait can read a finished job's result (negative keeps them all)", c.KeepFinishedJobs)
+	}
 	return nil
 }
 

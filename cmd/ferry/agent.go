@@ -43,7 +43,7 @@ func agentCmds() []*cobra.Command {
 			f.StringVar(&cfg.ClusterName, "cluster-name", "", "recorded in the snapshots' manifests, to tell clusters apart in a shared repository")
 			f.DurationVar(&cfg.Heartbeat, "heartbeat", 10*time.Second, "with --kube: how often a running FerryJob's status is renewed; another agent takes the job over after 4 missed")
 			f.IntVar(&cfg.MaxAttempts, "max-attempts", 20, "failed attempts after which a job is given up")
-			f.DurationVar(&cfg.KeepFinishedJobs, "keep-finished-jobs", 7*24*time.Hour, "with --kube: delete a Succeeded or Failed FerryJob this long after it ended (negative: keep them all)")
+			f.DurationVar(&cfg.KeepFinishedJobs, "keep-finished-jobs", 7*24*time.Hour, "with --kube: delete a Succeeded or Failed FerryJob this long after it ended (at least 1m; negative: keep them all)")
 			f.DurationVar(&cfg.VerifyInterval, "verify-interval", time.Hour, "verify each repository replicated into this often, ±10% (negative: never, and no drills)")
 			f.DurationVar(&cfg.DrillInterval, "drill-interval", 24*time.Hour, "restore each volume's newest snapshot into nothing this often, ±10%, to prove it and time it (negative: never)")
 			f.Int64Var(&cfg.VerifyBytesPerSecond, "verify-bytes-per-second", 8<<20, "read rate of verification, per repository")

@@ -192,6 +192,9 @@ func TestBadInput(t *testing.T) {
 			want: "ferry: --pack-size 0: want 1 to 256 MiB"},
 		{name: "read-data-percent out of range", env: env(a.repo(), password), args: []string{"verify", "--read-data-percent", "101"}, code: 2,
 			want: "ferry: --read-data-percent 101: want 1..100"},
+		{name: "finished jobs kept for seconds", env: env(a.repo(), password),
+			args: []string{"agent", "--kube", "--namespace", "ferry-system", "--csi-driver", "unix:///run/csi/driver.sock", "--keep-finished-jobs", "10s"}, code: 2,
+			want: "ferry: --keep-finished-jobs 10s: at least 1m, so that restore-to-cluster --wait can read a finished job's result (negative keeps them all)"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
