@@ -247,25 +247,6 @@ func newRepo(targets []*Target, key *crypt.Key, cfg Config) (*Repo, error) {
 // when no target can give it the key and config, or when a target's config
 // shows that it belongs to another repository or sits at another position.
 func Open(ctx context.Context, stores []objstore.Store, password []byte) (*Repo, error) {
-	return open(ctx, stores, password)
-}
-
-// OpenForRestore is Open for a restore, which needs only k shards of each
-// pack and should not wait for a target that is gone: each target's key
-// objects and config are asked for once, without the retries (about 1.5 s
-// for a refused connection, several stall timeouts for a hung target), and
-// a target that fails while another gives the key and config is marked
-// down at once; reads then rebuild its shards from the others. Only when
-// no target gives them does it open as Open does, with retries.
-func OpenForRestore(ctx context.Context, stores []objstore.Store, password []byte) (*Repo, error) {
-	r, err := open(objstore.WithAttempts(ctx, 1), stores, password)
-	if errors.Is(err, ErrUnavailable) || errors.Is(err, ErrNotRepository) {
-		return open(ctx, stores, password)
-	}
-	return r, err
-}
-
-func open(ctx context.Context, stores []objstore.Store, password []byte) (*Repo, error) {
 	targets := newTargets(stores)
 	var key *crypt.Key
 	keyFrom := -1 // the target whose key objects gave key
@@ -352,6 +333,21 @@ func open(ctx context.Context, stores []objstore.Store, password []byte) (*Repo,
 	c := *cfg
 	c.Target = 0
 	return newRepo(targets, key, c)
+}
+
+// OpenForRestore is Open for a restore, which needs only k shards of each
+// pack and should not wait for a target that is gone: each target's key
+// objects and config are asked for once, without the retries (about 1.5 s
+// for a refused connection, several stall timeouts for a hung target), and
+// a target that fails while another gives the key and config is marked
+// down at once; reads then rebuild its shards from the others. Only when
+// no target gives them does it open as Open does, with retries.
+func OpenForRestore(ctx context.Context, stores []objstore.Store, password []byte) (*Repo, error) {
+	r, err := Open(objstore.WithAttempts(ctx, 1), stores, password)
+	if errors.Is(err, ErrUnavailable) || errors.Is(err, ErrNotRepository) {
+		return Open(ctx, stores, password)
+	}
+	return r, err
 }
 
 // openKey returns the master key from the target's key objects. When have is
