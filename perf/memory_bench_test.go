@@ -3,6 +3,7 @@ package perf
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -17,6 +18,8 @@ import (
 	"github.com/ferrydr/ferry/testenv/volume"
 	"github.com/ferrydr/ferry/transport/erasure"
 	"github.com/ferrydr/ferry/transport/objstore"
+	"github.com/ferrydr/ferry/transport/pack"
+	"github.com/ferrydr/ferry/transport/repo"
 )
 
 // fileStores returns three fresh file:// targets under dir, as the command
@@ -152,5 +155,190 @@ func BenchmarkMemory(b *testing.B) {
 			}
 			peak.report(b)
 		})
+	}
+}
+
+// watchLive samples the live heap (what the last garbage collection kept)
+// after forcing a collection every 50 milliseconds, until stop is called.
+// The forced collections cost the run time: the figure is for memory only.
+func watchLive() (stop func() uint64) {
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	var peak uint64
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			runtime.GC()
+			metrics.Read(sample)
+			peak = max(peak, sample[0].Value.Uint64())
+		}
+	}()
+	return func() uint64 {
+		close(done)
+		wg.Wait()
+		return peak
+	}
+}
+
+// BenchmarkMemoryPerChunk measures what a backup and a restore keep for each
+// chunk of the volume (the manifest's extents, the index, the restore's
+// plan), which the fixed-size buffers BenchmarkMemory sees hide at its
+// sizes. Two sample volumes (all data, random and text), 1 GiB and 3 GiB,
+// are chunked small (minimum 2 KiB, average bits 11: about 90,000 and
+// 270,000 chunks, as many as 38 GB and 117 GB of real files have at the
+// default size), backed up into a fresh repository on three file://
+// targets and restored. The maximum chunk size stays large (512 KiB) so
+// that a pack's header of a few thousand entries fits the pack buffer's
+// slack. Reported: the peak live heap of each run, sampled
+// after forced collections, and per-chunk, the slope between the two
+// sizes. The index part of it grows with the repository, not the volume;
+// BenchmarkIndexMemory measures it alone.
+func BenchmarkMemoryPerChunk(b *testing.B) {
+	p := chunk.DefaultParams(benchPol)
+	p.MinSize, p.AverageBits, p.MaxSize = 2<<10, 11, 512<<10
+	dir := tempDir(b)
+	type run struct {
+		chunks                  int64
+		backupLive, restoreLive uint64
+	}
+	measure := func(size int64) run {
+		img := filepath.Join(dir, "vol.img")
+		if err := volume.Write(img, volume.Spec{Size: size, DataFrac: 1, Seed: 5}); err != nil {
+			b.Fatal(err)
+		}
+		defer os.Remove(img)
+		repoDir, err := os.MkdirTemp(dir, "repo")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer os.RemoveAll(repoDir)
+		r := newRepo(b, fileStores(b, repoDir), p, erasure.Scheme{K: 2, M: 1})
+		runtime.GC()
+		stop := watchLive()
+		sum := backupFile(b, r, img)
+		var out run
+		out.chunks, out.backupLive = sum.Chunks, stop()
+		snap, err := r.FindSnapshot(context.Background(), sum.SnapshotID, "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		dst := filepath.Join(dir, "out.img")
+		defer os.Remove(dst)
+		runtime.GC()
+		stop = watchLive()
+		if _, err := restore.Run(context.Background(), r, snap, dst, restore.Options{}); err != nil {
+			b.Fatal(err)
+		}
+		out.restoreLive = stop()
+		return out
+	}
+	for b.Loop() {
+		small, large := measure(1<<30), measure(3<<30)
+		dc := float64(large.chunks - small.chunks)
+		b.ReportMetric(float64(small.chunks), "chunks-small")
+		b.ReportMetric(float64(large.chunks), "chunks-large")
+		b.ReportMetric(float64(small.backupLive)/(1<<20), "backup-live-small-MiB")
+		b.ReportMetric(float64(large.backupLive)/(1<<20), "backup-live-large-MiB")
+		b.ReportMetric((float64(large.backupLive)-float64(small.backupLive))/dc, "backup-B/chunk")
+		b.ReportMetric(float64(small.restoreLive)/(1<<20), "restore-live-small-MiB")
+		b.ReportMetric(float64(large.restoreLive)/(1<<20), "restore-live-large-MiB")
+		b.ReportMetric((float64(large.restoreLive)-float64(small.restoreLive))/dc, "restore-B/chunk")
+	}
+}
+
+// BenchmarkIndexMemory measures the in-memory index alone: bytes of live
+// heap per chunk for an index of 0.6 to 1.4 million chunks (250 to 600 GB
+// of real files at the default chunk size), in packs of 40. Go's maps
+// grow in steps, so the figure swings with the count.
+func BenchmarkIndexMemory(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, n := range []int{600_000, 1_000_000, 1_400_000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			for b.Loop() {
+				runtime.GC()
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				x := repo.NewIndex()
+				for range n / 40 {
+					var pi repo.PackInfo
+					fillRandom(rng, pi.ID[:])
+					pi.Length = 16 << 20
+					pi.ShardCRC = make([]uint32, 3)
+					es := make([]pack.Entry, 40)
+					for i := range es {
+						fillRandom(rng, es[i].ID[:])
+						es[i].Offset, es[i].Length, es[i].RawLength = uint32(i)<<18, 1<<17, 1<<18
+					}
+					x.AddPack(pi, es)
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(x.Len()), "B/chunk")
+				runtime.KeepAlive(x)
+			}
+		})
+	}
+}
+
+func fillRandom(r *rand.Rand, b []byte) {
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+}
+
+// BenchmarkSnapshotsMemory measures what a listing of the snapshots
+// holds (the agent's verification loop keeps one between rounds, and a
+// replication holds one while it looks for the parent) and what finding
+// the newest snapshot allocates (`ferry restore latest`, a backup looking
+// for its basis), in a repository with eight snapshots of a volume of
+// about 90,000 chunks: a 1 GiB sample volume chunked small, as many chunks
+// as 37 GB of real files have at the default size.
+func BenchmarkSnapshotsMemory(b *testing.B) {
+	p := chunk.DefaultParams(benchPol)
+	p.MinSize, p.AverageBits, p.MaxSize = 2<<10, 11, 512<<10
+	dir := tempDir(b)
+	img := filepath.Join(dir, "vol.img")
+	if err := volume.Write(img, volume.Spec{Size: 1 << 30, DataFrac: 1, Seed: 5}); err != nil {
+		b.Fatal(err)
+	}
+	r := newRepo(b, fileStores(b, dir), p, erasure.Scheme{K: 2, M: 1})
+	var chunks int64
+	for range 8 {
+		chunks = backupFile(b, r, img).Chunks
+	}
+	ctx := context.Background()
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	for b.Loop() {
+		base := heap()
+		snaps, err := r.Snapshots(ctx)
+		held := heap()
+		if err != nil || len(snaps) != 8 {
+			b.Fatalf("Snapshots: %d, %v", len(snaps), err)
+		}
+		runtime.KeepAlive(snaps)
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		s, err := r.FindSnapshot(ctx, "latest", "")
+		runtime.ReadMemStats(&after)
+		if err != nil || int64(len(s.Extents)) < chunks {
+			b.Fatalf("latest: %v", err)
+		}
+		b.ReportMetric(float64(held-min(held, base))/(1<<20), "listing-held-MiB")
+		b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/(1<<20), "latest-alloc-MiB")
+		b.ReportMetric(float64(chunks), "chunks")
 	}
 }

@@ -92,8 +92,9 @@ func Run(ctx context.Context, r *repo.Repo, opts Options) (*Report, error) {
 }
 
 // checker holds what one verification learned. Maps are keyed by pack and
-// hold small values: memory is about 200 + 12(k+m) bytes per pack plus the
-// index (about 100 bytes per chunk).
+// hold small values: memory is about 200 + 12(k+m) bytes per pack, plus the
+// index (88 to 121 bytes per chunk) and every snapshot's extents (56 bytes
+// per chunk of each, kept to name the snapshots a loss affects).
 type checker struct {
 	r       *repo.Repo
 	rep     *Report

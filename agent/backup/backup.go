@@ -147,6 +147,17 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 		prog = &Progress{}
 	}
 	prog.Total.Store(size)
+	// Snapshots from a listing come without their extents.
+	if opts.Parent != nil {
+		if opts.Parent, err = r.WithExtents(ctx, opts.Parent); err != nil {
+			return nil, fmt.Errorf("parent: %w", err)
+		}
+	}
+	if opts.Basis != nil {
+		if opts.Basis, err = r.WithExtents(ctx, opts.Basis); err != nil {
+			return nil, fmt.Errorf("basis: %w", err)
+		}
+	}
 
 	idx, err := r.LoadIndex(ctx)
 	if err != nil {
@@ -164,11 +175,14 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 		extents   []repo.Extent
 		digest    = repo.NewVolumeDigest()
 		claimedMu sync.Mutex
-		claimed   = map[chunk.ID]bool{} // new in this backup
-		batchMu   sync.Mutex
-		batch     = &repo.IndexBatch{}
-		stored    atomic.Int64
-		packs     atomic.Int64
+		// claimed holds the chunks this backup stores that the index does
+		// not know yet; flushIndex forgets them once it does, so that the
+		// map stays as small as the packs in flight, not the volume.
+		claimed = map[chunk.ID]bool{}
+		batchMu sync.Mutex
+		batch   = &repo.IndexBatch{}
+		stored  atomic.Int64
+		packs   atomic.Int64
 	)
 	// flushIndex writes the entries of packs whose shards are written.
 	flushIndex := func(ctx context.Context, min int) error {
@@ -183,7 +197,19 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 		n, err := r.WriteIndex(ctx, b)
 		stored.Add(n)
 		prog.Stored.Add(n)
-		return err
+		if err != nil {
+			return err
+		}
+		claimedMu.Lock()
+		for _, es := range b.Entries {
+			for _, e := range es {
+				if idx.Has(e.ID) { // WriteIndex added it to idx
+					delete(claimed, e.ID)
+				}
+			}
+		}
+		claimedMu.Unlock()
+		return nil
 	}
 
 	g, gctx := errgroup.WithContext(ctx)

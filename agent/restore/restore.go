@@ -80,6 +80,7 @@ func Run(ctx context.Context, r *repo.Repo, s *repo.Snapshot, target string, opt
 	if err != nil {
 		return nil, err
 	}
+	s = plan.snap // with its extents
 	out, err := openTarget(target, s.Size)
 	if err != nil {
 		return nil, err
@@ -131,9 +132,13 @@ func (p *Plan) Packs() int { return len(p.order) }
 // NewPlan maps every data extent of s to its blob (idx, or the repository's
 // index loaded when nil) and checks, by listing the targets, that every
 // pack it needs still has at least k shards, before anything is written.
+// s may come from Snapshots: NewPlan reads its extents.
 func NewPlan(ctx context.Context, r *repo.Repo, s *repo.Snapshot, idx *repo.Index) (*Plan, error) {
+	s, err := r.WithExtents(ctx, s)
+	if err != nil {
+		return nil, err
+	}
 	if idx == nil {
-		var err error
 		if idx, err = r.LoadIndex(ctx); err != nil {
 			return nil, fmt.Errorf("load index: %w", err)
 		}

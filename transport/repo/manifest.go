@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -88,10 +89,18 @@ type Manifest struct {
 }
 
 // Snapshot is a manifest with its ID.
+//
+// A Snapshot from Snapshots carries the manifest's metadata only: its
+// Extents are nil, so that a listing costs memory per snapshot and not per
+// chunk of every volume in the repository. WithExtents reads them.
 type Snapshot struct {
 	ID string
 	*Manifest
+	metaOnly bool
 }
+
+// MetaOnly reports whether s was read without its extents (see WithExtents).
+func (s *Snapshot) MetaOnly() bool { return s.metaOnly }
 
 // VolumeDigest accumulates the whole-volume digest: SHA-256 over every
 // extent's offset, length and keyed chunk hash (all zero for zero extents),
@@ -163,29 +172,23 @@ func (m *Manifest) marshal() ([]byte, error) {
 	return zenc.EncodeAll(b, nil), nil
 }
 
+func newManifestDecoder() (*zstd.Decoder, error) {
+	return zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+		zstd.WithDecoderMaxMemory(maxManifestSize), zstd.WithDecoderMaxWindow(manifestWindow),
+		zstd.WithDecodeBuffersBelow(0)) // never DecodeAll, which allocates the claimed size
+}
+
 // decompress decompresses a manifest's zstd frame(s), refusing output
 // beyond maxManifestSize and windows beyond manifestWindow. A frame's
 // content size is never allocated up front: the output grows as it is
 // decoded, and the decoder keeps at most a window besides.
 func decompress(z []byte) ([]byte, error) {
-	d, _ := zdecs.Get().(*zstd.Decoder)
-	if d == nil {
+	var b []byte
+	err := decoding(z, func(d io.Reader) error {
 		var err error
-		d, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
-			zstd.WithDecoderMaxMemory(maxManifestSize), zstd.WithDecoderMaxWindow(manifestWindow),
-			zstd.WithDecodeBuffersBelow(0)) // never DecodeAll, which allocates the claimed size
-		if err != nil {
-			return nil, err
-		}
-	}
-	defer func() {
-		d.Reset(nil) // drop the input
-		zdecs.Put(d)
-	}()
-	if err := d.Reset(bytes.NewReader(z)); err != nil {
-		return nil, err
-	}
-	b, err := io.ReadAll(io.LimitReader(d, maxManifestSize+1))
+		b, err = io.ReadAll(io.LimitReader(d, maxManifestSize+1))
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -193,6 +196,57 @@ func decompress(z []byte) ([]byte, error) {
 		return nil, fmt.Errorf("more than %d bytes uncompressed", maxManifestSize)
 	}
 	return b, nil
+}
+
+// decoding calls read with a pooled streaming decoder of z.
+func decoding(z []byte, read func(io.Reader) error) error {
+	d, _ := zdecs.Get().(*zstd.Decoder)
+	if d == nil {
+		var err error
+		if d, err = newManifestDecoder(); err != nil {
+			return err
+		}
+	}
+	defer func() {
+		d.Reset(nil) // drop the input
+		zdecs.Put(d)
+	}()
+	if err := d.Reset(bytes.NewReader(z)); err != nil {
+		return err
+	}
+	return read(d)
+}
+
+// parseMeta parses the metadata at the start of a manifest's compressed
+// plaintext and decompresses nothing after it.
+func parseMeta(z []byte) (*Manifest, error) {
+	var metaJSON []byte
+	err := decoding(z, func(d io.Reader) error {
+		br := bufio.NewReaderSize(d, 512)
+		var h [5]byte
+		if _, err := io.ReadFull(br, h[:]); err != nil || string(h[:4]) != "FRYM" || h[4] != 1 {
+			return errors.New("bad magic or version")
+		}
+		n, err := binary.ReadUvarint(br)
+		if err != nil || n > maxManifestSize {
+			return errors.New("bad metadata length")
+		}
+		if metaJSON, err = io.ReadAll(io.LimitReader(br, int64(n))); err != nil || uint64(len(metaJSON)) != n {
+			return errors.New("metadata cut short")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errManifestFormat, err)
+	}
+	m := &Manifest{}
+	if err := json.Unmarshal(metaJSON, &m.Meta); err != nil {
+		return nil, fmt.Errorf("%w: %v", errManifestFormat, err)
+	}
+	if m.Size < 0 {
+		return nil, fmt.Errorf("%w: negative size", errManifestFormat)
+	}
+	return m, nil
 }
 
 // ParseManifest parses a manifest's compressed plaintext.
@@ -267,6 +321,13 @@ func (r *Repo) SaveSnapshot(ctx context.Context, m *Manifest) (string, int64, er
 }
 
 func (r *Repo) loadSnapshot(ctx context.Context, id string) (*Snapshot, error) {
+	return r.readSnapshot(ctx, id, ParseManifest)
+}
+
+// readSnapshot reads manifest id from any target that has a valid copy and
+// parses its plaintext with parse: ParseManifest, or parseMeta for the
+// metadata alone.
+func (r *Repo) readSnapshot(ctx context.Context, id string, parse func([]byte) (*Manifest, error)) (*Snapshot, error) {
 	var m *Manifest
 	err := r.getAny(ctx, "snapshots/"+id, func(b []byte) error {
 		if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != id {
@@ -276,7 +337,7 @@ func (r *Repo) loadSnapshot(ctx context.Context, id string) (*Snapshot, error) {
 		if err != nil {
 			return err
 		}
-		m, err = ParseManifest(plain)
+		m, err = parse(plain)
 		return err
 	})
 	if err != nil {
@@ -285,7 +346,25 @@ func (r *Repo) loadSnapshot(ctx context.Context, id string) (*Snapshot, error) {
 	return &Snapshot{ID: id, Manifest: m}, nil
 }
 
-// Snapshots returns every snapshot, oldest first. Snapshots that a
+// WithExtents returns s with its extents: s itself when it has them, or
+// the snapshot read again whole when it came from Snapshots.
+func (r *Repo) WithExtents(ctx context.Context, s *Snapshot) (*Snapshot, error) {
+	if !s.metaOnly {
+		return s, nil
+	}
+	full, err := r.loadSnapshot(ctx, s.ID)
+	if errors.Is(err, objstore.ErrNotFound) {
+		err = fmt.Errorf("%w: %s (deleted since it was listed)", ErrSnapshotNotFound, s.ID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", s.ID, err)
+	}
+	return full, nil
+}
+
+// Snapshots returns every snapshot, oldest first, without its extents
+// (see Snapshot): each manifest is read and only its metadata kept, eight
+// at a time. Snapshots that a
 // deletion record names (forgotten, maybe still on some targets) are left
 // out, and so are those deleted since the listing and, with a warning,
 // objects under snapshots/ that no target has a valid copy of
@@ -326,7 +405,10 @@ func (r *Repo) snapshots(ctx context.Context) ([]*Snapshot, []skippedManifest, e
 			continue
 		}
 		g.Go(func() error {
-			s, err := r.loadSnapshot(ctx, strings.TrimPrefix(n, "snapshots/"))
+			s, err := r.readSnapshot(ctx, strings.TrimPrefix(n, "snapshots/"), parseMeta)
+			if s != nil {
+				s.metaOnly = true
+			}
 			switch {
 			case errors.Is(err, objstore.ErrNotFound):
 				return nil
@@ -410,7 +492,7 @@ func (r *Repo) FindSnapshot(ctx context.Context, ref, name string) (*Snapshot, e
 		if also != "" {
 			slog.Warn("found the snapshot, but a manifest no target has a valid copy of might have been a newer one; ferry verify reports it", "snapshot", match[0].ID[:12], "skipped", also[2:])
 		}
-		return match[0], nil
+		return r.WithExtents(ctx, match[0])
 	default:
 		return nil, fmt.Errorf("snapshot prefix %q is ambiguous (%d matches)", ref, len(match))
 	}

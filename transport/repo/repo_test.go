@@ -355,6 +355,54 @@ func TestManifestRoundTrip(t *testing.T) {
 	}
 }
 
+// TestSnapshotsListMetadata checks that a listing keeps each manifest's
+// metadata and not its extents, and that WithExtents and FindSnapshot give
+// the extents back.
+func TestSnapshotsListMetadata(t *testing.T) {
+	ctx := context.Background()
+	stores := memStores(3)
+	r := initRepo(t, stores)
+	ids := storeChunks(t, r, []byte("first"), []byte("second"))
+	m := &Manifest{Meta: Meta{Name: "db", Size: 3 << 20, Digest: "ab", Started: time.Unix(100, 0).UTC(), Volume: Volume{Namespace: "ns", PVC: "data"}},
+		Extents: []Extent{{Off: 0, Len: 1 << 20, ID: ids[0]}, {Off: 1 << 20, Len: 1 << 20, Zero: true}, {Off: 2 << 20, Len: 1 << 20, ID: ids[1]}}}
+	id, _, err := r.SaveSnapshot(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snaps, err := r.Snapshots(ctx)
+	if err != nil || len(snaps) != 1 {
+		t.Fatalf("Snapshots: %d, %v", len(snaps), err)
+	}
+	listed := snaps[0]
+	if !listed.MetaOnly() || listed.Extents != nil || listed.ID != id {
+		t.Fatalf("listed with extents (%d) or under another ID", len(listed.Extents))
+	}
+	if !reflect.DeepEqual(listed.Meta, m.Meta) {
+		t.Fatalf("metadata differs:\n%+v\n%+v", listed.Meta, m.Meta)
+	}
+	full, err := r.WithExtents(ctx, listed)
+	if err != nil || full.MetaOnly() || !reflect.DeepEqual(full.Manifest, m) {
+		t.Fatalf("WithExtents: %v, %+v", err, full)
+	}
+	if again, err := r.WithExtents(ctx, full); err != nil || again != full {
+		t.Fatalf("WithExtents of a whole snapshot read it again: %v", err)
+	}
+	for _, ref := range []string{"latest", id[:6]} {
+		if s, err := r.FindSnapshot(ctx, ref, ""); err != nil || s.MetaOnly() || len(s.Extents) != 3 {
+			t.Fatalf("FindSnapshot(%s): %v, %+v", ref, err, s)
+		}
+	}
+	// Deleted after the listing: a clear not-found.
+	for _, st := range stores {
+		if err := st.Delete(ctx, "snapshots/"+id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.WithExtents(ctx, listed); !errors.Is(err, ErrSnapshotNotFound) {
+		t.Fatalf("WithExtents of a deleted snapshot: %v", err)
+	}
+}
+
 func FuzzParseIndexBatch(f *testing.F) {
 	f.Add(randomBatch(rand.New(rand.NewPCG(1, 1))).marshal(nil))
 	f.Add(marshalV1(randomBatch(rand.New(rand.NewPCG(2, 2)))))
@@ -387,6 +435,10 @@ func FuzzParseManifest(f *testing.F) {
 		if limit := 40*decodedLen(b) + 32<<20; n > limit {
 			t.Fatalf("parsing %d bytes (%d decoded) allocated %d bytes, more than %d", len(b), decodedLen(b), n, limit)
 		}
+		// A listing's parse of the metadata alone: no panic, no more.
+		if nm := alloc.Bytes(func() { parseMeta(b) }); nm > 4*decodedLen(b)+32<<20 {
+			t.Fatalf("parseMeta of %d bytes (%d decoded) allocated %d bytes", len(b), decodedLen(b), nm)
+		}
 		if err != nil {
 			return
 		}
@@ -399,6 +451,11 @@ func FuzzParseManifest(f *testing.F) {
 		}
 		if off != m.Size {
 			t.Fatalf("extents cover %d of %d", off, m.Size)
+		}
+		// What a listing reads is the same metadata.
+		meta, err := parseMeta(b)
+		if err != nil || !reflect.DeepEqual(meta.Meta, m.Meta) {
+			t.Fatalf("parseMeta of a valid manifest: %v", err)
 		}
 	})
 }
