@@ -46,22 +46,18 @@ type peaks struct {
 	rss  uint64 // resident set of the process, as /usr/bin/time reports it
 }
 
-// watchMemory samples the Go heap and the process's RSS every millisecond
-// until stop is called.
-func watchMemory() (stop func() peaks) {
-	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
-	var p peaks
+// sampleEvery calls sample at once and then every interval until stop is
+// called.
+func sampleEvery(interval time.Duration, sample func()) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		t := time.NewTicker(time.Millisecond)
+		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
-			metrics.Read(sample)
-			p.heap = max(p.heap, sample[0].Value.Uint64())
-			p.rss = max(p.rss, rss())
+			sample()
 			select {
 			case <-done:
 				return
@@ -69,9 +65,24 @@ func watchMemory() (stop func() peaks) {
 			}
 		}
 	}()
-	return func() peaks {
+	return func() {
 		close(done)
 		wg.Wait()
+	}
+}
+
+// watchMemory samples the Go heap and the process's RSS every millisecond
+// until stop is called.
+func watchMemory() (stop func() peaks) {
+	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	var p peaks
+	end := sampleEvery(time.Millisecond, func() {
+		metrics.Read(sample)
+		p.heap = max(p.heap, sample[0].Value.Uint64())
+		p.rss = max(p.rss, rss())
+	})
+	return func() peaks {
+		end()
 		return p
 	}
 }
@@ -164,27 +175,13 @@ func BenchmarkMemory(b *testing.B) {
 func watchLive() (stop func() uint64) {
 	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	var peak uint64
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-			}
-			runtime.GC()
-			metrics.Read(sample)
-			peak = max(peak, sample[0].Value.Uint64())
-		}
-	}()
+	end := sampleEvery(50*time.Millisecond, func() {
+		runtime.GC()
+		metrics.Read(sample)
+		peak = max(peak, sample[0].Value.Uint64())
+	})
 	return func() uint64 {
-		close(done)
-		wg.Wait()
+		end()
 		return peak
 	}
 }
