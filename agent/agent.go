@@ -34,7 +34,7 @@ import (
 type Config struct {
 	CSIListen     string // unix:///path: where the hook serves (the socket kubelet and the sidecars use)
 	CSIDriver     string // unix:///path: the driver's own socket
-	StateDir      string // queue, lock and the exposed snapshots' paths
+	StateDir      string // queue, lock, the exposed snapshots' paths and the index cache
 	NodeID        string // empty: ask the driver (NodeGetInfo)
 	SecretsDir    string // see replicate.DirSecrets
 	MetricsListen string // host:port for /metrics and /healthz; empty: none
@@ -135,6 +135,10 @@ func (c *Config) Validate() error {
 func socketPath(u string) string { return strings.TrimPrefix(u, "unix://") }
 
 // Run serves until ctx ends.
+// indexCache is where the agent keeps the repositories' index
+// (Repo.IndexCache): in its state directory, on the node's disk.
+func indexCache(cfg Config) string { return filepath.Join(cfg.StateDir, "cache") }
+
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -166,7 +170,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	host, _ := os.Hostname()
 	runner := &replicate.Runner{
 		Driver: conn, DriverName: info.GetName(), Host: host, Cluster: cfg.ClusterName, Log: log,
-		Expose: expose.Config{Driver: conn, NodeID: cfg.NodeID, Dir: filepath.Join(cfg.StateDir, "expose")},
+		Expose:     expose.Config{Driver: conn, NodeID: cfg.NodeID, Dir: filepath.Join(cfg.StateDir, "expose")},
+		IndexCache: indexCache(cfg),
 	}
 
 	g, ctx := errgroup.WithContext(ctx)

@@ -121,7 +121,7 @@ func (k *kubeMode) serve(ctx context.Context, g *errgroup.Group, m *metrics, v *
 			v.remember(ctx, repoRef{r.Repository, r.SecretNamespace, r.SecretName})
 		}
 	}}
-	rst := &cluster.Restorer{Client: k.client, Secrets: k.secrets, Expose: k.runner.Expose, Driver: k.driver, Log: k.log}
+	rst := &cluster.Restorer{Client: k.client, Secrets: k.secrets, Expose: k.runner.Expose, Driver: k.driver, IndexCache: k.runner.IndexCache, Log: k.log}
 	w := &cluster.Worker{
 		Jobs: k.jobs, Node: k.cfg.NodeName, Driver: k.driver, Events: ev,
 		Handlers:    map[string]cluster.Handler{cluster.TypeReplicate: rep.Handle, cluster.TypeRestore: rst.Handle},

@@ -277,6 +277,7 @@ func (l *repoLoop) open(ctx context.Context, lim *limiter) (*repo.Repo, []byte, 
 	if err != nil {
 		return nil, nil, fmt.Errorf("open repository: %w", err)
 	}
+	r.IndexCache = indexCache(l.v.cfg)
 	return r, sec.Password, nil
 }
 

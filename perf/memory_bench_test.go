@@ -197,9 +197,16 @@ func watchLive() (stop func() uint64) {
 // that a pack's header of a few thousand entries fits the pack buffer's
 // slack. Reported: the peak live heap of each run, sampled
 // after forced collections, and per-chunk, the slope between the two
-// sizes. The index part of it grows with the repository, not the volume;
-// BenchmarkIndexMemory measures it alone.
+// sizes. The restore opens the repository afresh, as `ferry restore` does.
+// With cache=disk both keep the index on the local disk (Repo.IndexCache),
+// with cache=none in memory; BenchmarkIndexMemory measures the index alone.
 func BenchmarkMemoryPerChunk(b *testing.B) {
+	for _, cache := range []string{"none", "disk"} {
+		b.Run("cache="+cache, func(b *testing.B) { memoryPerChunk(b, cache == "disk") })
+	}
+}
+
+func memoryPerChunk(b *testing.B, diskIndex bool) {
 	p := chunk.DefaultParams(benchPol)
 	p.MinSize, p.AverageBits, p.MaxSize = 2<<10, 11, 512<<10
 	dir := tempDir(b)
@@ -219,11 +226,19 @@ func BenchmarkMemoryPerChunk(b *testing.B) {
 		}
 		defer os.RemoveAll(repoDir)
 		r := newRepo(b, fileStores(b, repoDir), p, erasure.Scheme{K: 2, M: 1})
+		if diskIndex {
+			r.IndexCache = filepath.Join(repoDir, "cache")
+		}
 		runtime.GC()
 		stop := watchLive()
 		sum := backupFile(b, r, img)
 		var out run
 		out.chunks, out.backupLive = sum.Chunks, stop()
+		cache := r.IndexCache
+		if r, err = repo.Open(context.Background(), fileStores(b, repoDir), []byte("bench")); err != nil {
+			b.Fatal(err)
+		}
+		r.IndexCache = cache
 		snap, err := r.FindSnapshot(context.Background(), sum.SnapshotID, "")
 		if err != nil {
 			b.Fatal(err)
@@ -252,37 +267,81 @@ func BenchmarkMemoryPerChunk(b *testing.B) {
 	}
 }
 
-// BenchmarkIndexMemory measures the in-memory index alone: bytes of live
-// heap per chunk for an index of 0.6 to 1.4 million chunks (250 to 600 GB
-// of real files at the default chunk size), in packs of 40. Go's maps
-// grow in steps, so the figure swings with the count.
+// BenchmarkIndexMemory measures what the index LoadIndex returns keeps
+// on the heap, per chunk of the repository, for repositories of 0.5 and
+// 1.5 million chunks (200 and 650 GB of real files at the default chunk
+// size) in index objects of 64Ki entries and packs of 40 chunks, on three
+// file:// targets: in memory (no Repo.IndexCache), and with the index in
+// runs on the local disk (cache=disk; a fresh cache each time, so every
+// index object is downloaded, as on a node's first backup). It also
+// reports the peak live heap during the load, sampled every 50 ms after a
+// forced GC, and the load's time (ns/op).
 func BenchmarkIndexMemory(b *testing.B) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	for _, n := range []int{600_000, 1_000_000, 1_400_000} {
-		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			for b.Loop() {
-				runtime.GC()
-				var before, after runtime.MemStats
-				runtime.ReadMemStats(&before)
-				x := repo.NewIndex()
-				for range n / 40 {
-					var pi repo.PackInfo
-					fillRandom(rng, pi.ID[:])
-					pi.Length = 16 << 20
-					pi.ShardCRC = make([]uint32, 3)
-					es := make([]pack.Entry, 40)
-					for i := range es {
-						fillRandom(rng, es[i].ID[:])
-						es[i].Offset, es[i].Length, es[i].RawLength = uint32(i)<<18, 1<<17, 1<<18
+	for _, cache := range []string{"none", "disk"} {
+		for _, n := range []int{500_000, 1_500_000} {
+			b.Run(fmt.Sprintf("cache=%s/chunks=%d", cache, n), func(b *testing.B) {
+				dir := tempDir(b)
+				writeIndexObjects(b, newRepo(b, fileStores(b, dir), chunk.DefaultParams(benchPol), erasure.Scheme{K: 2, M: 1}), n)
+				for b.Loop() {
+					b.StopTimer()
+					rr, err := repo.Open(context.Background(), fileStores(b, dir), []byte("bench"))
+					if err != nil {
+						b.Fatal(err)
 					}
-					x.AddPack(pi, es)
+					if cache == "disk" {
+						rr.IndexCache, err = os.MkdirTemp(dir, "cache")
+						if err != nil {
+							b.Fatal(err)
+						}
+					}
+					runtime.GC()
+					var before, after runtime.MemStats
+					runtime.ReadMemStats(&before)
+					b.StartTimer()
+					stop := watchLive()
+					x, err := rr.LoadIndex(context.Background())
+					peak := stop()
+					b.StopTimer()
+					if err != nil {
+						b.Fatal(err)
+					}
+					runtime.GC()
+					runtime.ReadMemStats(&after)
+					b.ReportMetric((float64(after.HeapAlloc)-float64(before.HeapAlloc))/float64(x.Len()), "B/chunk")
+					b.ReportMetric(float64(peak)/(1<<20), "peak-live-MiB")
+					runtime.KeepAlive(x)
+					if rr.IndexCache != "" {
+						os.RemoveAll(rr.IndexCache)
+					}
+					b.StartTimer()
 				}
-				runtime.GC()
-				runtime.ReadMemStats(&after)
-				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(x.Len()), "B/chunk")
-				runtime.KeepAlive(x)
+			})
+		}
+	}
+}
+
+// writeIndexObjects writes index objects for n random chunks in packs of
+// 40 (the packs themselves are not written: LoadIndex does not read them).
+func writeIndexObjects(b *testing.B, r *repo.Repo, n int) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	batch := &repo.IndexBatch{}
+	for i := 0; i < n; i += 40 {
+		var pi repo.PackInfo
+		fillRandom(rng, pi.ID[:])
+		pi.Length = 16 << 20
+		pi.ShardCRC = make([]uint32, 3)
+		es := make([]pack.Entry, min(40, n-i))
+		for j := range es {
+			fillRandom(rng, es[j].ID[:])
+			es[j].Offset, es[j].Length, es[j].RawLength = uint32(j)<<18, 1<<17, 1<<18
+		}
+		batch.Add(pi, es)
+		if batch.Len() >= 64<<10 || i+40 >= n {
+			if _, err := r.WriteIndex(context.Background(), batch); err != nil {
+				b.Fatal(err)
 			}
-		})
+			batch = &repo.IndexBatch{}
+		}
 	}
 }
 

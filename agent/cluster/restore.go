@@ -40,7 +40,9 @@ type Restorer struct {
 	Secrets replicate.Secrets
 	Expose  expose.Config
 	Driver  string // the CSI driver's name
-	Log     *slog.Logger
+	// IndexCache is Repo.IndexCache of the repositories it opens.
+	IndexCache string
+	Log        *slog.Logger
 }
 
 // Handle is the Handler for TypeRestore.
@@ -76,6 +78,7 @@ func (rs *Restorer) Handle(ctx context.Context, j *Job, p *Progress) (*Outcome, 
 	if err != nil {
 		return nil, fmt.Errorf("open repository: %w", err)
 	}
+	r.IndexCache = rs.IndexCache
 	snap, err := findSnapshot(ctx, r, spec)
 	if err != nil {
 		return nil, err

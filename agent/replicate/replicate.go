@@ -46,6 +46,7 @@ type Runner struct {
 	Expose     expose.Config
 	Secrets    Secrets
 	Cluster    string // recorded in manifests; may be empty
+	IndexCache string // Repo.IndexCache of the repositories it opens
 	Log        *slog.Logger
 }
 
@@ -78,6 +79,7 @@ func (r *Runner) Run(ctx context.Context, s hook.Snapshot, o Options) (*Result, 
 	if err != nil {
 		return nil, fmt.Errorf("open repository: %w", err)
 	}
+	rp.IndexCache = r.IndexCache
 	snaps, err := rp.Snapshots(ctx)
 	if err != nil {
 		return nil, err

@@ -64,9 +64,23 @@ type Summary struct {
 	DurationSeconds float64             `json:"duration_seconds"`
 }
 
+// place is where a data extent's blob is in its pack: its pack.Entry less
+// the chunk ID, which the manifest's extent holds. A restore keeps one per
+// chunk of the volume: 24 bytes, 56 with the ID.
 type place struct {
-	extent int // position in the manifest
-	entry  pack.Entry
+	extent     int // position in the manifest
+	offset     uint32
+	length     uint32
+	rawLength  uint32
+	compressed bool
+}
+
+func placeOf(extent int, e pack.Entry) place {
+	return place{extent: extent, offset: e.Offset, length: e.Length, rawLength: e.RawLength, compressed: e.Compressed}
+}
+
+func (pl place) entry(id chunk.ID) pack.Entry {
+	return pack.Entry{ID: id, Offset: pl.offset, Length: pl.length, RawLength: pl.rawLength, Compressed: pl.compressed}
 }
 
 // Run restores snapshot s from r into target.
@@ -164,7 +178,7 @@ func NewPlan(ctx context.Context, r *repo.Repo, s *repo.Snapshot, idx *repo.Inde
 			p.order = append(p.order, info.ID)
 			p.sizes[info.ID] = info.Length
 		}
-		p.packs[info.ID] = append(p.packs[info.ID], place{extent: i, entry: entry})
+		p.packs[info.ID] = append(p.packs[info.ID], placeOf(i, entry))
 	}
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("%w: the index knows no pack for %s (run repair to rebuild the index)", ErrDataLost, strings.Join(missing, ", "))
@@ -172,7 +186,7 @@ func NewPlan(ctx context.Context, r *repo.Repo, s *repo.Snapshot, idx *repo.Inde
 	// In pack order: a pack is read front to back, and extents that share
 	// a blob (a chunk repeated in the volume) are next to each other.
 	for _, places := range p.packs {
-		slices.SortStableFunc(places, func(a, b place) int { return cmp.Compare(a.entry.Offset, b.entry.Offset) })
+		slices.SortStableFunc(places, func(a, b place) int { return cmp.Compare(a.offset, b.offset) })
 	}
 	if err := checkShards(ctx, r, p.order); err != nil {
 		return nil, err
@@ -311,15 +325,15 @@ func (wk *packWriter) byRanges(ctx context.Context, pid pack.ID, places []place)
 	var problems []repo.ShardProblem
 	var fetched int64
 	for i := 0; i < len(places); {
-		start := int64(places[i].entry.Offset)
-		end := start + int64(places[i].entry.Length)
+		start := int64(places[i].offset)
+		end := start + int64(places[i].length)
 		j := i + 1
 		for ; j < len(places); j++ {
-			e := places[j].entry
-			if int64(e.Offset) > end+rangeGap || int64(e.Offset+e.Length)-start > rangeMax {
+			pl := places[j]
+			if int64(pl.offset) > end+rangeGap || int64(pl.offset+pl.length)-start > rangeMax {
 				break
 			}
-			end = max(end, int64(e.Offset+e.Length))
+			end = max(end, int64(pl.offset+pl.length))
 		}
 		b, ps, err := wk.p.r.ReadRange(ctx, pid, wk.p.sizes[pid], start, end-start)
 		if err != nil {
@@ -355,15 +369,16 @@ func (wk *packWriter) write(pid pack.ID, lo, hi int, sealed func(pack.Entry) ([]
 			continue
 		}
 		e := s.Extents[pl.extent]
-		if int64(pl.entry.Offset) != opened {
-			b, err := sealed(pl.entry)
+		if int64(pl.offset) != opened {
+			entry := pl.entry(e.ID)
+			b, err := sealed(entry)
 			if err == nil {
-				plain, err = wk.o.Open(b, pl.entry)
+				plain, err = wk.o.Open(b, entry)
 			}
 			if err != nil {
 				return fmt.Errorf("%w: chunk at offset %d in pack %s: %v", errReadAgain, e.Off, pid.Short(), err)
 			}
-			id, opened = r.IDKey.Sum(plain), int64(pl.entry.Offset)
+			id, opened = r.IDKey.Sum(plain), int64(pl.offset)
 		}
 		if id != e.ID || int64(len(plain)) != e.Len {
 			return fmt.Errorf("%w: chunk at offset %d: hash or length differs from the manifest", ErrMismatch, e.Off)

@@ -24,6 +24,8 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	ferryBin = filepath.Join(dir, "ferry")
+	// The commands' default --cache-dir, kept out of the user's own.
+	os.Setenv("FERRY_CACHE_DIR", filepath.Join(dir, "cache"))
 	if out, err := exec.Command("go", "build", "-o", ferryBin, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build ferry: %v\n%s", err, out)
 		os.Exit(1)

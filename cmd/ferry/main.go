@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -66,6 +67,7 @@ type globals struct {
 	repo         string
 	passwordFile string
 	logLevel     string
+	cacheDir     string
 }
 
 func newRoot() *cobra.Command {
@@ -99,10 +101,23 @@ func newRoot() *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.repo, "repo", os.Getenv("FERRY_REPO"), "comma-separated targets: s3://host:port/bucket[/prefix], s3+http://..., file:///path (env FERRY_REPO)")
 	pf.StringVar(&g.passwordFile, "password-file", os.Getenv("FERRY_PASSWORD_FILE"), "file holding the repository password (else env FERRY_PASSWORD)")
+	pf.StringVar(&g.cacheDir, "cache-dir", defaultCacheDir(), "local directory for the repository index (copies of its index objects, and the index itself instead of memory); empty keeps it in memory (env FERRY_CACHE_DIR)")
 	pf.StringVar(&g.logLevel, "log-level", envOr("FERRY_LOG_LEVEL", "warn"), "log level: debug, info, warn, error")
 	root.AddCommand(initCmd(g), backupCmd(g), snapshotsCmd(g), restoreCmd(g), verifyCmd(g), repairCmd(g), forgetCmd(g), pruneCmd(g), restoreToClusterCmd(g), benchCmd())
 	root.AddCommand(agentCmds()...)
 	return root
+}
+
+// defaultCacheDir is $FERRY_CACHE_DIR, else ferry in the user's cache
+// directory ($XDG_CACHE_HOME or ~/.cache), else none.
+func defaultCacheDir() string {
+	if d, ok := os.LookupEnv("FERRY_CACHE_DIR"); ok {
+		return d
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "ferry")
+	}
+	return ""
 }
 
 func envOr(k, def string) string {

@@ -53,6 +53,7 @@ func (g *globals) openWith(ctx context.Context, opener func(context.Context, []o
 	if err != nil {
 		return nil, friendly(err)
 	}
+	r.IndexCache = g.cacheDir
 	g.opened = r
 	return r, nil
 }

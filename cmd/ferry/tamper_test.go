@@ -359,7 +359,11 @@ func TestTamper(t *testing.T) {
 			t.Parallel()
 			r := newTamperRepo(t, c, fmt.Sprintf("case%02d", i), password, images)
 			tc.tamper(r)
-			env := s3Env(c, r.m.repo(), password)
+			// The restore and verify run as on another machine, without
+			// the local index cache the backups filled: that cache holds
+			// the index objects as they were written and would hide the
+			// tampering with them (which is its purpose).
+			env := append(s3Env(c, r.m.repo(), password), "FERRY_CACHE_DIR="+t.TempDir())
 			expand := func(says []string) []string {
 				out := make([]string, len(says))
 				for i, s := range says {

@@ -1,6 +1,8 @@
 package repo
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -8,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 
@@ -72,9 +75,11 @@ func (l loc) entry(id chunk.ID) pack.Entry {
 }
 
 // Index maps chunk IDs to their blobs. It is safe for concurrent use.
-// Memory: 88 to 121 bytes per chunk, as Go's map grows in steps (a 48-byte
-// slot and its control byte, and the free slots), measured by perf's
-// BenchmarkIndexMemory; 136 to 188 when each value repeated the ID.
+// In memory it takes 88 to 121 bytes per chunk, as Go's map grows in steps
+// (a 48-byte slot and its control byte, and the free slots), measured by
+// perf's BenchmarkIndexMemory. An index that LoadIndex reads into
+// Repo.IndexCache keeps at most defaultSpillAt entries in memory and the
+// rest in runs on the local disk (indexrun.go).
 //
 // An index from LoadIndex also knows which packs a prune plan marks for
 // deletion: Lookup prefers a chunk's copy in an unmarked pack, and Has
@@ -84,20 +89,83 @@ type Index struct {
 	mu     sync.RWMutex
 	packs  []PackInfo
 	byPack map[pack.ID]int32
-	chunks map[chunk.ID]loc
+	chunks map[chunk.ID]loc // the entries not in runs, newer than theirs
 	marks  map[pack.ID]Mark // set before any pack is added
+
+	dir     string // where runs are made; "" keeps every entry in chunks
+	spillAt int
+	runs    []*run // oldest first
+	loading bool   // LoadIndex is adding: spill without merging
 }
 
-// NewIndex returns an empty index.
+// NewIndex returns an empty index that lives in memory.
 func NewIndex() *Index {
 	return &Index{byPack: map[pack.ID]int32{}, chunks: map[chunk.ID]loc{}}
+}
+
+// newDiskIndex returns an empty index that keeps its entries in runs in
+// dir beyond spillAt of them.
+func newDiskIndex(dir string, spillAt int) *Index {
+	x := NewIndex()
+	x.dir, x.spillAt = dir, spillAt
+	return x
+}
+
+func (x *Index) marked(l loc) bool {
+	_, m := x.marks[x.packs[l.pack].ID]
+	return m
+}
+
+// replaces says whether a later copy of a chunk is kept over an earlier
+// one: only an unmarked copy over a marked one.
+func (x *Index) replaces(kept, later loc) bool { return x.marked(kept) && !x.marked(later) }
+
+// find returns the copy of chunk id that Lookup gives: of the copies in
+// the runs (oldest first) and then in the map, the first, unless a later
+// one replaces it. The caller holds x.mu.
+func (x *Index) find(id chunk.ID) (loc, bool) {
+	var best loc
+	found := false
+	consider := func(l loc) {
+		if !found || x.replaces(best, l) {
+			best, found = l, true
+		}
+	}
+	for _, r := range x.runs {
+		l, ok, err := r.find(id)
+		if err != nil {
+			// A local read failed: this copy counts as absent, so a backup
+			// stores the chunk again and a restore or commit says it is
+			// missing, rather than trusting what could not be read.
+			x.readFailed(err)
+			continue
+		}
+		if ok {
+			consider(l)
+			if len(x.marks) == 0 || !x.marked(best) {
+				return best, true
+			}
+		}
+	}
+	if l, ok := x.chunks[id]; ok {
+		consider(l)
+	}
+	return best, found
+}
+
+var runReadFailed sync.Once
+
+func (x *Index) readFailed(err error) {
+	runReadFailed.Do(func() {
+		slog.Error("reading the local index cache failed; the chunks it holds count as absent (backups store them again)", "dir", x.dir, "error", err)
+	})
 }
 
 // Lookup returns where chunk id is stored.
 func (x *Index) Lookup(id chunk.ID) (PackInfo, pack.Entry, bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	l, ok := x.chunks[id]
+	l, ok := x.find(id)
 	if !ok {
 		return PackInfo{}, pack.Entry{}, false
 	}
@@ -109,12 +177,8 @@ func (x *Index) Lookup(id chunk.ID) (PackInfo, pack.Entry, bool) {
 func (x *Index) Has(id chunk.ID) bool {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	l, ok := x.chunks[id]
-	if !ok {
-		return false
-	}
-	_, marked := x.marks[x.packs[l.pack].ID]
-	return !marked
+	l, ok := x.find(id)
+	return ok && !x.marked(l)
 }
 
 // Marked returns the prune plans' mark on pack id, as LoadIndex read them.
@@ -124,11 +188,16 @@ func (x *Index) Marked(id pack.ID) (Mark, bool) {
 	return m, ok
 }
 
-// Len is the number of chunks indexed.
+// Len is the number of chunks indexed. A chunk added after LoadIndex
+// that a run already holds counts twice.
 func (x *Index) Len() int {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	return len(x.chunks)
+	n := len(x.chunks)
+	for _, r := range x.runs {
+		n += r.n
+	}
+	return n
 }
 
 // Packs returns the packs the index knows.
@@ -165,15 +234,100 @@ func (x *Index) AddPack(p PackInfo, entries []pack.Entry) {
 	case x.packs[pi].ShardCRC == nil:
 		x.packs[pi].ShardCRC = p.ShardCRC
 	}
-	_, marked := x.marks[p.ID]
 	for _, e := range entries {
-		if old, dup := x.chunks[e.ID]; dup {
-			if _, oldMarked := x.marks[x.packs[old.pack].ID]; marked || !oldMarked {
-				continue
-			}
+		l := newLoc(pi, e)
+		if old, dup := x.chunks[e.ID]; dup && !x.replaces(old, l) {
+			continue
 		}
-		x.chunks[e.ID] = newLoc(pi, e)
+		x.chunks[e.ID] = l
 	}
+	if x.dir != "" && len(x.chunks) >= x.spillAt {
+		x.spill()
+	}
+}
+
+// spill writes the map out as a run and merges the newest runs as the
+// binary counter asks. On failure the entries stay in memory, where they
+// are as good, and the index stops using the disk. The caller holds x.mu.
+func (x *Index) spill() {
+	if len(x.chunks) == 0 {
+		return
+	}
+	err := x.writeRun()
+	for err == nil && !x.loading && len(x.runs) >= 2 && x.runs[len(x.runs)-2].n <= x.runs[len(x.runs)-1].n {
+		err = x.mergeFrom(len(x.runs) - 2)
+	}
+	if err != nil {
+		slog.Warn("the local index cache failed; keeping the index in memory", "dir", x.dir, "error", err)
+		x.dir = ""
+	}
+}
+
+func (x *Index) writeRun() error {
+	type rec struct {
+		key uint64 // the ID's first 8 bytes, big-endian: most comparisons end there
+		id  chunk.ID
+		l   loc
+	}
+	recs := make([]rec, 0, len(x.chunks))
+	for id, l := range x.chunks {
+		recs = append(recs, rec{binary.BigEndian.Uint64(id[:8]), id, l})
+	}
+	slices.SortFunc(recs, func(a, b rec) int {
+		if a.key != b.key {
+			return cmp.Compare(a.key, b.key)
+		}
+		return bytes.Compare(a.id[:], b.id[:])
+	})
+	w, err := newRunWriter(x.dir)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if err := w.add(r.id, r.l); err != nil {
+			w.abort()
+			return err
+		}
+	}
+	r, err := w.finish()
+	if err != nil {
+		return err
+	}
+	x.runs = append(x.runs, r)
+	clear(x.chunks)
+	return nil
+}
+
+// mergeFrom merges x.runs[i:] into one run.
+func (x *Index) mergeFrom(i int) error {
+	m, err := mergeRuns(x.dir, x.runs[i:], x.replaces)
+	if err != nil {
+		return err
+	}
+	for _, r := range x.runs[i:] {
+		r.f.Close()
+	}
+	x.runs = append(x.runs[:i], m)
+	return nil
+}
+
+// settle puts every entry of an index with a directory into one run, so
+// that lookups read one block. LoadIndex calls it at the end.
+func (x *Index) settle() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.loading = false
+	if x.dir == "" {
+		return
+	}
+	x.spill()
+	if x.dir != "" && len(x.runs) > 1 {
+		if err := x.mergeFrom(0); err != nil {
+			// The runs are still good, only more of them are read.
+			slog.Warn("merging the local index cache failed", "dir", x.dir, "error", err)
+		}
+	}
+	x.chunks = map[chunk.ID]loc{} // without the spilled map's room
 }
 
 // IndexBatch is the content of one index object.
@@ -348,6 +502,25 @@ func (r *Repo) unindexedCRCs(id pack.ID) []uint32 {
 	return nil
 }
 
+// readIndex reads index object name from the local cache in dir, or
+// else from a target, caching it.
+func (r *Repo) readIndex(ctx context.Context, dir, name string) (*IndexBatch, error) {
+	if b := cachedIndex(dir, name); b != nil {
+		if batch, err := r.openIndex(b); err == nil {
+			return batch, nil
+		}
+	}
+	var batch *IndexBatch
+	err := r.getAny(ctx, name, func(b []byte) error {
+		var err error
+		if batch, err = r.openIndex(b); err == nil {
+			keepIndex(dir, name, b)
+		}
+		return err
+	})
+	return batch, err
+}
+
 // openIndex authenticates and parses a sealed index object of version 2 or 1.
 func (r *Repo) openIndex(obj []byte) (*IndexBatch, error) {
 	version := byte(2)
@@ -392,7 +565,15 @@ func (r *Repo) LoadIndex(ctx context.Context) (*Index, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read prune plans: %w", err)
 	}
+	dir, err := r.indexDir()
+	if err != nil {
+		slog.Warn("cannot use the local index cache; keeping the index in memory", "error", err)
+	}
 	x := NewIndex()
+	if dir != "" {
+		x = newDiskIndex(dir, defaultSpillAt)
+		x.loading = true
+	}
 	x.marks = mergeMarks(plans)
 	read := map[string]bool{}
 	for round := 1; ; round++ {
@@ -411,12 +592,7 @@ func (r *Repo) LoadIndex(ctx context.Context) (*Index, error) {
 			}
 			read[name] = true
 			g.Go(func() error {
-				var batch *IndexBatch
-				err := r.getAny(gctx, name, func(b []byte) error {
-					var err error
-					batch, err = r.openIndex(b)
-					return err
-				})
+				batch, err := r.readIndex(gctx, dir, name)
 				switch {
 				case err == nil:
 				case gctx.Err() != nil:
@@ -456,6 +632,13 @@ func (r *Repo) LoadIndex(ctx context.Context) (*Index, error) {
 		if !vanished || round == 3 {
 			break
 		}
+	}
+	x.settle()
+	if dir != "" {
+		for name := range gone.Objects {
+			delete(read, name)
+		}
+		uncache(dir, read)
 	}
 	r.loaded.Store(x)
 	return x, nil

@@ -107,6 +107,12 @@ type Repo struct {
 	Codec   *pack.Codec
 	Coder   *erasure.Coder
 
+	// IndexCache, when not empty, is a directory on the local disk where
+	// LoadIndex keeps copies of the index objects it reads, so that the
+	// next load downloads only new ones, and where the index it returns
+	// keeps its entries instead of in memory (indexcache.go, indexrun.go).
+	IndexCache string
+
 	// unindexed holds the shard CRCs ([]uint32) of the packs WritePack
 	// wrote until WriteIndex records them, so that a writer's index entries
 	// carry them without the writer handling them: at most the packs of one

@@ -1,0 +1,262 @@
+package repo
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/ferrydr/ferry/chunk"
+	"github.com/ferrydr/ferry/transport/objstore"
+	"github.com/ferrydr/ferry/transport/pack"
+)
+
+// sameIndex checks that x answers Lookup and Has for every ID in ids as
+// want does.
+func sameIndex(t *testing.T, stage string, x, want *Index, ids []chunk.ID) {
+	t.Helper()
+	for _, id := range ids {
+		gp, ge, gok := x.Lookup(id)
+		wp, we, wok := want.Lookup(id)
+		if gok != wok || ge != we || gp.ID != wp.ID {
+			t.Fatalf("%s: Lookup(%s) = %s %+v %v, want %s %+v %v", stage, id.Short(), gp.ID.Short(), ge, gok, wp.ID.Short(), we, wok)
+		}
+		if g, w := x.Has(id), want.Has(id); g != w {
+			t.Fatalf("%s: Has(%s) = %v, want %v", stage, id.Short(), g, w)
+		}
+	}
+}
+
+// TestDiskIndexMatchesMemory adds the same packs, with chunks in several
+// packs and some packs marked for deletion, to an index that spills to
+// runs every few entries and to one in memory: both must answer alike
+// at every stage, the runs must stay few, and settling must leave one
+// run and nothing in memory.
+func TestDiskIndexMatchesMemory(t *testing.T) {
+	for _, withMarks := range []bool{false, true} {
+		t.Run(fmt.Sprintf("marks=%v", withMarks), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(7, uint64(len(fmt.Sprint(withMarks)))))
+			pool := make([]chunk.ID, 3000)
+			for i := range pool {
+				for j := range pool[i] {
+					pool[i][j] = byte(rng.UintN(256))
+				}
+			}
+			absent := make([]chunk.ID, 200)
+			for i := range absent {
+				absent[i] = pool[i]
+				absent[i][31] ^= 0xff // not in the pool, but close to its IDs
+			}
+			const spillAt = 97
+			mem, disk := NewIndex(), newDiskIndex(t.TempDir(), spillAt)
+			var marks map[pack.ID]Mark
+			if withMarks {
+				marks = map[pack.ID]Mark{}
+			}
+			var packs []PackInfo
+			var entries [][]pack.Entry
+			for p := range 120 {
+				info := PackInfo{ID: pack.ID{byte(p), byte(p >> 8), 0xaa}, Length: 1 << 20}
+				if withMarks && p%3 == 0 {
+					marks[info.ID] = Mark{}
+				}
+				var es []pack.Entry
+				for e := range 1 + rng.IntN(60) {
+					es = append(es, pack.Entry{ID: pool[rng.IntN(len(pool))], Offset: uint32(e * 100), Length: 90, RawLength: uint32(rng.IntN(1 << 20)), Compressed: rng.IntN(2) == 0})
+				}
+				packs, entries = append(packs, info), append(entries, es)
+			}
+			mem.marks, disk.marks = marks, marks
+			maxRuns := 0
+			for i := range packs {
+				mem.AddPack(packs[i], entries[i])
+				disk.AddPack(packs[i], entries[i])
+				maxRuns = max(maxRuns, len(disk.runs))
+				if i%17 == 0 {
+					sameIndex(t, fmt.Sprintf("after pack %d", i), disk, mem, pool)
+				}
+			}
+			if len(disk.runs) == 0 {
+				t.Fatal("nothing was spilled to runs")
+			}
+			if limit := 2 + bitsLen(mem.Len()/spillAt); maxRuns > limit {
+				t.Errorf("%d runs at once for %d chunks, want at most %d", maxRuns, mem.Len(), limit)
+			}
+			sameIndex(t, "before settle", disk, mem, append(pool, absent...))
+			disk.settle()
+			if len(disk.runs) != 1 || len(disk.chunks) != 0 {
+				t.Fatalf("settled: %d runs and %d entries in memory, want 1 and 0", len(disk.runs), len(disk.chunks))
+			}
+			if disk.Len() != mem.Len() {
+				t.Fatalf("settled Len %d, want %d", disk.Len(), mem.Len())
+			}
+			sameIndex(t, "settled", disk, mem, append(pool, absent...))
+			// What a backup adds after the load goes to memory and is
+			// found there; a chunk a run holds keeps the run's copy.
+			extra := PackInfo{ID: pack.ID{0xee}, Length: 1 << 20}
+			more := []pack.Entry{{ID: absent[0], Length: 5, RawLength: 9}, {ID: pool[0], Length: 7, RawLength: 11}}
+			mem.AddPack(extra, more)
+			disk.AddPack(extra, more)
+			sameIndex(t, "added after settle", disk, mem, append(pool, absent...))
+		})
+	}
+}
+
+func bitsLen(n int) int {
+	b := 0
+	for ; n > 0; n >>= 1 {
+		b++
+	}
+	return b
+}
+
+// countingStore counts the objects read under index/.
+type countingStore struct {
+	objstore.Store
+	indexGets *atomic.Int64
+}
+
+func (c countingStore) Get(ctx context.Context, name string) ([]byte, error) {
+	if strings.HasPrefix(name, "index/") {
+		c.indexGets.Add(1)
+	}
+	return c.Store.Get(ctx, name)
+}
+
+// TestLoadIndexCache: LoadIndex with Repo.IndexCache keeps the index
+// objects on the local disk and reads them from there the next time,
+// replaces a damaged copy, drops the copies of objects gone from the
+// targets, leaves no run files behind in view, and still works, in
+// memory, when the cache directory cannot be made.
+func TestLoadIndexCache(t *testing.T) {
+	ctx := context.Background()
+	stores := memStores(3)
+	w := initRepo(t, stores)
+	var ids []chunk.ID
+	for i := range 4 {
+		ids = append(ids, storeChunks(t, w, []byte(fmt.Sprintf("chunk %d a", i)), []byte(fmt.Sprintf("chunk %d b", i)))...)
+	}
+	var gets atomic.Int64
+	counted := make([]objstore.Store, len(stores))
+	for i, s := range stores {
+		counted[i] = countingStore{s, &gets}
+	}
+	open := func() *Repo {
+		r, err := Open(ctx, counted, []byte("pw"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	check := func(stage string, x *Index) {
+		t.Helper()
+		for _, id := range ids {
+			if !x.Has(id) {
+				t.Fatalf("%s: chunk %s not found", stage, id.Short())
+			}
+		}
+	}
+	cache := t.TempDir()
+	r := open()
+	r.IndexCache = cache
+	objects := count(t, stores[0], "index/")
+	x, err := r.LoadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("first load", x)
+	if len(x.runs) != 1 || len(x.chunks) != 0 {
+		t.Fatalf("loaded: %d runs, %d entries in memory; want 1 and 0", len(x.runs), len(x.chunks))
+	}
+	if got := gets.Load(); got != int64(objects) {
+		t.Fatalf("first load read %d index objects from the targets, want %d", got, objects)
+	}
+	dir := filepath.Join(cache, r.Config.ID, "index")
+	cached, err := os.ReadDir(dir)
+	if err != nil || len(cached) != objects {
+		t.Fatalf("cache holds %d objects (%v), want %d", len(cached), err, objects)
+	}
+
+	// The next load reads nothing from the targets.
+	gets.Store(0)
+	r = open()
+	r.IndexCache = cache
+	x, err = r.LoadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("cached load", x)
+	if got := gets.Load(); got != 0 {
+		t.Fatalf("cached load read %d index objects from the targets, want 0", got)
+	}
+
+	// A damaged copy is read again from a target and replaced; the copy
+	// of an object no target lists any more is removed.
+	damaged := filepath.Join(dir, cached[0].Name())
+	good, _ := os.ReadFile(damaged)
+	bad := append([]byte(nil), good...)
+	bad[len(bad)/2] ^= 1
+	if err := os.WriteFile(damaged, bad, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(dir, strings.Repeat("ab", 32))
+	if err := os.WriteFile(stale, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gets.Store(0)
+	if x, err = r.LoadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("load with a damaged copy", x)
+	if got := gets.Load(); got != 1 {
+		t.Fatalf("load with one damaged copy read %d index objects from the targets, want 1", got)
+	}
+	if now, _ := os.ReadFile(damaged); string(now) != string(good) {
+		t.Fatal("the damaged copy was not replaced")
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Fatalf("the copy of an object the targets do not list is still there: %v", err)
+	}
+	left, _ := os.ReadDir(filepath.Join(cache, r.Config.ID))
+	for _, e := range left {
+		if e.Name() != "index" {
+			t.Fatalf("cache directory holds %s; runs must be unlinked", e.Name())
+		}
+	}
+
+	// A cache that cannot be made leaves the index in memory.
+	blocked := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(blocked, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = open()
+	r.IndexCache = blocked
+	if x, err = r.LoadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("no cache", x)
+	if len(x.runs) != 0 {
+		t.Fatalf("%d runs without a cache directory", len(x.runs))
+	}
+}
+
+func TestIsIndexName(t *testing.T) {
+	good := "index/" + strings.Repeat("0a", 32)
+	for name, want := range map[string]bool{
+		good:                      true,
+		strings.ToUpper(good):     false,
+		"index/../../etc/passwd":  false,
+		"index/" + good[6:70]:     true,
+		good + "0":                false,
+		"index/" + good[7:] + "g": false,
+		"snapshots/" + good[6:]:   false,
+	} {
+		if got := isIndexName(name); got != want {
+			t.Errorf("isIndexName(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
