@@ -106,7 +106,8 @@ type backupJSON struct {
 
 func TestCLIEndToEnd(t *testing.T) {
 	repoURL, dirs := fileRepo(t, 3)
-	env := []string{"FERRY_REPO=" + repoURL, "FERRY_PASSWORD=correct horse"}
+	cache := t.TempDir()
+	env := []string{"FERRY_REPO=" + repoURL, "FERRY_PASSWORD=correct horse", "FERRY_CACHE_DIR=" + cache}
 	work := t.TempDir()
 	img := filepath.Join(work, "vol.img")
 	if err := volume.Write(img, volume.Spec{Size: 64 << 20, DataFrac: 0.3, Seed: 1}); err != nil {
@@ -127,6 +128,12 @@ func TestCLIEndToEnd(t *testing.T) {
 	}
 	if b1.BytesVolume != 64<<20 || b1.BytesRead == 0 || b1.BytesRead > 40<<20 || b1.BytesNew == 0 || b1.BytesStored == 0 || b1.SnapshotID == "" {
 		t.Fatalf("first backup summary: %+v", b1)
+	}
+	// The backup kept the index objects it wrote in the local cache, in a
+	// directory named by the repository's ID, and nothing else there.
+	if copies, _ := filepath.Glob(filepath.Join(cache, "*", "index", "*")); len(copies) == 0 {
+		entries, _ := os.ReadDir(cache)
+		t.Fatalf("no index object cached in FERRY_CACHE_DIR (it holds %v)", entries)
 	}
 	// The same image again stores nothing new.
 	if err := json.Unmarshal([]byte(mustFerry(t, env, "backup", "--json", "--name", "db", img)), &b2); err != nil {

@@ -108,14 +108,15 @@ func newRoot() *cobra.Command {
 	return root
 }
 
-// defaultCacheDir is $FERRY_CACHE_DIR, else ferry in the user's cache
-// directory ($XDG_CACHE_HOME or ~/.cache), else none.
+// defaultCacheDir is $FERRY_CACHE_DIR, else ferry/repos in the user's
+// cache directory ($XDG_CACHE_HOME or ~/.cache; the test environment's
+// binaries are in ferry/ beside it), else none.
 func defaultCacheDir() string {
 	if d, ok := os.LookupEnv("FERRY_CACHE_DIR"); ok {
 		return d
 	}
 	if d, err := os.UserCacheDir(); err == nil {
-		return filepath.Join(d, "ferry")
+		return filepath.Join(d, "ferry", "repos")
 	}
 	return ""
 }

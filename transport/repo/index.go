@@ -264,27 +264,34 @@ func (x *Index) spill() {
 }
 
 func (x *Index) writeRun() error {
-	type rec struct {
-		key uint64 // the ID's first 8 bytes, big-endian: most comparisons end there
-		id  chunk.ID
-		l   loc
-	}
-	recs := make([]rec, 0, len(x.chunks))
+	ids := make([]chunk.ID, 0, len(x.chunks))
+	locs := make([]loc, 0, len(x.chunks))
 	for id, l := range x.chunks {
-		recs = append(recs, rec{binary.BigEndian.Uint64(id[:8]), id, l})
+		ids, locs = append(ids, id), append(locs, l)
 	}
-	slices.SortFunc(recs, func(a, b rec) int {
-		if a.key != b.key {
-			return cmp.Compare(a.key, b.key)
+	// Sorted through 16-byte keys, the ID's first 8 bytes and its
+	// position, which move faster than whole records; IDs are keyed
+	// hashes, so equal first bytes are rare.
+	type key struct {
+		prefix uint64
+		i      int
+	}
+	keys := make([]key, len(ids))
+	for i, id := range ids {
+		keys[i] = key{binary.BigEndian.Uint64(id[:8]), i}
+	}
+	slices.SortFunc(keys, func(a, b key) int {
+		if a.prefix != b.prefix {
+			return cmp.Compare(a.prefix, b.prefix)
 		}
-		return bytes.Compare(a.id[:], b.id[:])
+		return bytes.Compare(ids[a.i][:], ids[b.i][:])
 	})
 	w, err := newRunWriter(x.dir)
 	if err != nil {
 		return err
 	}
-	for _, r := range recs {
-		if err := w.add(r.id, r.l); err != nil {
+	for _, k := range keys {
+		if err := w.add(ids[k.i], locs[k.i]); err != nil {
 			w.abort()
 			return err
 		}
@@ -474,13 +481,17 @@ func ParseIndexBatch(b []byte) (*IndexBatch, error) {
 
 // WriteIndex seals batch and writes it to every target. A pack given
 // without shard CRCs gets those WritePack recorded when this Repo wrote it
-// (none otherwise). It returns the bytes written over all targets.
+// (none otherwise). It keeps a copy in the local index cache, if any. It
+// returns the bytes written over all targets.
 func (r *Repo) WriteIndex(ctx context.Context, batch *IndexBatch) (int64, error) {
 	obj := r.key.Seal(nil, batch.marshal(r.unindexedCRCs), indexAD)
 	sum := sha256.Sum256(obj)
 	name := "index/" + hex.EncodeToString(sum[:])
 	if err := r.putEverywhere(ctx, name, func(*Target) ([]byte, error) { return obj, nil }); err != nil {
 		return 0, err
+	}
+	if dir, err := r.indexDir(); err == nil {
+		keepIndex(dir, name, obj) // the next load on this machine need not download it
 	}
 	x := r.loaded.Load()
 	for i, p := range batch.Packs {

@@ -228,6 +228,17 @@ func TestLoadIndexCache(t *testing.T) {
 		}
 	}
 
+	// What this machine writes is cached as it is written.
+	ids = append(ids, storeChunks(t, r, []byte("written with the cache"))...)
+	gets.Store(0)
+	if x, err = r.LoadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("load after a write", x)
+	if got := gets.Load(); got != 0 {
+		t.Fatalf("load after writing an index object read %d from the targets, want 0", got)
+	}
+
 	// A cache that cannot be made leaves the index in memory.
 	blocked := filepath.Join(t.TempDir(), "file")
 	if err := os.WriteFile(blocked, nil, 0o600); err != nil {

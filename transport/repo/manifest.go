@@ -354,7 +354,7 @@ func (r *Repo) WithExtents(ctx context.Context, s *Snapshot) (*Snapshot, error) 
 	}
 	full, err := r.loadSnapshot(ctx, s.ID)
 	if errors.Is(err, objstore.ErrNotFound) {
-		err = fmt.Errorf("%w: %s (deleted since it was listed)", ErrSnapshotNotFound, s.ID)
+		return nil, fmt.Errorf("snapshot %s: %w (deleted since it was listed)", s.ID, ErrSnapshotNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", s.ID, err)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -398,8 +399,9 @@ func TestSnapshotsListMetadata(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := r.WithExtents(ctx, listed); !errors.Is(err, ErrSnapshotNotFound) {
-		t.Fatalf("WithExtents of a deleted snapshot: %v", err)
+	_, err = r.WithExtents(ctx, listed)
+	if !errors.Is(err, ErrSnapshotNotFound) || strings.Count(err.Error(), id) != 1 {
+		t.Fatalf("WithExtents of a deleted snapshot: %v (want snapshot not found, naming it once)", err)
 	}
 }
 
