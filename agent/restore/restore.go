@@ -230,7 +230,12 @@ func (p *Plan) WriteTo(ctx context.Context, w io.WriterAt, opts Options) (*Writt
 		prog = &Progress{}
 	}
 	s, r := p.snap, p.r
-	ids := make([]chunk.ID, len(s.Extents)) // recomputed from written bytes
+	// Which extents were written: write checks each chunk's keyed hash,
+	// recomputed from the bytes, against the manifest's ID before writing
+	// it, so the digest below is over the IDs of what was written (an
+	// extent never written counts with a zero ID and fails it). One byte
+	// per chunk, not the 32 of the recomputed IDs.
+	written := make([]bool, len(s.Extents))
 	var mu sync.Mutex
 	out := &Written{}
 	g, gctx := errgroup.WithContext(ctx)
@@ -248,7 +253,7 @@ func (p *Plan) WriteTo(ctx context.Context, w io.WriterAt, opts Options) (*Writt
 	})
 	for range min(opts.Workers, len(p.order)) {
 		g.Go(func() error {
-			wk := &packWriter{p: p, w: w, ids: ids, prog: prog, o: r.Codec.NewOpener(int(r.Config.Chunking().MaxSize))}
+			wk := &packWriter{p: p, w: w, written: written, prog: prog, o: r.Codec.NewOpener(int(r.Config.Chunking().MaxSize))}
 			for pid := range packs {
 				problems, fetched, err := wk.restore(gctx, pid)
 				if err != nil {
@@ -268,8 +273,8 @@ func (p *Plan) WriteTo(ctx context.Context, w io.WriterAt, opts Options) (*Writt
 	}
 	digest := repo.NewVolumeDigest()
 	for i, e := range s.Extents {
-		if !e.Zero {
-			e.ID = ids[i]
+		if !e.Zero && !written[i] {
+			e.ID = chunk.ID{}
 		}
 		digest.Add(e)
 	}
@@ -282,13 +287,13 @@ func (p *Plan) WriteTo(ctx context.Context, w io.WriterAt, opts Options) (*Writt
 
 // packWriter restores packs, one at a time, keeping its buffers.
 type packWriter struct {
-	p    *Plan
-	w    io.WriterAt
-	ids  []chunk.ID
-	prog *Progress
-	o    *pack.Opener
-	d    erasure.Decoded
-	done []bool // per place of the pack at hand: written
+	p       *Plan
+	w       io.WriterAt
+	written []bool // per extent of the snapshot, shared by the writers
+	prog    *Progress
+	o       *pack.Opener
+	d       erasure.Decoded
+	done    []bool // per place of the pack at hand: written
 }
 
 // errReadAgain marks a failure that reading the whole pack may cure.
@@ -386,7 +391,7 @@ func (wk *packWriter) write(pid pack.ID, lo, hi int, sealed func(pack.Entry) ([]
 		if _, err := wk.w.WriteAt(plain, e.Off); err != nil {
 			return fmt.Errorf("write at offset %d: %w", e.Off, err)
 		}
-		wk.ids[pl.extent] = id
+		wk.written[pl.extent] = true
 		wk.done[lo+i] = true
 		wk.prog.Written.Add(e.Len)
 	}

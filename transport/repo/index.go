@@ -286,7 +286,7 @@ func (x *Index) writeRun() error {
 		}
 		return bytes.Compare(ids[a.i][:], ids[b.i][:])
 	})
-	w, err := newRunWriter(x.dir)
+	w, err := newRunWriter(x.dir, len(ids))
 	if err != nil {
 		return err
 	}

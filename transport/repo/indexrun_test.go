@@ -271,3 +271,37 @@ func TestIsIndexName(t *testing.T) {
 		}
 	}
 }
+
+// TestRunFilter: a run's Bloom filter answers yes for every ID the run
+// holds and no for about 99% of others, so most lookups of new chunks
+// read nothing.
+func TestRunFilter(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	random := func() (id chunk.ID) {
+		for i := range id {
+			id[i] = byte(rng.UintN(256))
+		}
+		return id
+	}
+	const n = 20000
+	f := newFilter(n)
+	in := make([]chunk.ID, n)
+	for i := range in {
+		in[i] = random()
+		filterProbe(f, in[i], true)
+	}
+	for _, id := range in {
+		if !filterProbe(f, id, false) {
+			t.Fatalf("the filter lost %s", id.Short())
+		}
+	}
+	yes := 0
+	for range n {
+		if filterProbe(f, random(), false) {
+			yes++
+		}
+	}
+	if rate := float64(yes) / n; rate > 0.02 {
+		t.Fatalf("the filter lets %.1f%% of absent IDs through, want about 1%%", 100*rate)
+	}
+}
