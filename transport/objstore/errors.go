@@ -88,10 +88,15 @@ func IsTransient(err error) bool {
 		return true
 	}
 	// The server closed the connection before answering: io.EOF, which
-	// minio-go rewrites into a message of its own (api.go, executeMethod).
+	// minio-go rewrites into a message of its own (api.go, executeMethod);
+	// or it closed a kept-alive connection just as the client took it
+	// from its pool, which net/http reports with an error it does not
+	// export (errServerClosedIdle). Servers close idle connections when
+	// they like, so one such race must not take a target out of use.
 	var uerr *url.Error
 	if errors.As(err, &uerr) && (errors.Is(uerr.Err, io.EOF) ||
-		strings.HasPrefix(uerr.Err.Error(), "Connection closed by foreign host")) {
+		strings.HasPrefix(uerr.Err.Error(), "Connection closed by foreign host") ||
+		uerr.Err.Error() == "http: server closed idle connection") {
 		return true
 	}
 	return false

@@ -37,6 +37,9 @@ func TestIsTransient(t *testing.T) {
 		{&url.Error{Op: "Get", URL: "u", Err: io.EOF}, true},
 		// minio-go's rewording of that EOF.
 		{&url.Error{Op: "Put", URL: "u", Err: errors.New("Connection closed by foreign host u. Retry again.")}, true},
+		// net/http's errServerClosedIdle (unexported): the server closed a
+		// pooled connection as the client took it.
+		{&url.Error{Op: "Get", URL: "u", Err: errors.New("http: server closed idle connection")}, true},
 		{&net.DNSError{Err: "timeout", IsTimeout: true}, true},
 		{minio.ErrorResponse{Code: "InternalError", StatusCode: 500}, true},
 		{minio.ErrorResponse{Code: "ServiceUnavailable", StatusCode: 503}, true},

@@ -305,3 +305,40 @@ func TestRunFilter(t *testing.T) {
 		t.Fatalf("the filter lets %.1f%% of absent IDs through, want about 1%%", 100*rate)
 	}
 }
+
+// TestDiskIndexConcurrent: lookups while packs are added, spilled and
+// merged (as a backup's workers ask Has while WriteIndex adds) see every
+// chunk added before they asked. Run it with -race.
+func TestDiskIndexConcurrent(t *testing.T) {
+	x := newDiskIndex(t.TempDir(), 50)
+	const packs, per = 80, 20
+	added := make(chan []chunk.ID, packs)
+	go func() {
+		defer close(added)
+		for p := range packs {
+			var es []pack.Entry
+			var ids []chunk.ID
+			for e := range per {
+				var id chunk.ID
+				id[0], id[1], id[2] = byte(p), byte(e), 0x5a
+				id[9], id[17] = byte(p*31+e), byte(e*7+p) // the filter's probes
+				es = append(es, pack.Entry{ID: id, Offset: uint32(e), Length: 1, RawLength: 1})
+				ids = append(ids, id)
+			}
+			x.AddPack(PackInfo{ID: pack.ID{byte(p), 1}, Length: 1 << 20}, es)
+			added <- ids
+		}
+	}()
+	var seen []chunk.ID
+	for ids := range added {
+		seen = append(seen, ids...)
+		for _, id := range seen {
+			if !x.Has(id) {
+				t.Fatalf("chunk %x missing after %d chunks were added", id[:3], len(seen))
+			}
+		}
+	}
+	if len(x.runs) == 0 {
+		t.Fatal("nothing was spilled")
+	}
+}

@@ -67,7 +67,7 @@ func TestOpenForRestore(t *testing.T) {
 			t.Errorf("%s: targets down %v %v %v, want only target 1", c.name, r.Targets[0].Down(), r.Targets[1].Down(), r.Targets[2].Down())
 		}
 		n := accepted.Load() - before
-		t.Logf("%s: %d connections to the dead target", c.name, n)
+		t.Logf("%s: %d connections to the dead target (%v)", c.name, n, r.Targets[0].Down())
 		want := int64(objstore.DefaultRetry.Attempts)
 		if c.name == "OpenForRestore" {
 			want = 1
