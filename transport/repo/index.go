@@ -334,7 +334,9 @@ func (x *Index) settle() {
 			slog.Warn("merging the local index cache failed", "dir", x.dir, "error", err)
 		}
 	}
-	x.chunks = map[chunk.ID]loc{} // without the spilled map's room
+	if len(x.chunks) == 0 {
+		x.chunks = map[chunk.ID]loc{} // without the spilled map's room
+	}
 }
 
 // IndexBatch is the content of one index object.

@@ -24,11 +24,13 @@ import (
 // A lookup reads one block of 4080 bytes per run that may hold the chunk
 // (a Bloom filter per run says which may), found by a binary search of
 // the blocks' first IDs: a run keeps in memory those (32 bytes per 85
-// chunks) and the filter (1.25 bytes per chunk). New entries go to the in-memory map; at spillAt entries
-// it is written out as a run, and the newest runs merge while the older of
-// two holds no more entries than the newer, as a binary counter does, so
-// there are at most about log2(chunks/spillAt) runs and every entry is
-// rewritten that many times. LoadIndex ends with everything in one run.
+// chunks) and the filter (1.25 bytes per chunk). New entries go to the
+// in-memory map; at spillAt entries it is written out as a run, and the
+// newest runs merge while the older of two holds no more entries than the
+// newer, as a binary counter does, so there are at most about
+// log2(chunks/spillAt) runs and every entry is rewritten that many times.
+// LoadIndex, which looks nothing up until it is done, spills without
+// merging and ends with one merge of every run.
 const (
 	recSize   = 48 // chunk ID (32) || pack (int32) || offset, length, raw (uint32), little-endian
 	blockRecs = 85

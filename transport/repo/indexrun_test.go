@@ -342,3 +342,47 @@ func TestDiskIndexConcurrent(t *testing.T) {
 		t.Fatal("nothing was spilled")
 	}
 }
+
+// TestDiskIndexSpillFails: when the directory goes away, the runs already
+// made still answer, new entries stay in memory (settle keeps them), and
+// nothing is lost.
+func TestDiskIndexSpillFails(t *testing.T) {
+	dir := t.TempDir()
+	x := newDiskIndex(dir, 10)
+	x.loading = true
+	var ids []chunk.ID
+	add := func(p int) {
+		var es []pack.Entry
+		for e := range 8 {
+			var id chunk.ID
+			id[0], id[1], id[9], id[17] = byte(p), byte(e), byte(p*8+e), byte(e*5+p)
+			es = append(es, pack.Entry{ID: id, Offset: uint32(e), Length: 1, RawLength: 1})
+			ids = append(ids, id)
+		}
+		x.AddPack(PackInfo{ID: pack.ID{byte(p), 2}, Length: 1 << 20}, es)
+	}
+	for p := range 5 {
+		add(p)
+	}
+	if len(x.runs) == 0 {
+		t.Fatal("nothing was spilled")
+	}
+	if len(x.chunks) == 0 {
+		t.Fatal("the map is empty before settle; the test needs entries there")
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	x.settle() // its spill fails
+	if x.dir != "" {
+		t.Fatalf("the index still uses %s after failing to write there", x.dir)
+	}
+	for p := 5; p < 10; p++ {
+		add(p)
+	}
+	for _, id := range ids {
+		if !x.Has(id) {
+			t.Fatalf("chunk %x lost when the directory went away", id[:2])
+		}
+	}
+}
