@@ -3,6 +3,7 @@ package repo
 import (
 	"context"
 	"fmt"
+	"math/bits"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -31,6 +32,26 @@ func sameIndex(t *testing.T, stage string, x, want *Index, ids []chunk.ID) {
 	}
 }
 
+func randomID(rng *rand.Rand) (id chunk.ID) {
+	for i := range id {
+		id[i] = byte(rng.UintN(256))
+	}
+	return id
+}
+
+// addTestPack adds pack number p, of n chunks with random IDs, to x and
+// returns their IDs.
+func addTestPack(x *Index, rng *rand.Rand, p, n int) []chunk.ID {
+	es := make([]pack.Entry, n)
+	ids := make([]chunk.ID, n)
+	for e := range es {
+		ids[e] = randomID(rng)
+		es[e] = pack.Entry{ID: ids[e], Offset: uint32(e), Length: 1, RawLength: 1}
+	}
+	x.AddPack(PackInfo{ID: pack.ID{byte(p), byte(p >> 8), 0xbb}, Length: 1 << 20}, es)
+	return ids
+}
+
 // TestDiskIndexMatchesMemory adds the same packs, with chunks in several
 // packs and some packs marked for deletion, to an index that spills to
 // runs every few entries and to one in memory: both must answer alike
@@ -42,9 +63,7 @@ func TestDiskIndexMatchesMemory(t *testing.T) {
 			rng := rand.New(rand.NewPCG(7, uint64(len(fmt.Sprint(withMarks)))))
 			pool := make([]chunk.ID, 3000)
 			for i := range pool {
-				for j := range pool[i] {
-					pool[i][j] = byte(rng.UintN(256))
-				}
+				pool[i] = randomID(rng)
 			}
 			absent := make([]chunk.ID, 200)
 			for i := range absent {
@@ -83,7 +102,7 @@ func TestDiskIndexMatchesMemory(t *testing.T) {
 			if len(disk.runs) == 0 {
 				t.Fatal("nothing was spilled to runs")
 			}
-			if limit := 2 + bitsLen(mem.Len()/spillAt); maxRuns > limit {
+			if limit := 2 + bits.Len(uint(mem.Len()/spillAt)); maxRuns > limit {
 				t.Errorf("%d runs at once for %d chunks, want at most %d", maxRuns, mem.Len(), limit)
 			}
 			sameIndex(t, "before settle", disk, mem, append(pool, absent...))
@@ -104,14 +123,6 @@ func TestDiskIndexMatchesMemory(t *testing.T) {
 			sameIndex(t, "added after settle", disk, mem, append(pool, absent...))
 		})
 	}
-}
-
-func bitsLen(n int) int {
-	b := 0
-	for ; n > 0; n >>= 1 {
-		b++
-	}
-	return b
 }
 
 // countingStore counts the objects read under index/.
@@ -152,28 +163,32 @@ func TestLoadIndexCache(t *testing.T) {
 		}
 		return r
 	}
-	check := func(stage string, x *Index) {
+	// load loads r's index, checks that it finds every chunk, and that it
+	// read downloads index objects from the targets.
+	load := func(stage string, r *Repo, downloads int) *Index {
 		t.Helper()
+		gets.Store(0)
+		x, err := r.LoadIndex(ctx)
+		if err != nil {
+			t.Fatalf("%s: %v", stage, err)
+		}
 		for _, id := range ids {
 			if !x.Has(id) {
 				t.Fatalf("%s: chunk %s not found", stage, id.Short())
 			}
 		}
+		if got := gets.Load(); got != int64(downloads) {
+			t.Fatalf("%s read %d index objects from the targets, want %d", stage, got, downloads)
+		}
+		return x
 	}
 	cache := t.TempDir()
 	r := open()
 	r.IndexCache = cache
 	objects := count(t, stores[0], "index/")
-	x, err := r.LoadIndex(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	check("first load", x)
+	x := load("first load", r, objects)
 	if len(x.runs) != 1 || len(x.chunks) != 0 {
 		t.Fatalf("loaded: %d runs, %d entries in memory; want 1 and 0", len(x.runs), len(x.chunks))
-	}
-	if got := gets.Load(); got != int64(objects) {
-		t.Fatalf("first load read %d index objects from the targets, want %d", got, objects)
 	}
 	dir := filepath.Join(cache, r.Config.ID, "index")
 	cached, err := os.ReadDir(dir)
@@ -182,17 +197,9 @@ func TestLoadIndexCache(t *testing.T) {
 	}
 
 	// The next load reads nothing from the targets.
-	gets.Store(0)
 	r = open()
 	r.IndexCache = cache
-	x, err = r.LoadIndex(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	check("cached load", x)
-	if got := gets.Load(); got != 0 {
-		t.Fatalf("cached load read %d index objects from the targets, want 0", got)
-	}
+	load("cached load", r, 0)
 
 	// A damaged copy is read again from a target and replaced; the copy
 	// of an object no target lists any more is removed.
@@ -207,14 +214,7 @@ func TestLoadIndexCache(t *testing.T) {
 	if err := os.WriteFile(stale, good, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	gets.Store(0)
-	if x, err = r.LoadIndex(ctx); err != nil {
-		t.Fatal(err)
-	}
-	check("load with a damaged copy", x)
-	if got := gets.Load(); got != 1 {
-		t.Fatalf("load with one damaged copy read %d index objects from the targets, want 1", got)
-	}
+	load("load with a damaged copy", r, 1)
 	if now, _ := os.ReadFile(damaged); string(now) != string(good) {
 		t.Fatal("the damaged copy was not replaced")
 	}
@@ -230,14 +230,7 @@ func TestLoadIndexCache(t *testing.T) {
 
 	// What this machine writes is cached as it is written.
 	ids = append(ids, storeChunks(t, r, []byte("written with the cache"))...)
-	gets.Store(0)
-	if x, err = r.LoadIndex(ctx); err != nil {
-		t.Fatal(err)
-	}
-	check("load after a write", x)
-	if got := gets.Load(); got != 0 {
-		t.Fatalf("load after writing an index object read %d from the targets, want 0", got)
-	}
+	load("load after a write", r, 0)
 
 	// A cache that cannot be made leaves the index in memory.
 	blocked := filepath.Join(t.TempDir(), "file")
@@ -246,10 +239,7 @@ func TestLoadIndexCache(t *testing.T) {
 	}
 	r = open()
 	r.IndexCache = blocked
-	if x, err = r.LoadIndex(ctx); err != nil {
-		t.Fatal(err)
-	}
-	check("no cache", x)
+	x = load("no cache", r, count(t, stores[0], "index/"))
 	if len(x.runs) != 0 {
 		t.Fatalf("%d runs without a cache directory", len(x.runs))
 	}
@@ -277,17 +267,11 @@ func TestIsIndexName(t *testing.T) {
 // read nothing.
 func TestRunFilter(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
-	random := func() (id chunk.ID) {
-		for i := range id {
-			id[i] = byte(rng.UintN(256))
-		}
-		return id
-	}
 	const n = 20000
 	f := newFilter(n)
 	in := make([]chunk.ID, n)
 	for i := range in {
-		in[i] = random()
+		in[i] = randomID(rng)
 		filterProbe(f, in[i], true)
 	}
 	for _, id := range in {
@@ -297,7 +281,7 @@ func TestRunFilter(t *testing.T) {
 	}
 	yes := 0
 	for range n {
-		if filterProbe(f, random(), false) {
+		if filterProbe(f, randomID(rng), false) {
 			yes++
 		}
 	}
@@ -311,22 +295,13 @@ func TestRunFilter(t *testing.T) {
 // chunk added before they asked. Run it with -race.
 func TestDiskIndexConcurrent(t *testing.T) {
 	x := newDiskIndex(t.TempDir(), 50)
-	const packs, per = 80, 20
+	const packs = 80
 	added := make(chan []chunk.ID, packs)
 	go func() {
 		defer close(added)
+		rng := rand.New(rand.NewPCG(5, 6))
 		for p := range packs {
-			var es []pack.Entry
-			var ids []chunk.ID
-			for e := range per {
-				var id chunk.ID
-				id[0], id[1], id[2] = byte(p), byte(e), 0x5a
-				id[9], id[17] = byte(p*31+e), byte(e*7+p) // the filter's probes
-				es = append(es, pack.Entry{ID: id, Offset: uint32(e), Length: 1, RawLength: 1})
-				ids = append(ids, id)
-			}
-			x.AddPack(PackInfo{ID: pack.ID{byte(p), 1}, Length: 1 << 20}, es)
-			added <- ids
+			added <- addTestPack(x, rng, p, 20)
 		}
 	}()
 	var seen []chunk.ID
@@ -350,17 +325,9 @@ func TestDiskIndexSpillFails(t *testing.T) {
 	dir := t.TempDir()
 	x := newDiskIndex(dir, 10)
 	x.loading = true
+	rng := rand.New(rand.NewPCG(7, 8))
 	var ids []chunk.ID
-	add := func(p int) {
-		var es []pack.Entry
-		for e := range 8 {
-			var id chunk.ID
-			id[0], id[1], id[9], id[17] = byte(p), byte(e), byte(p*8+e), byte(e*5+p)
-			es = append(es, pack.Entry{ID: id, Offset: uint32(e), Length: 1, RawLength: 1})
-			ids = append(ids, id)
-		}
-		x.AddPack(PackInfo{ID: pack.ID{byte(p), 2}, Length: 1 << 20}, es)
-	}
+	add := func(p int) { ids = append(ids, addTestPack(x, rng, p, 8)...) }
 	for p := range 5 {
 		add(p)
 	}
