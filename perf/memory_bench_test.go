@@ -193,7 +193,8 @@ func watchLive() (stop func() uint64) {
 // are chunked small (minimum 2 KiB, average bits 11: about 90,000 and
 // 270,000 chunks, as many as 38 GB and 117 GB of real files have at the
 // default size), backed up into a fresh repository on three file://
-// targets and restored. The maximum chunk size stays large (512 KiB) so
+// targets, backed up again (compared with the first snapshot, its basis)
+// and restored. The maximum chunk size stays large (512 KiB) so
 // that a pack's header of a few thousand entries fits the pack buffer's
 // slack. Reported: the peak live heap of each run, sampled
 // after forced collections, and per-chunk, the slope between the two
@@ -211,8 +212,8 @@ func memoryPerChunk(b *testing.B, diskIndex bool) {
 	p.MinSize, p.AverageBits, p.MaxSize = 2<<10, 11, 512<<10
 	dir := tempDir(b)
 	type run struct {
-		chunks                  int64
-		backupLive, restoreLive uint64
+		chunks                             int64
+		backupLive, againLive, restoreLive uint64
 	}
 	measure := func(size int64) run {
 		img := filepath.Join(dir, "vol.img")
@@ -234,6 +235,15 @@ func memoryPerChunk(b *testing.B, diskIndex bool) {
 		sum := backupFile(b, r, img)
 		var out run
 		out.chunks, out.backupLive = sum.Chunks, stop()
+		// The same volume again: compared with the first snapshot, its
+		// basis, through the parent's extents.
+		runtime.GC()
+		stop = watchLive()
+		again := backupFile(b, r, img)
+		out.againLive = stop()
+		if again.NewChunks != 0 || again.Chunks != sum.Chunks {
+			b.Fatalf("second backup: %d chunks, %d new; first %d", again.Chunks, again.NewChunks, sum.Chunks)
+		}
 		cache := r.IndexCache
 		if r, err = repo.Open(context.Background(), fileStores(b, repoDir), []byte("bench")); err != nil {
 			b.Fatal(err)
@@ -261,6 +271,9 @@ func memoryPerChunk(b *testing.B, diskIndex bool) {
 		b.ReportMetric(float64(small.backupLive)/(1<<20), "backup-live-small-MiB")
 		b.ReportMetric(float64(large.backupLive)/(1<<20), "backup-live-large-MiB")
 		b.ReportMetric((float64(large.backupLive)-float64(small.backupLive))/dc, "backup-B/chunk")
+		b.ReportMetric(float64(small.againLive)/(1<<20), "again-live-small-MiB")
+		b.ReportMetric(float64(large.againLive)/(1<<20), "again-live-large-MiB")
+		b.ReportMetric((float64(large.againLive)-float64(small.againLive))/dc, "again-B/chunk")
 		b.ReportMetric(float64(small.restoreLive)/(1<<20), "restore-live-small-MiB")
 		b.ReportMetric(float64(large.restoreLive)/(1<<20), "restore-live-large-MiB")
 		b.ReportMetric((float64(large.restoreLive)-float64(small.restoreLive))/dc, "restore-B/chunk")
@@ -390,8 +403,13 @@ func BenchmarkSnapshotsMemory(b *testing.B) {
 		runtime.ReadMemStats(&before)
 		s, err := r.FindSnapshot(ctx, "latest", "")
 		runtime.ReadMemStats(&after)
-		if err != nil || int64(len(s.Extents)) < chunks {
+		if err != nil {
 			b.Fatalf("latest: %v", err)
+		}
+		// A segmented manifest: FindSnapshot read its segment list, and
+		// the extents are read as they are used.
+		if s, err = r.WithExtents(ctx, s); err != nil || int64(len(s.Extents)) < chunks {
+			b.Fatalf("latest's extents: %v", err)
 		}
 		b.ReportMetric(float64(held-min(held, base))/(1<<20), "listing-held-MiB")
 		b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/(1<<20), "latest-alloc-MiB")

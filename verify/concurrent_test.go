@@ -174,19 +174,21 @@ func (h listHook) List(ctx context.Context, prefix string, fn func(objstore.Info
 	return h.Store.List(ctx, prefix, fn)
 }
 
-// TestVerifyDuringCommit commits a backup while verify lists the targets,
-// just before each of its listings on one target. Whatever verify sees of
-// the new snapshot, it must not see damage.
+// TestVerifyDuringCommit commits a backup, its extents in segments, while
+// verify lists the targets, just before each of its listings on one
+// target. Whatever verify sees of the new snapshot, it must not see damage.
 func TestVerifyDuringCommit(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	for i, prefix := range []string{"keys/", "snapshots/", "index/", "data/"} {
+	prefixes := []string{"keys/", "snapshots/", "extents/", "index/", "data/"}
+	for i, prefix := range prefixes {
 		img := filepath.Join(t.TempDir(), "new.img")
 		if err := volume.Write(img, volume.Spec{Size: 4 << 20, DataFrac: 0.5, Seed: uint64(30 + i)}); err != nil {
 			t.Fatal(err)
 		}
 		stores := f.Stores(t)
 		writer := f.open(t)
+		writer.SegmentExtents = 8
 		stores[1] = listHook{Store: stores[1], prefix: prefix, once: &sync.Once{}, before: func() {
 			s, err := backup.File(ctx, writer, img, backup.Options{Name: "during"})
 			if err != nil {
@@ -207,7 +209,7 @@ func TestVerifyDuringCommit(t *testing.T) {
 			t.Fatalf("backup committed before listing %s: status %s, %d snapshots: %v", prefix, rep.Status, len(f.images), rep.Problems)
 		}
 	}
-	if rep := f.run(t, verify.Options{}); rep.Status != verify.OK || rep.Snapshots != 6 {
+	if rep := f.run(t, verify.Options{}); rep.Status != verify.OK || rep.Snapshots != 2+len(prefixes) || rep.Segments == 0 {
 		t.Fatalf("after the backups: %d snapshots, %s: %v", rep.Snapshots, rep.Status, rep.Problems)
 	}
 	f.restoresAll(t)

@@ -85,7 +85,9 @@ func Run(ctx context.Context, r *repo.Repo, opts Options) (*Report, error) {
 	if err := c.strays(ctx); err != nil {
 		return nil, err
 	}
-	c.attribute()
+	if err := c.attribute(ctx); err != nil {
+		return nil, err
+	}
 	c.rep.HeadRequests = c.heads.Load()
 	c.rep.Duration = time.Since(c.rep.Started).Seconds()
 	return c.rep, nil
@@ -93,8 +95,10 @@ func Run(ctx context.Context, r *repo.Repo, opts Options) (*Report, error) {
 
 // checker holds what one verification learned. Maps are keyed by pack and
 // hold small values: memory is about 200 + 12(k+m) bytes per pack, plus the
-// index (88 to 121 bytes per chunk) and every snapshot's extents (56 bytes
-// per chunk of each, kept to name the snapshots a loss affects).
+// index (88 to 121 bytes per chunk) and the extents of every manifest that
+// holds its own (56 bytes per chunk of each, kept to name the snapshots a
+// loss affects); a segmented snapshot's extents are read again when needed,
+// a segment at a time (see extents).
 type checker struct {
 	r       *repo.Repo
 	rep     *Report
@@ -110,6 +114,8 @@ type checker struct {
 	packLen   map[pack.ID]int64        // packs that should have shards: indexed, or recovered for missing chunks
 	recovered map[chunk.ID]pack.ID     // chunks the index lacks, found in pack headers
 	snaps     []*repo.Snapshot
+	owner     map[string]string    // segment ("extents/<id>") -> the manifest naming it ("snapshots/<id>")
+	unindexed int                  // chunks the manifests name that the index lacks
 	lost      map[pack.ID]string   // packs with fewer than k intact shards (or bad content), and why
 	badChunks map[chunk.ID]string  // chunks whose blob failed the deep check
 	reported  map[shardKey]bool    // shard problems already reported
@@ -136,6 +142,7 @@ type listing struct {
 	keys      map[string]int64
 	index     map[string]int64
 	snapshots map[string]int64
+	segments  map[string]int64
 	shards    int
 	bytes     int64
 }
@@ -146,7 +153,7 @@ func newChecker(r *repo.Repo) *checker {
 		r: r, k: s.K, n: s.Shards(), T: len(r.Targets),
 		rep:     &Report{RepoID: r.Config.ID, Scheme: s.String(), Started: time.Now().UTC(), Problems: []Problem{}},
 		entries: map[pack.ID][]pack.Entry{}, packLen: map[pack.ID]int64{}, recovered: map[chunk.ID]pack.ID{},
-		crcs: map[pack.ID][]uint32{}, lost: map[pack.ID]string{}, badChunks: map[chunk.ID]string{}, reported: map[shardKey]bool{},
+		crcs: map[pack.ID][]uint32{}, owner: map[string]string{}, lost: map[pack.ID]string{}, badChunks: map[chunk.ID]string{}, reported: map[shardKey]bool{},
 		shards: map[pack.ID][]int64{}, stray: map[pack.ID]struct{}{}, statBad: map[shardKey]statBad{},
 	}
 }
@@ -176,6 +183,9 @@ func (c *checker) structural(ctx context.Context, opts Options) error {
 	if err := c.loadSnapshots(ctx, opts.Workers); err != nil {
 		return err
 	}
+	if err := c.checkSegments(ctx, opts.Workers); err != nil {
+		return err
+	}
 	if err := c.recoverUnindexed(ctx); err != nil {
 		return err
 	}
@@ -189,21 +199,22 @@ func (c *checker) structural(ctx context.Context, opts Options) error {
 }
 
 // list lists what every target holds, in phases: config and keys/, then
-// snapshots/, then index/, then data/, each phase on all targets at once
-// and finished everywhere before the next starts. That is the reverse of a
-// backup's commit order (shards, index objects, manifest, each written to
-// every target before the next), so a backup running meanwhile cannot make
-// the listings contradict each other: whatever a listed manifest needs was
-// on every target before it and is listed after it. What the backup writes
-// meanwhile is at worst unreferenced, or a replicated object some target
-// does not list yet (checkReplicas looks again).
+// snapshots/, then extents/, then index/, then data/, each phase on all
+// targets at once and finished everywhere before the next starts. That is
+// the reverse of a backup's commit order (shards, index objects, segments,
+// manifest, each written to every target before the next), so a backup
+// running meanwhile cannot make the listings contradict each other:
+// whatever a listed manifest needs was on every target before it and is
+// listed after it. What the backup writes meanwhile is at worst
+// unreferenced, or a replicated object some target does not list yet
+// (checkReplicas looks again).
 func (c *checker) list(ctx context.Context) error {
 	c.listings = make([]*listing, c.T)
 	for i := range c.listings {
-		c.listings[i] = &listing{keys: map[string]int64{}, index: map[string]int64{}, snapshots: map[string]int64{}}
+		c.listings[i] = &listing{keys: map[string]int64{}, index: map[string]int64{}, snapshots: map[string]int64{}, segments: map[string]int64{}}
 	}
 	var mu sync.Mutex // guards c.shards
-	phases := [][]string{{"config", "keys/"}, {"snapshots/"}, {"index/"}, {"data/"}}
+	phases := [][]string{{"config", "keys/"}, {"snapshots/"}, {"extents/"}, {"index/"}, {"data/"}}
 	for _, phase := range phases {
 		g, gctx := errgroup.WithContext(ctx)
 		for _, t := range c.r.Targets {
@@ -273,6 +284,8 @@ func (c *checker) record(t *repo.Target, l *listing, prefix string, i objstore.I
 		l.keys[name] = i.Size
 	case "snapshots/":
 		l.snapshots[name] = i.Size
+	case "extents/":
+		l.segments[name] = i.Size
 	case "index/":
 		l.index[name] = i.Size
 	case "data/":
@@ -333,8 +346,10 @@ func (c *checker) dropDeleting(ctx context.Context) error {
 
 // settle drops the problems that a forget or prune running meanwhile
 // explains: those about objects and packs that a deletion record names
-// now, and about manifests and index objects that no target has any more
-// (deleted since they were listed). Only then is a problem damage.
+// now, about manifests and index objects that no target has any more
+// (deleted since they were listed), and about the segments of such
+// manifests (a prune deletes the segments of a forgotten snapshot). Only
+// then is a problem damage.
 func (c *checker) settle(ctx context.Context) error {
 	if c.rep.Status < Degraded {
 		return nil
@@ -345,26 +360,21 @@ func (c *checker) settle(ctx context.Context) error {
 	}
 	vanished := map[string]bool{}
 	for _, p := range c.rep.Problems {
-		dir, _, _ := strings.Cut(p.Object, "/")
-		if (dir != "snapshots" && dir != "index") || gone.Objects[p.Object] {
+		object := c.subject(p.Object)
+		dir, _, _ := strings.Cut(object, "/")
+		if (dir != "snapshots" && dir != "index") || gone.Objects[object] {
 			continue
 		}
-		if _, seen := vanished[p.Object]; seen {
+		if _, seen := vanished[object]; seen {
 			continue
 		}
-		everywhere := true
-		for t := range c.T {
-			if _, err := c.stat(ctx, t, p.Object); !errors.Is(err, objstore.ErrNotFound) {
-				everywhere = false
-				break
-			}
-		}
-		vanished[p.Object] = everywhere
+		vanished[object] = c.vanished(ctx, object)
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 	explained := func(object, packID string) bool {
+		object = c.subject(object)
 		if gone.Objects[object] || vanished[object] {
 			return true
 		}
@@ -387,15 +397,34 @@ func (c *checker) settle(ctx context.Context) error {
 	return nil
 }
 
-// checkReplicas reports replicated objects that some reachable target
-// lacks. An object missing from a listing is looked for once more (one
-// Stat): a backup or repair may have been writing it to that target while
-// the targets were listed, and such an object is not missing.
-func (c *checker) checkReplicas(ctx context.Context, workers int) error {
-	type miss struct {
-		target int
-		name   string
+// subject is what a problem about object depends on: for a segment, the
+// manifest that names it; else the object itself.
+func (c *checker) subject(object string) string {
+	if m, ok := c.owner[object]; ok {
+		return m
 	}
+	return object
+}
+
+// vanished reports whether no target holds name any more (a Stat on each).
+func (c *checker) vanished(ctx context.Context, name string) bool {
+	for t := range c.T {
+		if _, err := c.stat(ctx, t, name); !errors.Is(err, objstore.ErrNotFound) {
+			return false
+		}
+	}
+	return true
+}
+
+// miss is a replicated object that a target's listing lacks.
+type miss struct {
+	target int
+	name   string
+}
+
+// checkReplicas reports replicated objects that some reachable target
+// lacks (segments: see checkSegments).
+func (c *checker) checkReplicas(ctx context.Context, workers int) error {
 	var missing []miss
 	for t, l := range c.listings {
 		if l.err != nil {
@@ -419,6 +448,14 @@ func (c *checker) checkReplicas(ctx context.Context, workers int) error {
 			}
 		}
 	}
+	return c.reportMissing(ctx, workers, missing)
+}
+
+// reportMissing reports the objects missing from the listings. Each is
+// looked for once more (one Stat): a backup or repair may have been
+// writing it to that target while the targets were listed, and such an
+// object is not missing.
+func (c *checker) reportMissing(ctx context.Context, workers int, missing []miss) error {
 	found := make([]bool, len(missing))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(workers)
@@ -474,10 +511,10 @@ func (c *checker) stat(ctx context.Context, t int, name string) (objstore.Info, 
 // nothing and returns, one per copy, what was wrong with it, for the
 // caller to report the object as a whole.
 //
-// Every copy is downloaded: a verify reads each index object and manifest
-// once from every target that lists it (T times the metadata, which is
-// small next to the data: about 45 bytes per chunk in index objects and
-// 40 per chunk of each snapshot in manifests).
+// Every copy is downloaded: a verify reads each index object, manifest
+// and segment once from every target that lists it (T times the metadata,
+// which is small next to the data: about 45 bytes per chunk in index
+// objects and 40 per chunk of each snapshot in manifests or segments).
 func (c *checker) fetchReplicated(ctx context.Context, dir, id string, sizes func(*listing) map[string]int64, open func([]byte) error) (bool, []string, error) {
 	type badCopy struct {
 		target int
@@ -705,6 +742,122 @@ func (c *checker) loadSnapshots(ctx context.Context, workers int) error {
 	return nil
 }
 
+// checkSegments checks the segments that the manifests name (listed after
+// the manifests, so every one was on every target by then, bar a forget
+// and prune meanwhile: see settle): each must be on every reachable target
+// (a copy a listing lacks is looked for once more) and every copy must be
+// the one named and hold the extents the manifest says, or it is
+// repairable damage. A segment no target has a valid copy of loses its
+// snapshot, which the later checks then leave out. Segments that no
+// manifest names are garbage.
+func (c *checker) checkSegments(ctx context.Context, workers int) error {
+	type use struct {
+		s   *repo.Snapshot
+		i   int   // the segment's place in the manifest
+		off int64 // of its first extent
+	}
+	named := map[string]use{} // by ID
+	for _, s := range c.snaps {
+		var off int64
+		for i, sg := range s.Segments {
+			named[strings.TrimPrefix(sg.Name(), "extents/")] = use{s, i, off}
+			c.owner[sg.Name()] = "snapshots/" + s.ID
+			off += sg.Len
+		}
+	}
+	c.rep.Segments = len(named)
+	segments := func(l *listing) map[string]int64 { return l.segments }
+	ids := slices.Sorted(maps.Keys(named))
+	var missing []miss
+	for t, l := range c.listings {
+		if l.err != nil {
+			continue
+		}
+		for _, id := range ids {
+			if _, ok := l.segments[id]; !ok {
+				missing = append(missing, miss{t, "extents/" + id})
+			}
+		}
+	}
+	if err := c.reportMissing(ctx, workers, missing); err != nil {
+		return err
+	}
+	lost := map[*repo.Snapshot][]string{}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
+	for _, id := range ids {
+		u := named[id]
+		sg := u.s.Segments[u.i]
+		g.Go(func() error {
+			ok, why, err := c.fetchReplicated(gctx, "extents/", id, segments, func(b []byte) error {
+				_, err := c.r.OpenSegment(sg, u.off, b)
+				return err
+			})
+			if err != nil || ok {
+				return err
+			}
+			if len(why) == 0 {
+				why = []string{"on no target"}
+			}
+			c.dropMissing(sg.Name())
+			c.add(Problem{Severity: DataLost, Kind: KindSnapshotLost, Object: sg.Name(),
+				Detail: fmt.Sprintf("segment %d of %d of snapshot %s: no target has a valid copy (%s); the snapshot cannot be restored, and prune deletes nothing until it is forgotten",
+					u.i+1, len(u.s.Segments), refOf(u.s), strings.Join(why, "; "))})
+			c.mu.Lock()
+			lost[u.s] = append(lost[u.s], fmt.Sprintf("segment %d of %d (%s) unreadable on every target", u.i+1, len(u.s.Segments), sg.Name()))
+			c.mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	c.snaps = slices.DeleteFunc(c.snaps, func(s *repo.Snapshot) bool {
+		why, bad := lost[s]
+		if bad {
+			ref := refOf(s)
+			slices.Sort(why)
+			ref.Why = firstDistinct(why, 5)
+			c.rep.Lost = append(c.rep.Lost, ref)
+		}
+		return bad
+	})
+	for _, id := range c.names(segments) {
+		if _, ok := named[id]; !ok {
+			c.add(Problem{Severity: Notice, Kind: KindUnreferencedSegment, Object: "extents/" + id,
+				Detail: "a segment no manifest names: a backup still running, or garbage of one that failed or of a forgotten snapshot (prune deletes it)"})
+		}
+	}
+	return nil
+}
+
+// extents calls fn with the extents of snapshot s: those its manifest
+// holds, or a segmented snapshot's a segment at a time, read again
+// (checkSegments checked every copy) rather than kept, so that memory
+// holds one segment's extents, not every snapshot's. It returns false for
+// a snapshot forgotten since it was listed, whose segments a prune may
+// have deleted meanwhile; fn may have had some of its extents by then.
+func (c *checker) extents(ctx context.Context, s *repo.Snapshot, fn func([]repo.Extent)) (bool, error) {
+	err := c.r.Extents(ctx, s, func(exts []repo.Extent) error {
+		fn(exts)
+		return nil
+	})
+	switch {
+	case err == nil:
+		return true, nil
+	case ctx.Err() != nil:
+		return false, ctx.Err()
+	}
+	gone, derr := c.r.Deleting(ctx)
+	if derr != nil {
+		return false, derr
+	}
+	if name := "snapshots/" + s.ID; gone.Objects[name] || c.vanished(ctx, name) {
+		return false, ctx.Err()
+	}
+	return false, fmt.Errorf("read the extents again: %w", err)
+}
+
 // recoverUnindexed looks for the chunks that manifests name and the index
 // lacks in the headers of packs no index knows (an index object lost from
 // every target). Only then does the structural level read pack data.
@@ -712,17 +865,23 @@ func (c *checker) recoverUnindexed(ctx context.Context) error {
 	missing := map[chunk.ID]bool{}
 	chunks := map[chunk.ID]bool{}
 	for _, s := range c.snaps {
-		for _, e := range s.Extents {
-			if e.Zero {
-				continue
+		_, err := c.extents(ctx, s, func(exts []repo.Extent) {
+			for _, e := range exts {
+				if e.Zero {
+					continue
+				}
+				chunks[e.ID] = true
+				if !c.idx.Has(e.ID) {
+					missing[e.ID] = true
+				}
 			}
-			chunks[e.ID] = true
-			if !c.idx.Has(e.ID) {
-				missing[e.ID] = true
-			}
+		})
+		if err != nil {
+			return err
 		}
 	}
 	c.rep.Chunks = len(chunks)
+	c.unindexed = len(missing)
 	for id := range c.shards {
 		if _, ok := c.packLen[id]; !ok {
 			c.stray[id] = struct{}{}
@@ -949,29 +1108,40 @@ func (c *checker) markLost(id pack.ID, kind, why string) {
 }
 
 // attribute names the snapshots that lost data or need repair to restore.
-func (c *checker) attribute() {
+func (c *checker) attribute(ctx context.Context) error {
+	if len(c.lost)+len(c.badChunks)+c.unindexed == 0 {
+		return nil // nothing to name a snapshot for: spare reading the segments again
+	}
 	for _, s := range c.snaps {
 		var lost, fix []string
-		for _, e := range s.Extents {
-			if e.Zero {
-				continue
-			}
-			if why, ok := c.badChunks[e.ID]; ok {
-				lost = append(lost, fmt.Sprintf("chunk %s at offset %d: %s", e.ID.Short(), e.Off, why))
-				continue
-			}
-			p, _, ok := c.idx.Lookup(e.ID)
-			pid := p.ID
-			if !ok {
-				if pid, ok = c.recovered[e.ID]; !ok {
-					lost = append(lost, fmt.Sprintf("chunk %s at offset %d is in no index and no pack header", e.ID.Short(), e.Off))
+		ok, err := c.extents(ctx, s, func(exts []repo.Extent) {
+			for _, e := range exts {
+				if e.Zero {
 					continue
 				}
-				fix = append(fix, fmt.Sprintf("chunk %s needs the index rebuilt", e.ID.Short()))
+				if why, ok := c.badChunks[e.ID]; ok {
+					lost = append(lost, fmt.Sprintf("chunk %s at offset %d: %s", e.ID.Short(), e.Off, why))
+					continue
+				}
+				p, _, ok := c.idx.Lookup(e.ID)
+				pid := p.ID
+				if !ok {
+					if pid, ok = c.recovered[e.ID]; !ok {
+						lost = append(lost, fmt.Sprintf("chunk %s at offset %d is in no index and no pack header", e.ID.Short(), e.Off))
+						continue
+					}
+					fix = append(fix, fmt.Sprintf("chunk %s needs the index rebuilt", e.ID.Short()))
+				}
+				if _, bad := c.lost[pid]; bad {
+					lost = append(lost, "pack "+pid.Short()+" lost")
+				}
 			}
-			if _, bad := c.lost[pid]; bad {
-				lost = append(lost, "pack "+pid.Short()+" lost")
-			}
+		})
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
 		}
 		if len(lost) > 0 {
 			ref := refOf(s)
@@ -987,6 +1157,7 @@ func (c *checker) attribute() {
 				Detail: fmt.Sprintf("snapshot %s: %d chunk(s) missing from the index, found in pack headers", ref, len(fix))})
 		}
 	}
+	return nil
 }
 
 func firstDistinct(xs []string, n int) []string {

@@ -38,7 +38,11 @@ type fixture struct {
 	images   map[string]string // snapshot ID -> the image backed up
 }
 
-func setup(t *testing.T) *fixture {
+func setup(t *testing.T) *fixture { return setupSegments(t, 0) }
+
+// setupSegments is setup with the snapshots' extents in segments of
+// perSegment (see repo.Repo.SegmentExtents; 0: the default, so none).
+func setupSegments(t *testing.T, perSegment int) *fixture {
 	t.Helper()
 	f := &fixture{Cluster: minio.StartCluster(t, 3, "ferry", "repo"), images: map[string]string{}}
 	ctx := context.Background()
@@ -49,6 +53,7 @@ func setup(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	r.SegmentExtents = perSegment
 	dir := t.TempDir()
 	for _, v := range []struct {
 		out  **backup.Summary

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"log/slog"
 	"maps"
 	"os"
@@ -147,32 +148,26 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 		prog = &Progress{}
 	}
 	prog.Total.Store(size)
-	// Snapshots from a listing come without their extents.
-	if opts.Parent != nil {
-		if opts.Parent, err = r.WithExtents(ctx, opts.Parent); err != nil {
-			return nil, fmt.Errorf("parent: %w", err)
-		}
-	}
-	if opts.Basis != nil {
-		if opts.Basis, err = r.WithExtents(ctx, opts.Basis); err != nil {
-			return nil, fmt.Errorf("basis: %w", err)
-		}
-	}
 
 	idx, err := r.LoadIndex(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("load index: %w", err)
 	}
 	params := r.Config.Chunking()
-	sp, err := newChunks(ctx, src, size, opts, params, r.IDKey, prog)
+	sp, err := newChunks(ctx, r, src, size, opts, params, prog)
 	if err != nil {
 		return nil, err
 	}
 	defer sp.close()
 
+	// The extents, in volume order, wait on the local disk for the commit.
+	extents, err := r.NewSnapshotWriter()
+	if err != nil {
+		return nil, err
+	}
+	defer extents.Close()
 	var (
 		stats     repo.Stats
-		extents   []repo.Extent
 		digest    = repo.NewVolumeDigest()
 		claimedMu sync.Mutex
 		// claimed holds the chunks this backup stores that the index does
@@ -221,7 +216,7 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 		defer close(ordered)
 		defer close(work)
 		for seq := int64(0); ; {
-			c, reused, err := sp.next()
+			c, id, reused, err := sp.next()
 			prog.Read.Store(sp.BytesRead())
 			if err == io.EOF {
 				return nil
@@ -229,11 +224,8 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 			if err != nil {
 				return err
 			}
-			it := &item{c: c, done: make(chan struct{})}
-			if reused >= 0 {
-				it.id = cmp.Or(opts.Parent, opts.Basis).Extents[reused].ID
-			}
-			hash := !c.Zero && reused < 0
+			it := &item{c: c, id: id, done: make(chan struct{})}
+			hash := !c.Zero && !reused
 			if hash {
 				it.seq = seq
 				seq++
@@ -305,13 +297,9 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 			stats.Chunks++
 			if e.Zero {
 				stats.BytesZero += e.Len
-				if n := len(extents); n > 0 && extents[n-1].Zero {
-					extents[n-1].Len += e.Len
-				} else {
-					extents = append(extents, e)
-				}
-			} else {
-				extents = append(extents, e)
+			}
+			if err := extents.Add(e); err != nil {
+				return err
 			}
 			if it.stored {
 				stats.NewChunks++
@@ -367,19 +355,16 @@ func Run(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Op
 	if opts.Volume.Host == "" {
 		opts.Volume.Host, _ = os.Hostname()
 	}
-	m := &repo.Manifest{
-		Meta: repo.Meta{
-			Name: name, Volume: opts.Volume, Size: size, Digest: digest.Hex(),
-			Started: start.UTC(), Params: opts.Params,
-		},
-		Extents: extents,
+	m := repo.Meta{
+		Name: name, Volume: opts.Volume, Size: size, Digest: digest.Hex(),
+		Started: start.UTC(), Params: opts.Params,
 	}
-	// The manifest records what was stored before it; its own copies are
-	// added to the summary below.
+	// The manifest records what was stored before it; its own copies (and
+	// its segments') are added to the summary below.
 	m.Stats = stats
 	m.Stats.BytesStored = stored.Load()
 	m.Finished = time.Now().UTC()
-	id, n, err := r.SaveSnapshot(ctx, m)
+	id, n, err := extents.Commit(ctx, m)
 	if err != nil {
 		return nil, fmt.Errorf("commit snapshot: %w", err)
 	}
@@ -494,9 +479,9 @@ func (pk *packer) send(ctx context.Context, w *pack.Writer) error {
 // chunks yields the volume's canonical chunks without their data, which
 // the workers read where they need it, in parallel.
 type chunks interface {
-	// next returns the next chunk; reused is the index of the parent's
-	// extent it keeps (not read), or -1.
-	next() (c chunk.Chunk, reused int, err error)
+	// next returns the next chunk; reused says it is the parent's (not
+	// read), with the parent's id.
+	next() (c chunk.Chunk, id chunk.ID, reused bool, err error)
 	ReadData(buf []byte, c chunk.Chunk) ([]byte, error)
 	BytesRead() int64
 	close()
@@ -505,9 +490,9 @@ type chunks interface {
 // fullChunks chunks the whole volume, in parallel.
 type fullChunks struct{ *chunk.Parallel }
 
-func (f fullChunks) next() (chunk.Chunk, int, error) {
+func (f fullChunks) next() (chunk.Chunk, chunk.ID, bool, error) {
 	c, err := f.Next()
-	return c, -1, err
+	return c, chunk.ID{}, false, err
 }
 
 func (f fullChunks) close() { f.Close() }
@@ -520,41 +505,78 @@ type incrementalChunks struct {
 	compared int64         // bytes read by findChanges first
 	stop     func()        // ends the read-ahead and waits for it
 	at       *atomic.Int64 // end of the last chunk, for the read-ahead
+	ids      *parentIDs    // the IDs of the chunks it reuses
 }
 
 func (x incrementalChunks) BytesRead() int64 { return x.compared + x.Incremental.BytesRead() }
 
-func (x incrementalChunks) next() (chunk.Chunk, int, error) {
+func (x incrementalChunks) next() (chunk.Chunk, chunk.ID, bool, error) {
 	c, reused, err := x.Next(x.buf)
 	c.Data = nil
-	if err == nil {
-		x.at.Store(c.Off + c.Len)
+	if err != nil {
+		return c, chunk.ID{}, false, err
 	}
-	return c, reused, err
+	x.at.Store(c.Off + c.Len)
+	if reused < 0 {
+		return c, chunk.ID{}, false, nil
+	}
+	id, err := x.ids.id(reused)
+	return c, id, true, err
 }
 
-func (x incrementalChunks) close() { x.stop() }
+func (x incrementalChunks) close() {
+	x.stop()
+	x.ids.close()
+}
 
-func newChunks(ctx context.Context, src io.ReaderAt, size int64, opts Options, p chunk.Params, ids *chunk.IDKey, prog *Progress) (chunks, error) {
+func newChunks(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Options, p chunk.Params, prog *Progress) (chunks, error) {
 	parent, changed := opts.Parent, opts.Changed
-	var compared int64
-	if parent == nil && opts.Basis != nil {
-		holes := slices.Clone(opts.Holes)
-		slices.SortFunc(holes, func(a, b chunk.Range) int { return cmp.Compare(a.Off, b.Off) })
-		var err error
-		changed, compared, err = findChanges(ctx, src, size, holes, opts.Basis, ids, p.MaxSize, opts.Workers, prog)
-		if err != nil {
-			return nil, fmt.Errorf("compare with snapshot %s: %w", opts.Basis.ID[:12], err)
-		}
-		parent = opts.Basis
-	}
-	if parent == nil {
+	if parent == nil && opts.Basis == nil {
 		x, err := chunk.NewParallel(src, size, opts.Holes, p, opts.Workers)
 		return fullChunks{x}, err
 	}
-	prev := make([]chunk.Chunk, len(parent.Extents))
-	for i, e := range parent.Extents {
-		prev[i] = chunk.Chunk{Off: e.Off, Len: e.Len, Zero: e.Zero}
+	// The parent's chunks, read a segment at a time: compared with the
+	// volume first when they are a basis.
+	var (
+		prev     []chunk.Chunk
+		compared int64
+		compare  func([]repo.Extent) error
+		what     = "parent"
+	)
+	if parent == nil {
+		parent, what = opts.Basis, "basis"
+		holes := slices.Clone(opts.Holes)
+		slices.SortFunc(holes, func(a, b chunk.Range) int { return cmp.Compare(a.Off, b.Off) })
+		bufs := make([][]byte, max(opts.Workers, 1))
+		for i := range bufs {
+			bufs[i] = make([]byte, p.MaxSize)
+		}
+		compare = func(exts []repo.Extent) error {
+			ch, n, err := findChanges(ctx, src, size, holes, exts, r.IDKey, bufs, prog)
+			changed = append(changed, ch...)
+			compared += n
+			if err != nil {
+				return fmt.Errorf("compare with snapshot %s: %w", parent.ID[:12], err)
+			}
+			return nil
+		}
+	}
+	var n int64
+	for _, sg := range parent.Segments {
+		n += sg.Extents
+	}
+	prev = make([]chunk.Chunk, 0, n)
+	err := r.Extents(ctx, parent, func(exts []repo.Extent) error {
+		for _, e := range exts {
+			prev = append(prev, chunk.Chunk{Off: e.Off, Len: e.Len, Zero: e.Zero})
+		}
+		if compare != nil {
+			return compare(exts)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	x, err := chunk.NewIncremental(src, size, opts.Holes, p, prev, changed)
 	if err != nil {
@@ -570,8 +592,57 @@ func newChunks(ctx context.Context, src io.ReaderAt, size int64, opts Options, p
 		}()
 		stop = func() { cancel(); <-done }
 	}
-	return incrementalChunks{x, make([]byte, p.MaxSize), compared, stop, at}, nil
+	return incrementalChunks{x, make([]byte, p.MaxSize), compared, stop, at, newParentIDs(ctx, r, parent)}, nil
 }
+
+// parentIDs gives the IDs of the parent's extents by index, in increasing
+// order (as chunk.Incremental reuses them), reading the parent's extents
+// again a segment at a time: an incremental backup keeps 24 bytes per
+// chunk of the parent (chunk.Incremental's list), not the 56 of its
+// extents.
+type parentIDs struct {
+	next  func() ([]repo.Extent, error, bool)
+	stop  func()
+	batch []repo.Extent
+	base  int // index of batch[0]
+}
+
+var errStopped = errors.New("stopped")
+
+func newParentIDs(ctx context.Context, r *repo.Repo, s *repo.Snapshot) *parentIDs {
+	next, stop := iter.Pull2(func(yield func([]repo.Extent, error) bool) {
+		err := r.Extents(ctx, s, func(exts []repo.Extent) error {
+			if !yield(exts, nil) {
+				return errStopped
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, errStopped) {
+			yield(nil, err)
+		}
+	})
+	return &parentIDs{next: next, stop: stop}
+}
+
+func (p *parentIDs) id(i int) (chunk.ID, error) {
+	if i < p.base {
+		return chunk.ID{}, fmt.Errorf("parent's extent %d asked for after %d", i, p.base)
+	}
+	for i >= p.base+len(p.batch) {
+		p.base += len(p.batch)
+		b, err, ok := p.next()
+		if err != nil {
+			return chunk.ID{}, fmt.Errorf("parent: %w", err)
+		}
+		if !ok {
+			return chunk.ID{}, fmt.Errorf("parent has no extent %d", i)
+		}
+		p.batch = b
+	}
+	return p.batch[i-p.base].ID, nil
+}
+
+func (p *parentIDs) close() { p.stop() }
 
 // File backs up the block device or image file at path: holes are found
 // with SEEK_DATA/SEEK_HOLE, the name defaults to the file's base name and

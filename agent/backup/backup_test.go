@@ -3,6 +3,7 @@ package backup_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -127,9 +128,19 @@ func TestEmptyAndTinyVolumes(t *testing.T) {
 // TestIncrementalEqualsFull backs a changed volume up twice, once reading
 // everything and once from the parent's manifest and the changed ranges:
 // the manifests must describe the same chunks, and the second read little.
+//
+// With small segments, the parent, the full and the incremental manifests
+// are segmented.
 func TestIncrementalEqualsFull(t *testing.T) {
+	for _, segment := range []int{0, 16} {
+		t.Run(fmt.Sprintf("segment=%d", segment), func(t *testing.T) { testIncrementalEqualsFull(t, segment) })
+	}
+}
+
+func testIncrementalEqualsFull(t *testing.T, segment int) {
 	ctx := context.Background()
 	r := memRepo(t, erasure.Scheme{K: 2, M: 1}, 3)
+	r.SegmentExtents = segment
 	rnd := rand.New(rand.NewPCG(7, 7))
 	a := volume.Data(rnd, 32<<20)
 	s1 := run(t, r, a, nil)
@@ -165,8 +176,15 @@ func TestIncrementalEqualsFull(t *testing.T) {
 // no list of changes): the manifests must describe the same chunks, and
 // the comparison must read each byte of data about once.
 func TestBasisEqualsFull(t *testing.T) {
+	for _, segment := range []int{0, 16} {
+		t.Run(fmt.Sprintf("segment=%d", segment), func(t *testing.T) { testBasisEqualsFull(t, segment) })
+	}
+}
+
+func testBasisEqualsFull(t *testing.T, segment int) {
 	ctx := context.Background()
 	r := memRepo(t, erasure.Scheme{K: 2, M: 1}, 3)
+	r.SegmentExtents = segment
 	rnd := rand.New(rand.NewPCG(8, 8))
 	a := volume.Data(rnd, 24<<20)
 	clear(a[4<<20 : 7<<20]) // a long zero run: a Zero chunk of the basis
@@ -259,17 +277,25 @@ func TestFileComparesWithLatest(t *testing.T) {
 }
 
 // sameManifest fails unless the snapshot of got has the digest and extents
-// of the full backup's: how is what kind of backup got was.
+// of the full backup's: how is what kind of backup got was. With
+// r.SegmentExtents set, both must be segmented.
 func sameManifest(t *testing.T, r *repo.Repo, full, got *backup.Summary, how string) {
 	t.Helper()
-	fm, err := r.FindSnapshot(context.Background(), full.SnapshotID, "")
-	if err != nil {
-		t.Fatal(err)
+	var snaps []*repo.Snapshot
+	for _, id := range []string{full.SnapshotID, got.SnapshotID} {
+		s, err := r.FindSnapshot(context.Background(), id, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if segmented := s.Segments != nil; segmented != (r.SegmentExtents > 0) {
+			t.Fatalf("snapshot with %d segments, segments of %d extents", len(s.Segments), r.SegmentExtents)
+		}
+		if s, err = r.WithExtents(context.Background(), s); err != nil {
+			t.Fatal(err)
+		}
+		snaps = append(snaps, s)
 	}
-	gm, err := r.FindSnapshot(context.Background(), got.SnapshotID, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	fm, gm := snaps[0], snaps[1]
 	if fm.Digest != gm.Digest || !reflect.DeepEqual(fm.Extents, gm.Extents) {
 		t.Fatalf("manifest %s differs from the full one (%d vs %d extents)", how, len(gm.Extents), len(fm.Extents))
 	}

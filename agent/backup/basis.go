@@ -32,20 +32,20 @@ import (
 // basisBatch is how many of the basis's extents a worker compares at a time.
 const basisBatch = 64
 
-// findChanges compares the volume src[0:size) with the basis's chunks and
-// returns the ranges that may differ and the bytes it read.
-func findChanges(ctx context.Context, src io.ReaderAt, size int64, holes []chunk.Range, basis *repo.Snapshot, ids *chunk.IDKey, maxSize uint, workers int, prog *Progress) ([]chunk.Range, int64, error) {
+// findChanges compares the volume src[0:size) with exts, extents of the
+// basis (a segment at a time), and returns the ranges that may differ and
+// the bytes it read. It runs a worker per buffer in bufs, each of the
+// largest chunk's size.
+func findChanges(ctx context.Context, src io.ReaderAt, size int64, holes []chunk.Range, exts []repo.Extent, ids *chunk.IDKey, bufs [][]byte, prog *Progress) ([]chunk.Range, int64, error) {
 	var (
 		mu      sync.Mutex
 		changed []chunk.Range
 		read    atomic.Int64
 		next    atomic.Int64 // first extent of the next batch
 	)
-	exts := basis.Extents
 	g, gctx := errgroup.WithContext(ctx)
-	for range max(workers, 1) {
+	for _, buf := range bufs {
 		g.Go(func() error {
-			buf := make([]byte, maxSize)
 			var mine []chunk.Range
 			for {
 				lo := int(next.Add(basisBatch)) - basisBatch

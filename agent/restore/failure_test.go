@@ -54,18 +54,25 @@ func (c *cluster) raw(t *testing.T, i int) *miniogo.Client {
 
 var smallChunks = chunk.Params{Pol: 0x3DA3358B4DC173, MinSize: 64 << 10, MaxSize: 512 << 10, AverageBits: 17}
 
-// setup initialises the repository and backs up a 48 MiB sample volume.
-func setup(t *testing.T) (*cluster, string, *backup.Summary) {
+// newRepoCluster starts the MinIO servers and initialises a repository
+// on them: 2+1, small chunks and packs.
+func newRepoCluster(t *testing.T) *cluster {
 	t.Helper()
 	c := newCluster(t)
-	ctx := context.Background()
-	_, err := repo.Init(ctx, c.Stores(t), password, repo.Options{
+	_, err := repo.Init(context.Background(), c.Stores(t), password, repo.Options{
 		Erasure: erasure.Scheme{K: 2, M: 1}, PackSize: 2 << 20, Chunking: &smallChunks,
 		KDF: crypt.KDFParams{N: 1024, R: 8, P: 1},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c
+}
+
+// setup initialises the repository and backs up a 48 MiB sample volume.
+func setup(t *testing.T) (*cluster, string, *backup.Summary) {
+	t.Helper()
+	c := newRepoCluster(t)
 	img := filepath.Join(t.TempDir(), "vol.img")
 	if err := volume.Write(img, volume.Spec{Size: 48 << 20, DataFrac: 0.4, Seed: 7}); err != nil {
 		t.Fatal(err)
@@ -163,15 +170,7 @@ func TestRestoreReconstructsCorruptShards(t *testing.T) {
 		if i%2 == 1 {
 			continue
 		}
-		obj, err := cl.GetObject(ctx, "ferry", name, miniogo.GetObjectOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var buf bytes.Buffer
-		if _, err := buf.ReadFrom(obj); err != nil {
-			t.Fatal(err)
-		}
-		b := buf.Bytes()
+		b := getRaw(t, cl, name)
 		if i%4 == 0 {
 			b[len(b)/2] ^= 0xff // flipped bytes
 		} else {
@@ -252,4 +251,18 @@ func TestRestoreNeverWritesWrongData(t *testing.T) {
 	if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 0 {
 		t.Fatalf("a failed restore left files: %v", entries)
 	}
+}
+
+// getRaw reads object name of the bucket "ferry" straight from MinIO.
+func getRaw(t *testing.T, cl *miniogo.Client, name string) []byte {
+	t.Helper()
+	obj, err := cl.GetObject(context.Background(), "ferry", name, miniogo.GetObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(obj); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }

@@ -65,10 +65,10 @@ type Summary struct {
 }
 
 // place is where a data extent's blob is in its pack: its pack.Entry less
-// the chunk ID, which the manifest's extent holds. A restore keeps one per
-// chunk of the volume: 24 bytes, 56 with the ID.
+// the chunk ID, which the extent holds. A restore keeps one per data
+// extent of the window at hand: 24 bytes, 56 more for the extent.
 type place struct {
-	extent     int // position in the manifest
+	extent     int // position in the window
 	offset     uint32
 	length     uint32
 	rawLength  uint32
@@ -94,26 +94,20 @@ func Run(ctx context.Context, r *repo.Repo, s *repo.Snapshot, target string, opt
 	if err != nil {
 		return nil, err
 	}
-	s = plan.snap // with its extents
 	out, err := openTarget(target, s.Size)
 	if err != nil {
 		return nil, err
 	}
 	defer out.abort()
 	wb := newWriteBehind(out.f, out.regular)
-	w, err := plan.WriteTo(ctx, wb, opts)
+	var zero int64
+	w, err := plan.write(ctx, wb, opts, func(e repo.Extent) error {
+		zero += e.Len
+		return out.zero(e.Off, e.Len)
+	})
 	wb.close()
 	if err != nil {
 		return nil, err
-	}
-	var zero int64
-	for _, e := range s.Extents {
-		if e.Zero {
-			zero += e.Len
-			if err := out.zero(e.Off, e.Len); err != nil {
-				return nil, err
-			}
-		}
 	}
 	if err := out.commit(); err != nil {
 		return nil, err
@@ -131,67 +125,175 @@ func Run(ctx context.Context, r *repo.Repo, s *repo.Snapshot, target string, opt
 }
 
 // Plan is a snapshot's chunks resolved to their packs, checked restorable.
+//
+// It holds no more than a window of the snapshot's extents: those of an
+// unsegmented snapshot, read once; a segmented one's are read again, a
+// segment at a time, by WriteTo.
 type Plan struct {
 	r     *repo.Repo
 	snap  *repo.Snapshot
-	packs map[pack.ID][]place
-	sizes map[pack.ID]int64 // pack lengths, from the index
-	order []pack.ID         // packs by first use, so writes run roughly in order
-	Data  int64             // bytes of data extents
+	idx   *repo.Index
+	held  []repo.Extent // an unsegmented snapshot's extents
+	packs int           // distinct packs the restore reads
+	Data  int64         // bytes of data extents
 }
 
 // Packs is how many packs the restore reads.
-func (p *Plan) Packs() int { return len(p.order) }
+func (p *Plan) Packs() int { return p.packs }
 
-// NewPlan maps every data extent of s to its blob (idx, or the repository's
-// index loaded when nil) and checks, by listing the targets, that every
-// pack it needs still has at least k shards, before anything is written.
-// s may come from Snapshots: NewPlan reads its extents.
+// NewPlan resolves every data extent of s to its pack (idx, or the
+// repository's index loaded when nil) and checks, by listing the targets,
+// that every pack it needs still has at least k shards, before anything is
+// written. s may come from Snapshots: NewPlan reads its extents, a segment
+// at a time.
+//
+// Memory: one segment's extents at a time (an unsegmented snapshot's, all
+// of them, which the Plan keeps for WriteTo), and an ID per pack the
+// snapshot uses; also one per chunk the index does not know (normally
+// none).
 func NewPlan(ctx context.Context, r *repo.Repo, s *repo.Snapshot, idx *repo.Index) (*Plan, error) {
-	s, err := r.WithExtents(ctx, s)
-	if err != nil {
-		return nil, err
-	}
 	if idx == nil {
+		var err error
 		if idx, err = r.LoadIndex(ctx); err != nil {
 			return nil, fmt.Errorf("load index: %w", err)
 		}
 	}
-	if err := findUnindexed(ctx, r, s, idx); err != nil {
+	p := &Plan{r: r, snap: s, idx: idx}
+	seen := map[pack.ID]bool{}
+	var packs []pack.ID // by first use
+	use := func(id pack.ID) {
+		if !seen[id] {
+			seen[id] = true
+			packs = append(packs, id)
+		}
+	}
+	// Chunks that findUnindexed looks for, and the first extent of each.
+	want := map[chunk.ID]bool{}
+	var unindexed []repo.Extent
+	err := p.extents(ctx, func(exts []repo.Extent) error {
+		if s.Segments == nil {
+			p.held = exts
+		}
+		for _, e := range exts {
+			if e.Zero {
+				continue
+			}
+			p.Data += e.Len
+			// A chunk only in a pack that a prune plan marks (idx.Has is
+			// false) is looked for too: a backup that saw the mark stored
+			// it again, perhaps in a pack whose index object is lost.
+			info, _, ok := idx.Lookup(e.ID)
+			_, marked := idx.Marked(info.ID)
+			switch {
+			case ok && !marked:
+				use(info.ID)
+			case !want[e.ID]:
+				want[e.ID] = true
+				unindexed = append(unindexed, e)
+			}
+		}
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	p := &Plan{r: r, snap: s, packs: map[pack.ID][]place{}, sizes: map[pack.ID]int64{}}
-	var missing []string
-	for i, e := range s.Extents {
+	if len(want) > 0 {
+		if err := findUnindexed(ctx, r, s, idx, want); err != nil {
+			return nil, err
+		}
+		var missing []repo.Extent
+		for _, e := range unindexed {
+			if info, _, ok := idx.Lookup(e.ID); ok {
+				use(info.ID)
+			} else {
+				missing = append(missing, e)
+			}
+		}
+		if len(missing) > 0 {
+			return nil, errUnindexed(missing)
+		}
+	}
+	if err := checkShards(ctx, r, packs); err != nil {
+		return nil, err
+	}
+	p.packs = len(packs)
+	return p, nil
+}
+
+// errUnindexed is the error for data extents the index knows no pack for.
+func errUnindexed(missing []repo.Extent) error {
+	var s []string
+	for _, e := range missing[:min(5, len(missing))] {
+		s = append(s, fmt.Sprintf("chunk %s at offset %d", e.ID.Short(), e.Off))
+	}
+	return fmt.Errorf("%w: the index knows no pack for %s (run repair to rebuild the index)", ErrDataLost, strings.Join(s, ", "))
+}
+
+// extents calls fn with the snapshot's extents a window at a time: those
+// NewPlan kept, or each segment read from the targets. A segment that no
+// target holds a valid copy of fails with ErrDataLost.
+func (p *Plan) extents(ctx context.Context, fn func([]repo.Extent) error) error {
+	if p.held != nil {
+		return fn(p.held)
+	}
+	var fnErr error
+	err := p.r.Extents(ctx, p.snap, func(exts []repo.Extent) error {
+		fnErr = fn(exts)
+		return fnErr
+	})
+	if err != nil && fnErr == nil && (errors.Is(err, objstore.ErrNotFound) || errors.Is(err, repo.ErrNoValidCopy)) {
+		return fmt.Errorf("%w: %v", ErrDataLost, err)
+	}
+	return err
+}
+
+// window is the restore of consecutive extents of the snapshot: one
+// segment's, or all of an unsegmented one's. A restore holds one at a
+// time.
+type window struct {
+	extents []repo.Extent
+	packs   []*packPlaces // by first use, so writes run roughly in order
+	written []bool        // per extent: its chunk checked and written
+}
+
+// packPlaces is what a window reads from one pack.
+type packPlaces struct {
+	id     pack.ID
+	length int64   // the pack's, from the index
+	places []place // by offset in the pack
+}
+
+// newWindow maps the data extents of exts to their blobs in idx.
+func newWindow(exts []repo.Extent, idx *repo.Index) (*window, error) {
+	w := &window{extents: exts, written: make([]bool, len(exts))}
+	byID := map[pack.ID]*packPlaces{}
+	var missing []repo.Extent
+	for i, e := range exts {
 		if e.Zero {
 			continue
 		}
-		p.Data += e.Len
 		info, entry, ok := idx.Lookup(e.ID)
 		if !ok {
-			if len(missing) < 5 {
-				missing = append(missing, fmt.Sprintf("chunk %s at offset %d", e.ID.Short(), e.Off))
-			}
+			missing = append(missing, e)
 			continue
 		}
-		if _, seen := p.packs[info.ID]; !seen {
-			p.order = append(p.order, info.ID)
-			p.sizes[info.ID] = info.Length
+		pp := byID[info.ID]
+		if pp == nil {
+			pp = &packPlaces{id: info.ID, length: info.Length}
+			byID[info.ID] = pp
+			w.packs = append(w.packs, pp)
 		}
-		p.packs[info.ID] = append(p.packs[info.ID], placeOf(i, entry))
+		pp.places = append(pp.places, placeOf(i, entry))
 	}
 	if len(missing) > 0 {
-		return nil, fmt.Errorf("%w: the index knows no pack for %s (run repair to rebuild the index)", ErrDataLost, strings.Join(missing, ", "))
+		return nil, errUnindexed(missing)
 	}
 	// In pack order: a pack is read front to back, and extents that share
 	// a blob (a chunk repeated in the volume) are next to each other.
-	for _, places := range p.packs {
-		slices.SortStableFunc(places, func(a, b place) int { return cmp.Compare(a.offset, b.offset) })
+	for _, pp := range w.packs {
+		slices.SortStableFunc(pp.places, func(a, b place) int { return cmp.Compare(a.offset, b.offset) })
 	}
-	if err := checkShards(ctx, r, p.order); err != nil {
-		return nil, err
-	}
-	return p, nil
+	return w, nil
 }
 
 // Written reports what WriteTo did.
@@ -209,19 +311,38 @@ const (
 	rangeGap = 256 << 10
 )
 
-// WriteTo writes the snapshot's data extents into w, Workers packs at a
-// time: every chunk decrypted, its keyed hash checked, written at its
-// offset; then the whole-volume digest recomputed from what was written.
-// Zero extents are not written: the caller makes w read as zeros there.
+// WriteTo writes the snapshot's data extents into w, a window (a segment
+// of the snapshot's extents, or all of an unsegmented one's) at a time and
+// Workers packs at a time within it: every chunk decrypted, its keyed hash
+// checked, written at its offset; then the whole-volume digest recomputed
+// from what was written. Zero extents are not written: the caller makes w
+// read as zeros there.
 //
-// A worker reads only the blobs the snapshot uses, a range of at most
+// A worker reads only the blobs the window uses, a range of at most
 // rangeMax at a time (repo.ReadRange: where a data shard's target is down,
 // the range is rebuilt from the same range of the other shards). Should a
 // range not be read or a blob in it not authenticate, it reads the whole
 // pack instead (repo.FetchPack), whose shards are checked one by one and
-// replaced from parity where bad, and goes on from there. Memory is a
-// range and two chunk buffers per worker.
+// replaced from parity where bad, and goes on from there. A pack that
+// serves several windows is read again for each, the ranges that window
+// needs.
+//
+// Memory: a range and two chunk buffers per worker; the window's extents
+// and a place per data extent; a record per pack the window reads from,
+// and per shard done without.
 func (p *Plan) WriteTo(ctx context.Context, w io.WriterAt, opts Options) (*Written, error) {
+	return p.write(ctx, w, opts, nil)
+}
+
+// shardKey names a shard of a pack.
+type shardKey struct {
+	pack  pack.ID
+	shard int
+}
+
+// write is WriteTo, calling zero, when not nil, with each window's zero
+// extents once its data extents are written.
+func (p *Plan) write(ctx context.Context, w io.WriterAt, opts Options, zero func(repo.Extent) error) (*Written, error) {
 	if opts.Workers <= 0 {
 		opts.Workers = 4
 	}
@@ -229,94 +350,120 @@ func (p *Plan) WriteTo(ctx context.Context, w io.WriterAt, opts Options) (*Writt
 	if prog == nil {
 		prog = &Progress{}
 	}
-	s, r := p.snap, p.r
-	// Which extents were written: write checks each chunk's keyed hash,
-	// recomputed from the bytes, against the manifest's ID before writing
-	// it, so the digest below is over the IDs of what was written (an
-	// extent never written counts with a zero ID and fails it). One byte
-	// per chunk, not the 32 of the recomputed IDs.
-	written := make([]bool, len(s.Extents))
-	var mu sync.Mutex
 	out := &Written{}
+	var mu sync.Mutex
+	reported := map[shardKey]bool{} // a pack read in several windows, or by several ranges, reports a shard once
+	done := func(problems []repo.ShardProblem, fetched int64) {
+		prog.Fetched.Add(fetched)
+		mu.Lock()
+		defer mu.Unlock()
+		out.BytesFetched += fetched
+		for _, sp := range problems {
+			if k := (shardKey{sp.Pack, sp.Shard}); !reported[k] {
+				reported[k] = true
+				out.Repaired = append(out.Repaired, sp)
+			}
+		}
+	}
+	// The digest is over the IDs of what was written: write checks each
+	// chunk's keyed hash, recomputed from the bytes, against the extent's
+	// ID before writing it, and an extent never written counts with a zero
+	// ID and fails it.
+	digest := repo.NewVolumeDigest()
+	err := p.extents(ctx, func(exts []repo.Extent) error {
+		win, err := newWindow(exts, p.idx)
+		if err != nil {
+			return err
+		}
+		if err := p.writeWindow(ctx, win, w, opts.Workers, prog, done); err != nil {
+			return err
+		}
+		for i, e := range exts {
+			switch {
+			case e.Zero && zero != nil:
+				if err := zero(e); err != nil {
+					return err
+				}
+			case !e.Zero && !win.written[i]:
+				e.ID = chunk.ID{}
+			}
+			digest.Add(e)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if got := digest.Hex(); got != p.snap.Digest {
+		return nil, fmt.Errorf("%w: volume digest %s, snapshot says %s", ErrMismatch, got[:16], p.snap.Digest[:min(16, len(p.snap.Digest))])
+	}
+	out.BytesWritten = prog.Written.Load()
+	return out, nil
+}
+
+// writeWindow writes the data extents of win into w, a pack per worker at
+// a time, and hands done what each pack cost.
+func (p *Plan) writeWindow(ctx context.Context, win *window, w io.WriterAt, workers int, prog *Progress, done func([]repo.ShardProblem, int64)) error {
 	g, gctx := errgroup.WithContext(ctx)
-	packs := make(chan pack.ID)
+	packs := make(chan *packPlaces)
 	g.Go(func() error {
 		defer close(packs)
-		for _, pid := range p.order {
+		for _, pp := range win.packs {
 			select {
-			case packs <- pid:
+			case packs <- pp:
 			case <-gctx.Done():
 				return gctx.Err()
 			}
 		}
 		return nil
 	})
-	for range min(opts.Workers, len(p.order)) {
+	for range min(workers, len(win.packs)) {
 		g.Go(func() error {
-			wk := &packWriter{p: p, w: w, written: written, prog: prog, o: r.Codec.NewOpener(int(r.Config.Chunking().MaxSize))}
-			for pid := range packs {
-				problems, fetched, err := wk.restore(gctx, pid)
+			wk := &packWriter{r: p.r, win: win, w: w, prog: prog, o: p.r.Codec.NewOpener(int(p.r.Config.Chunking().MaxSize))}
+			for pp := range packs {
+				problems, fetched, err := wk.restore(gctx, pp)
 				if err != nil {
 					return err
 				}
-				prog.Fetched.Add(fetched)
-				mu.Lock()
-				out.BytesFetched += fetched
-				out.Repaired = append(out.Repaired, problems...)
-				mu.Unlock()
+				done(problems, fetched)
 			}
 			return nil
 		})
 	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	digest := repo.NewVolumeDigest()
-	for i, e := range s.Extents {
-		if !e.Zero && !written[i] {
-			e.ID = chunk.ID{}
-		}
-		digest.Add(e)
-	}
-	if got := digest.Hex(); got != s.Digest {
-		return nil, fmt.Errorf("%w: volume digest %s, snapshot says %s", ErrMismatch, got[:16], s.Digest[:min(16, len(s.Digest))])
-	}
-	out.BytesWritten = prog.Written.Load()
-	return out, nil
+	return g.Wait()
 }
 
-// packWriter restores packs, one at a time, keeping its buffers.
+// packWriter restores a window's packs, one at a time, keeping its buffers.
 type packWriter struct {
-	p       *Plan
-	w       io.WriterAt
-	written []bool // per extent of the snapshot, shared by the writers
-	prog    *Progress
-	o       *pack.Opener
-	d       erasure.Decoded
-	done    []bool // per place of the pack at hand: written
+	r    *repo.Repo
+	win  *window // its written is shared by the writers
+	w    io.WriterAt
+	prog *Progress
+	o    *pack.Opener
+	d    erasure.Decoded
+	done []bool // per place of the pack at hand: written
 }
 
 // errReadAgain marks a failure that reading the whole pack may cure.
 var errReadAgain = errors.New("read the whole pack")
 
-// restore writes the extents pack pid serves, by ranges, or from the whole
+// restore writes the extents pack pp serves, by ranges, or from the whole
 // pack should that fail. It returns the shards it did without and the bytes
 // it read.
-func (wk *packWriter) restore(ctx context.Context, pid pack.ID) ([]repo.ShardProblem, int64, error) {
-	places := wk.p.packs[pid]
-	wk.done = append(wk.done[:0], make([]bool, len(places))...)
-	problems, fetched, err := wk.byRanges(ctx, pid, places)
+func (wk *packWriter) restore(ctx context.Context, pp *packPlaces) ([]repo.ShardProblem, int64, error) {
+	wk.done = append(wk.done[:0], make([]bool, len(pp.places))...)
+	problems, fetched, err := wk.byRanges(ctx, pp)
 	if !errors.Is(err, errReadAgain) {
 		return problems, fetched, err
 	}
-	problems, err = wk.p.r.FetchPack(ctx, pid, &wk.d)
+	problems, err = wk.r.FetchPack(ctx, pp.id, &wk.d)
 	if err != nil {
 		if errors.Is(err, repo.ErrPackLost) {
 			return nil, 0, fmt.Errorf("%w: %v", ErrDataLost, err)
 		}
 		return nil, 0, err
 	}
-	err = wk.write(pid, 0, len(places), func(e pack.Entry) ([]byte, error) {
+	err = wk.write(pp, 0, len(pp.places), func(e pack.Entry) ([]byte, error) {
 		return wk.d.Bytes(int64(e.Offset), int64(e.Length))
 	})
 	if errors.Is(err, errReadAgain) {
@@ -325,8 +472,9 @@ func (wk *packWriter) restore(ctx context.Context, pid pack.ID) ([]repo.ShardPro
 	return problems, fetched + wk.d.Len(), err
 }
 
-// byRanges reads the blobs of places in ranges and writes them.
-func (wk *packWriter) byRanges(ctx context.Context, pid pack.ID, places []place) ([]repo.ShardProblem, int64, error) {
+// byRanges reads the blobs of pp's places in ranges and writes them.
+func (wk *packWriter) byRanges(ctx context.Context, pp *packPlaces) ([]repo.ShardProblem, int64, error) {
+	places := pp.places
 	var problems []repo.ShardProblem
 	var fetched int64
 	for i := 0; i < len(places); {
@@ -340,7 +488,7 @@ func (wk *packWriter) byRanges(ctx context.Context, pid pack.ID, places []place)
 			}
 			end = max(end, int64(pl.offset+pl.length))
 		}
-		b, ps, err := wk.p.r.ReadRange(ctx, pid, wk.p.sizes[pid], start, end-start)
+		b, ps, err := wk.r.ReadRange(ctx, pp.id, pp.length, start, end-start)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, fetched, ctx.Err()
@@ -349,7 +497,7 @@ func (wk *packWriter) byRanges(ctx context.Context, pid pack.ID, places []place)
 		}
 		fetched += end - start
 		problems = append(problems, ps...)
-		err = wk.write(pid, i, j, func(e pack.Entry) ([]byte, error) {
+		err = wk.write(pp, i, j, func(e pack.Entry) ([]byte, error) {
 			return b[int64(e.Offset)-start : int64(e.Offset+e.Length)-start], nil
 		})
 		if err != nil {
@@ -357,23 +505,22 @@ func (wk *packWriter) byRanges(ctx context.Context, pid pack.ID, places []place)
 		}
 		i = j
 	}
-	return dedupe(problems), fetched, nil
+	return problems, fetched, nil
 }
 
-// write opens the blobs of the pack's places lo to hi (sorted by their
-// offset in the pack), each once however many extents share it, checks
-// them against the manifest, and writes them, skipping places done before.
-// A blob that does not authenticate fails with errReadAgain.
-func (wk *packWriter) write(pid pack.ID, lo, hi int, sealed func(pack.Entry) ([]byte, error)) error {
-	s, r := wk.p.snap, wk.p.r
+// write opens the blobs of pp's places lo to hi (sorted by their offset
+// in the pack), each once however many extents share it, checks them
+// against the extents, and writes them, skipping places done before. A
+// blob that does not authenticate fails with errReadAgain.
+func (wk *packWriter) write(pp *packPlaces, lo, hi int, sealed func(pack.Entry) ([]byte, error)) error {
 	var plain []byte
 	var id chunk.ID
 	opened := int64(-1) // offset of the blob in plain
-	for i, pl := range wk.p.packs[pid][lo:hi] {
+	for i, pl := range pp.places[lo:hi] {
 		if wk.done[lo+i] {
 			continue
 		}
-		e := s.Extents[pl.extent]
+		e := wk.win.extents[pl.extent]
 		if int64(pl.offset) != opened {
 			entry := pl.entry(e.ID)
 			b, err := sealed(entry)
@@ -381,9 +528,9 @@ func (wk *packWriter) write(pid pack.ID, lo, hi int, sealed func(pack.Entry) ([]
 				plain, err = wk.o.Open(b, entry)
 			}
 			if err != nil {
-				return fmt.Errorf("%w: chunk at offset %d in pack %s: %v", errReadAgain, e.Off, pid.Short(), err)
+				return fmt.Errorf("%w: chunk at offset %d in pack %s: %v", errReadAgain, e.Off, pp.id.Short(), err)
 			}
-			id, opened = r.IDKey.Sum(plain), int64(pl.offset)
+			id, opened = wk.r.IDKey.Sum(plain), int64(pl.offset)
 		}
 		if id != e.ID || int64(len(plain)) != e.Len {
 			return fmt.Errorf("%w: chunk at offset %d: hash or length differs from the manifest", ErrMismatch, e.Off)
@@ -391,40 +538,20 @@ func (wk *packWriter) write(pid pack.ID, lo, hi int, sealed func(pack.Entry) ([]
 		if _, err := wk.w.WriteAt(plain, e.Off); err != nil {
 			return fmt.Errorf("write at offset %d: %w", e.Off, err)
 		}
-		wk.written[pl.extent] = true
+		wk.win.written[pl.extent] = true
 		wk.done[lo+i] = true
 		wk.prog.Written.Add(e.Len)
 	}
 	return nil
 }
 
-// dedupe keeps one report per shard: the ranges of a pack that a lost
-// shard held each report it.
-func dedupe(ps []repo.ShardProblem) []repo.ShardProblem {
-	out := ps[:0]
-	for _, p := range ps {
-		if !slices.ContainsFunc(out, func(q repo.ShardProblem) bool { return q.Shard == p.Shard }) {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
 // findUnindexed looks for the snapshot's chunks that idx does not know in
 // the headers of the packs the targets hold but idx does not (an index
 // object lost or damaged on every target; repair would write it again,
 // but a restore should not need write access to every target), and adds
-// the packs that hold any to idx. Each such pack is read whole.
-func findUnindexed(ctx context.Context, r *repo.Repo, s *repo.Snapshot, idx *repo.Index) error {
-	want := map[chunk.ID]bool{}
-	for _, e := range s.Extents {
-		if !e.Zero && !idx.Has(e.ID) {
-			want[e.ID] = true
-		}
-	}
-	if len(want) == 0 {
-		return nil
-	}
+// the packs that hold any to idx. Each such pack is read whole. want is
+// the chunks looked for.
+func findUnindexed(ctx context.Context, r *repo.Repo, s *repo.Snapshot, idx *repo.Index, want map[chunk.ID]bool) error {
 	var mu sync.Mutex
 	stray := map[pack.ID]bool{}
 	for _, t := range r.Targets {

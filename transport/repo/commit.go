@@ -19,7 +19,8 @@ var ErrConflict = errors.New("the snapshot refers to data a prune is deleting; r
 const commitMargin = 2 * ClockSkew
 
 // checkCommit is SaveSnapshot's last check before the commit point. Every
-// data chunk of m must be in the index (as LoadIndex last read it, with
+// data chunk of the manifest (each calls its argument with every extent)
+// must be in the index (as LoadIndex last read it, with
 // what WriteIndex wrote since; read again once if that is not enough), and
 // not only in a pack that a prune may delete before m is on every target:
 //
@@ -31,7 +32,7 @@ const commitMargin = 2 * ClockSkew
 //
 // A backup that holds a lock and finds it lost (not refreshed in time)
 // must not commit at all: a prune may have ignored it.
-func (r *Repo) checkCommit(ctx context.Context, m *Manifest) error {
+func (r *Repo) checkCommit(ctx context.Context, each func(func(Extent) error) error) error {
 	held := r.heldWriter()
 	if held != nil {
 		if err := held.check(); err != nil {
@@ -51,7 +52,7 @@ func (r *Repo) checkCommit(ctx context.Context, m *Manifest) error {
 	x := r.loaded.Load()
 	var first error
 	if x != nil {
-		if first = commitProblem(m, x, held, deleting, marks, time.Now()); first == nil {
+		if first = commitProblem(each, x, held, deleting, marks, time.Now()); first == nil {
 			return nil
 		}
 	}
@@ -59,18 +60,19 @@ func (r *Repo) checkCommit(ctx context.Context, m *Manifest) error {
 	if x, err = r.LoadIndex(ctx); err != nil {
 		return err
 	}
-	err = commitProblem(m, x, held, deleting, marks, time.Now())
+	err = commitProblem(each, x, held, deleting, marks, time.Now())
 	if err != nil && errors.Is(first, ErrConflict) && !errors.Is(err, ErrConflict) {
 		return first // the fresh index lacks the chunk: its pack is being deleted
 	}
 	return err
 }
 
-// commitProblem returns why m must not be committed now, or nil.
-func commitProblem(m *Manifest, x *Index, held *heldLock, deleting map[pack.ID]bool, marks map[pack.ID]Mark, now time.Time) error {
-	for _, e := range m.Extents {
+// commitProblem returns why the manifest of the extents each gives must
+// not be committed now, or nil.
+func commitProblem(each func(func(Extent) error) error, x *Index, held *heldLock, deleting map[pack.ID]bool, marks map[pack.ID]Mark, now time.Time) error {
+	return each(func(e Extent) error {
 		if e.Zero {
-			continue
+			return nil
 		}
 		p, _, ok := x.Lookup(e.ID)
 		if !ok {
@@ -87,8 +89,8 @@ func commitProblem(m *Manifest, x *Index, held *heldLock, deleting map[pack.ID]b
 			return fmt.Errorf("%w: chunk %s at offset %d is in pack %s, which a prune may delete from %s", ErrConflict,
 				e.ID.Short(), e.Off, p.ID.Short(), mk.Deletable.Format(time.RFC3339))
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // safeFromPrune reports whether a commit made now cannot lose a pack so

@@ -31,7 +31,13 @@ import (
 //	"FRYM" || version (1) || meta length (uvarint) || meta (JSON) || extents (uvarint) || extents × extent
 //	extent: kind (1: 0 = data, 1 = zero) || length (uvarint) || chunk ID (32, data only)
 //
-// Extents are consecutive from offset 0 and cover the volume's size exactly.
+// or, for a volume of more extents than one segment holds (segment.go),
+//
+//	"FRYM" || version (2) || meta length (uvarint) || meta (JSON) || segments (uvarint) || segments × segment
+//	segment: extents (uvarint) || bytes of the volume (uvarint) || ID (32: SHA-256 of the object extents/<ID>)
+//
+// Extents are consecutive from offset 0 and cover the volume's size
+// exactly; so do segments, each holding the extents of its bytes.
 var manifestAD = []byte("ferry manifest v1")
 
 // Volume identifies where a snapshot came from.
@@ -83,9 +89,13 @@ type Extent struct {
 }
 
 // Manifest is a snapshot: metadata and the ordered extents of the volume.
+//
+// A segmented manifest (version 2) names its Segments; its Extents are
+// nil until read (Repo.Extents, Repo.WithExtents).
 type Manifest struct {
 	Meta
-	Extents []Extent
+	Extents  []Extent
+	Segments []Segment
 }
 
 // Snapshot is a manifest with its ID.
@@ -155,21 +165,61 @@ func (m *Manifest) marshal() ([]byte, error) {
 	b := append([]byte("FRYM"), 1)
 	b = binary.AppendUvarint(b, uint64(len(meta)))
 	b = append(b, meta...)
+	if m.Segments != nil {
+		b[4] = 2
+		b = binary.AppendUvarint(b, uint64(len(m.Segments)))
+		for _, sg := range m.Segments {
+			b = binary.AppendUvarint(b, uint64(sg.Extents))
+			b = binary.AppendUvarint(b, uint64(sg.Len))
+			b = append(b, sg.ID[:]...)
+		}
+		return zenc.EncodeAll(b, nil), nil
+	}
 	b = binary.AppendUvarint(b, uint64(len(m.Extents)))
 	for _, e := range m.Extents {
-		if e.Zero {
-			b = append(b, 1)
-			b = binary.AppendUvarint(b, uint64(e.Len))
-		} else {
-			b = append(b, 0)
-			b = binary.AppendUvarint(b, uint64(e.Len))
-			b = append(b, e.ID[:]...)
-		}
+		b = appendExtent(b, e)
 	}
 	if len(b) > maxManifestSize {
 		return nil, fmt.Errorf("manifest of %d extents takes %d bytes, more than the %d a manifest may hold: back the volume up with larger chunks", len(m.Extents), len(b), maxManifestSize)
 	}
 	return zenc.EncodeAll(b, nil), nil
+}
+
+// appendExtent appends e's encoding: kind, length, and a data extent's ID.
+func appendExtent(b []byte, e Extent) []byte {
+	if e.Zero {
+		b = append(b, 1)
+		return binary.AppendUvarint(b, uint64(e.Len))
+	}
+	b = append(b, 0)
+	b = binary.AppendUvarint(b, uint64(e.Len))
+	return append(b, e.ID[:]...)
+}
+
+// parseExtents parses n extents from r, the first at off, none reaching
+// past end, and returns them with the offset after the last.
+func parseExtents(r *reader, n uint64, off, end int64) ([]Extent, int64) {
+	out := make([]Extent, 0, min(n, uint64(len(r.b))/2))
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		kind := r.bytes(1)
+		l := int64(r.uvarint(1 << 62))
+		if r.err != nil {
+			break
+		}
+		e := Extent{Off: off, Len: l, Zero: kind[0] == 1}
+		switch {
+		case kind[0] > 1 || l <= 0:
+			r.err = errManifestFormat
+		case !e.Zero:
+			copy(e.ID[:], r.bytes(32))
+		}
+		if l > end-off {
+			r.err = errManifestFormat
+		}
+		off += l
+		out = append(out, e)
+	}
+	return out, off
 }
 
 func newManifestDecoder() (*zstd.Decoder, error) {
@@ -219,13 +269,19 @@ func decoding(z []byte, read func(io.Reader) error) error {
 
 // parseMeta parses the metadata at the start of a manifest's compressed
 // plaintext and decompresses nothing after it.
+// A segmented manifest (version 2) is small: it is parsed whole, segment
+// list included.
 func parseMeta(z []byte) (*Manifest, error) {
 	var metaJSON []byte
+	segmented := false
 	err := decoding(z, func(d io.Reader) error {
 		br := bufio.NewReaderSize(d, 512)
 		var h [5]byte
-		if _, err := io.ReadFull(br, h[:]); err != nil || string(h[:4]) != "FRYM" || h[4] != 1 {
+		if _, err := io.ReadFull(br, h[:]); err != nil || string(h[:4]) != "FRYM" || h[4] != 1 && h[4] != 2 {
 			return errors.New("bad magic or version")
+		}
+		if segmented = h[4] == 2; segmented {
+			return nil
 		}
 		n, err := binary.ReadUvarint(br)
 		if err != nil || n > maxManifestSize {
@@ -238,6 +294,9 @@ func parseMeta(z []byte) (*Manifest, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errManifestFormat, err)
+	}
+	if segmented {
+		return ParseManifest(z)
 	}
 	m := &Manifest{}
 	if err := json.Unmarshal(metaJSON, &m.Meta); err != nil {
@@ -256,9 +315,11 @@ func ParseManifest(z []byte) (*Manifest, error) {
 		return nil, fmt.Errorf("%w: %v", errManifestFormat, err)
 	}
 	r := &reader{b: b}
-	if h := r.bytes(5); r.err != nil || string(h[:4]) != "FRYM" || h[4] != 1 {
+	h := r.bytes(5)
+	if r.err != nil || string(h[:4]) != "FRYM" || h[4] != 1 && h[4] != 2 {
 		return nil, fmt.Errorf("%w: bad magic or version", errManifestFormat)
 	}
+	version := h[4]
 	m := &Manifest{}
 	metaJSON := r.bytes(int(r.uvarint(uint64(len(b)))))
 	if r.err != nil {
@@ -270,28 +331,14 @@ func ParseManifest(z []byte) (*Manifest, error) {
 	if m.Size < 0 {
 		return nil, fmt.Errorf("%w: negative size", errManifestFormat)
 	}
-	n := r.uvarint(uint64(len(r.b)) / 2)
-	m.Extents = make([]Extent, 0, n)
-	var off int64
-	for i := uint64(0); i < n && r.err == nil; i++ {
-		kind := r.bytes(1)
-		l := int64(r.uvarint(1 << 62))
-		if r.err != nil {
-			break
+	if version == 2 {
+		if m.Segments = parseSegmentRefs(r, m.Size); r.err != nil || len(r.b) != 0 {
+			return nil, fmt.Errorf("%w: segments do not cover the volume", errManifestFormat)
 		}
-		e := Extent{Off: off, Len: l, Zero: kind[0] == 1}
-		switch {
-		case kind[0] > 1 || l <= 0:
-			r.err = errManifestFormat
-		case !e.Zero:
-			copy(e.ID[:], r.bytes(32))
-		}
-		if l > m.Size-off {
-			r.err = errManifestFormat
-		}
-		off += l
-		m.Extents = append(m.Extents, e)
+		return m, nil
 	}
+	var off int64
+	m.Extents, off = parseExtents(r, r.uvarint(uint64(len(r.b))/2), 0, m.Size)
 	if r.err != nil || len(r.b) != 0 || off != m.Size {
 		return nil, fmt.Errorf("%w: extents do not cover the volume", errManifestFormat)
 	}
@@ -303,8 +350,20 @@ func ParseManifest(z []byte) (*Manifest, error) {
 // (ErrLockLost, ErrConflict) a manifest that names a chunk no index object
 // holds, or one only in a pack that a prune may be deleting (see
 // checkCommit).
+//
+// m holds its extents; SnapshotWriter commits those of a large volume
+// without holding them all.
 func (r *Repo) SaveSnapshot(ctx context.Context, m *Manifest) (string, int64, error) {
-	if err := r.checkCommit(ctx, m); err != nil {
+	if m.Segments != nil {
+		return "", 0, errors.New("SaveSnapshot takes a manifest with its extents")
+	}
+	return r.commit(ctx, m, eachIn(m))
+}
+
+// commit checks the extents each gives (see checkCommit), then writes
+// manifest m.
+func (r *Repo) commit(ctx context.Context, m *Manifest, each func(func(Extent) error) error) (string, int64, error) {
+	if err := r.checkCommit(ctx, each); err != nil {
 		return "", 0, err
 	}
 	plain, err := m.marshal()
@@ -348,7 +407,23 @@ func (r *Repo) readSnapshot(ctx context.Context, id string, parse func([]byte) (
 
 // WithExtents returns s with its extents: s itself when it has them, or
 // the snapshot read again whole when it came from Snapshots.
+//
+// WithExtents of a segmented manifest reads every segment: memory in
+// proportion to the volume. Repo.Extents reads one at a time.
 func (r *Repo) WithExtents(ctx context.Context, s *Snapshot) (*Snapshot, error) {
+	if s.Segments != nil && s.Extents == nil {
+		var all []Extent
+		err := r.Extents(ctx, s, func(exts []Extent) error {
+			all = append(all, exts...)
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		m := *s.Manifest
+		m.Extents = all
+		return &Snapshot{ID: s.ID, Manifest: &m}, nil
+	}
 	if !s.metaOnly {
 		return s, nil
 	}
@@ -442,6 +517,8 @@ func (r *Repo) snapshots(ctx context.Context) ([]*Snapshot, []skippedManifest, e
 
 // FindSnapshot resolves "latest", a full ID or a unique ID prefix (at least
 // 4 hex digits). name, when set, restricts "latest" to snapshots of that name.
+// The snapshot comes with its extents, unless its manifest is segmented:
+// then Extents reads them a segment at a time (WithExtents all at once).
 func (r *Repo) FindSnapshot(ctx context.Context, ref, name string) (*Snapshot, error) {
 	if len(ref) == 64 {
 		gone, err := r.Deleting(ctx)
@@ -491,6 +568,9 @@ func (r *Repo) FindSnapshot(ctx context.Context, ref, name string) (*Snapshot, e
 	case 1:
 		if also != "" {
 			slog.Warn("found the snapshot, but a manifest no target has a valid copy of might have been a newer one; ferry verify reports it", "snapshot", match[0].ID[:12], "skipped", also[2:])
+		}
+		if match[0].Segments != nil {
+			return match[0], nil // its extents are read as they are used
 		}
 		return r.WithExtents(ctx, match[0])
 	default:

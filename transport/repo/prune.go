@@ -60,19 +60,40 @@ import (
 // has committed and released the lock (then (4) protects them), or
 // crashed (then they are garbage).
 //
+// Segments (segment.go) that no manifest names are deleted by the run that
+// finds them, with no plan and no grace: a run lists extents/ before it
+// reads the locks, and the manifests after; it deletes a listed segment
+// that no listed manifest names (bar those a deletion record names) only
+// if no writer lock was live when it read the locks, and otherwise leaves
+// it to a later run. A backup writes its segments while it holds its lock,
+// from before the first of them until its manifest is on every target.
+// Take a segment S that the manifest M of a backup B names. S was listed,
+// so B wrote it, holding its lock, before the run listed extents/. If M
+// was on every target before the run listed the manifests, M was listed
+// and names S. Otherwise B still held its lock when the run read the
+// locks, between the two listings: the lock was live then, or B had gone
+// so long without refreshing it that it refuses to commit (ErrLockLost).
+// So the segments of a committed backup, and those of a backup running
+// that may yet commit, are never deleted; those of a backup that failed,
+// or of a forgotten snapshot, go with the first run that finds no backup
+// running.
+//
 // Assumptions: the clocks of the machines writing to the repository agree
 // within ClockSkew, less the seconds a plan takes to write; a commit
 // (SaveSnapshot's check to the manifest on every target) takes less than
 // commitMargin less ClockSkew; a backup's lock is refreshed at least every
-// lockKeepWithin, or the backup does not commit. Only one prune runs at a
-// time (the prune lock; in a cluster also the agent's Lease).
+// lockKeepWithin, or the backup does not commit; a backup that writes
+// segments holds a lock. Only one prune runs at a time (the prune lock;
+// in a cluster also the agent's Lease).
 //
 // Interruptions: every step is idempotent and leaves a repository that
 // verifies. The order within a run is: new plan (marks carried over and
 // added) before the old plans go; index objects for the packs that stay,
 // before the deletion record; the record before any deletion; index
-// objects before shards; old plans and the previous run's records last. A
-// run that finds a deletion record finishes it first.
+// objects before shards; segments no manifest names after them (a run
+// that stops halfway leaves the rest for the next, which finds them still
+// unnamed); old plans and the previous run's records last. A run that
+// finds a deletion record finishes it first.
 
 // PruneOptions tune Prune.
 type PruneOptions struct {
@@ -83,7 +104,7 @@ type PruneOptions struct {
 	DryRun bool
 	// Progress, when set, is told the name of each step as it starts:
 	// "lock", "list", "read", "finish", "mark", "index", "record",
-	// "delete", "clean".
+	// "delete", "segments", "clean".
 	Progress func(step string)
 }
 
@@ -105,6 +126,11 @@ type PruneReport struct {
 	Finished     int          `json:"deletions_finished"`  // deletions an interrupted run left, finished
 	Completed    []string     `json:"completed,omitempty"` // index objects an interrupted writer left on some targets, copied to the rest
 	Writers      []LockInfo   `json:"writers,omitempty"`   // backups running (live writer locks)
+	// Segments no manifest names: deleted (in a dry run, to be deleted),
+	// or left for a later run because backups were running (Writers),
+	// whose manifests may yet name them.
+	SegmentsDeleted  []string `json:"segments_deleted"`
+	SegmentsHeldBack int      `json:"segments_held_back,omitempty"`
 }
 
 // PrunedPack is one pack a prune deleted (or, in a dry run, would delete).
@@ -126,6 +152,8 @@ type pruner struct {
 	gone    *Deleting
 	locks   map[string]LockInfo
 	present []map[string]bool   // replicated objects ("snapshots/<id>", "index/<id>") per target
+	listed  map[string]bool     // segments ("extents/<id>") on any target, listed before the locks
+	named   map[string]bool     // segments the manifests name
 	shards  map[pack.ID][]int64 // listed size of each shard, -1 when absent
 	plans   map[string]*Plan
 	doomed  []pack.ID              // packs to delete
@@ -145,7 +173,7 @@ func (r *Repo) Prune(ctx context.Context, opts PruneOptions) (*PruneReport, erro
 	if err := r.RequireAll(); err != nil {
 		return nil, err
 	}
-	p := &pruner{r: r, opts: opts, rep: &PruneReport{DryRun: opts.DryRun, Deleted: []PrunedPack{}, BytesDeleted: make([]int64, len(r.Targets))}}
+	p := &pruner{r: r, opts: opts, rep: &PruneReport{DryRun: opts.DryRun, Deleted: []PrunedPack{}, BytesDeleted: make([]int64, len(r.Targets)), SegmentsDeleted: []string{}}}
 	if !opts.DryRun {
 		if err := p.step(ctx, "lock"); err != nil {
 			return nil, err
@@ -178,6 +206,14 @@ func (r *Repo) Prune(ctx context.Context, opts PruneOptions) (*PruneReport, erro
 			return nil, err
 		}
 	}
+	if len(p.rep.SegmentsDeleted) > 0 {
+		if err := p.step(ctx, "segments"); err != nil {
+			return nil, err
+		}
+		if err := r.deleteAll(ctx, p.rep.SegmentsDeleted); err != nil {
+			return nil, fmt.Errorf("delete segments no manifest names: %w (the next prune deletes what is left)", err)
+		}
+	}
 	if err := p.step(ctx, "clean"); err != nil {
 		return nil, err
 	}
@@ -199,10 +235,11 @@ func (p *pruner) step(ctx context.Context, name string) error {
 	return ctx.Err()
 }
 
-// list reads the clock, the deletion records and the locks, then lists
-// snapshots/, index/ and data/ on every target, in that order: the locks
-// before the manifests (see Prune), and the reverse of a backup's commit
-// order, so that what a listed manifest needs is in the later listings.
+// list reads the clock and the deletion records, lists extents/, reads
+// the locks, then lists snapshots/, index/ and data/ on every target, in
+// that order: the segments before the locks and the locks before the
+// manifests (see Prune), and the reverse of a backup's commit order, so
+// that what a listed manifest needs is in the later listings.
 func (p *pruner) list(ctx context.Context) error {
 	r := p.r
 	p.now = time.Now()
@@ -211,6 +248,16 @@ func (p *pruner) list(ctx context.Context) error {
 		return err
 	}
 	p.gone = deletingOf(p.records)
+	var mu sync.Mutex
+	p.listed = map[string]bool{}
+	err = r.listEvery(ctx, "extents/", func(_ *Target, i objstore.Info) {
+		mu.Lock()
+		p.listed[i.Name] = true
+		mu.Unlock()
+	})
+	if err != nil {
+		return err
+	}
 	if p.locks, err = r.Locks(ctx); err != nil {
 		return err
 	}
@@ -224,7 +271,6 @@ func (p *pruner) list(ctx context.Context) error {
 		p.present[i] = map[string]bool{}
 	}
 	p.shards = map[pack.ID][]int64{}
-	var mu sync.Mutex
 	n := r.Config.Erasure.Shards()
 	for _, prefix := range []string{"snapshots/", "index/", "data/"} {
 		err := r.listEvery(ctx, prefix, func(t *Target, i objstore.Info) {
@@ -284,16 +330,18 @@ func (p *pruner) names(dir string) []string {
 	return slices.Sorted(maps.Keys(seen))
 }
 
-// read reads the manifests, the index objects and the plans, and decides
-// which packs are referenced. Prune stops (deleting nothing) on anything
-// it cannot read, or when a snapshot needs a chunk no index object holds:
-// the pack holding it would look unreferenced. Memory: the index, and
-// about 50 bytes per distinct chunk the snapshots refer to (manifests are
-// read one at a time per worker and dropped).
+// read reads the manifests (and their segments), the index objects and
+// the plans, and decides which packs are referenced. Prune stops
+// (deleting nothing) on anything it cannot read, or when a snapshot needs
+// a chunk no index object holds: the pack holding it would look
+// unreferenced. Memory: the index, and about 50 bytes per distinct chunk
+// the snapshots refer to (manifests are read one at a time per worker and
+// dropped, segmented ones a segment at a time).
 func (p *pruner) read(ctx context.Context) error {
 	r := p.r
 	referenced := map[chunk.ID]bool{} // chunk -> found in the index
 	index := map[string]*IndexBatch{}
+	p.named = map[string]bool{}
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
@@ -307,12 +355,25 @@ func (p *pruner) read(ctx context.Context) error {
 				return fmt.Errorf("snapshot %s: %w", id, err)
 			}
 			mu.Lock()
-			defer mu.Unlock()
 			p.rep.Snapshots++
-			for _, e := range s.Extents {
-				if !e.Zero {
-					referenced[e.ID] = false
+			for _, sg := range s.Segments {
+				p.named[sg.Name()] = true
+			}
+			mu.Unlock()
+			// A segment that does not read stops the run: only prune
+			// deletes segments, and never a listed manifest's.
+			err = r.Extents(gctx, s, func(exts []Extent) error {
+				mu.Lock()
+				defer mu.Unlock()
+				for _, e := range exts {
+					if !e.Zero {
+						referenced[e.ID] = false
+					}
 				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("%w (run ferry verify; prune deletes nothing until every snapshot reads)", err)
 			}
 			return nil
 		})
@@ -526,6 +587,7 @@ func (p *pruner) mark(ctx context.Context) error {
 		}
 		p.rep.Deleted = append(p.rep.Deleted, PrunedPack{ID: id.String(), Bytes: bytes, Marked: marks[id].Marked})
 	}
+	p.orphanSegments(len(writers) > 0)
 	if p.opts.DryRun {
 		return nil
 	}
@@ -540,6 +602,21 @@ func (p *pruner) mark(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// orphanSegments decides which listed segments no manifest names to
+// delete (into the report): all of them, unless backups were running when
+// the locks were read (see Prune).
+func (p *pruner) orphanSegments(running bool) {
+	for _, name := range slices.Sorted(maps.Keys(p.listed)) {
+		switch {
+		case p.named[name]:
+		case running:
+			p.rep.SegmentsHeldBack++
+		default:
+			p.rep.SegmentsDeleted = append(p.rep.SegmentsDeleted, name)
+		}
+	}
 }
 
 // clean deletes the plans this run replaced, the records of earlier runs

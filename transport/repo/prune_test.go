@@ -189,14 +189,20 @@ func packsOf(t *testing.T, r *repo.Repo, ids ...string) map[pack.ID]bool {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, e := range s.Extents {
-			if !e.Zero {
-				p, _, ok := idx.Lookup(e.ID)
-				if !ok {
-					t.Fatalf("chunk %s of %s is not indexed", e.ID.Short(), id[:12])
+		err = r.Extents(ctx, s, func(exts []repo.Extent) error {
+			for _, e := range exts {
+				if !e.Zero {
+					p, _, ok := idx.Lookup(e.ID)
+					if !ok {
+						t.Fatalf("chunk %s of %s is not indexed", e.ID.Short(), id[:12])
+					}
+					out[p.ID] = true
 				}
-				out[p.ID] = true
 			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
 	}
 	return out

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -34,7 +35,11 @@ type fixture struct {
 
 // newFixture backs an 8 MiB volume up into 2+1 over three in-memory
 // targets, in several small packs.
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureSegments(t, 0) }
+
+// newFixtureSegments is newFixture with the snapshot's extents in segments
+// of perSegment (see repo.Repo.SegmentExtents; 0: the default, so none).
+func newFixtureSegments(t *testing.T, perSegment int) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	f := &fixture{stores: []objstore.Store{objstore.NewMem(), objstore.NewMem(), objstore.NewMem()}}
@@ -43,6 +48,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	r.SegmentExtents = perSegment
 	f.data = volume.Data(rand.New(rand.NewPCG(3, 3)), 8<<20)
 	sum, err := backup.Run(ctx, r, bytes.NewReader(f.data), int64(len(f.data)), backup.Options{Name: "v"})
 	if err != nil {
@@ -164,6 +170,60 @@ func TestRepairTargetThatCameBackEmpty(t *testing.T) {
 		t.Fatalf("target 3 holds %d shards, want one per pack (%d)", n, len(packs(t, r)))
 	}
 	f.restores(t, []objstore.Store{objstore.Unavailable("gone", errors.New("gone")), fresh[1], fresh[2]})
+}
+
+// TestRepairSegments: a segment missing from target 1 is copied there,
+// one replaced by another segment's bytes on target 2 is written anew when
+// named (as verify names it), and an object under extents/ that is named
+// by its SHA-256 but does not open is copied nowhere. The snapshot then
+// restores from targets 1 and 2.
+func TestRepairSegments(t *testing.T) {
+	ctx := context.Background()
+	f := newFixtureSegments(t, 8)
+	r := f.open(t, f.stores)
+	s, err := r.FindSnapshot(ctx, f.snap, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Segments) < 3 {
+		t.Fatalf("%d segments, want several", len(s.Segments))
+	}
+	a, b := s.Segments[0].Name(), s.Segments[1].Name()
+	good, err := f.stores[0].Get(ctx, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := f.stores[1].Get(ctx, s.Segments[2].Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	junk := []byte("not a segment, named by its SHA-256")
+	junkName := "extents/" + pack.Sum(junk).String()
+	for _, err := range []error{
+		f.stores[0].Delete(ctx, a),
+		f.stores[1].Delete(ctx, b),
+		f.stores[1].Create(ctx, b, other),
+		f.stores[2].Create(ctx, junkName, junk),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	wrote, err := r.RepairMetadata(ctx, repo.CopyRef{Target: 1, Name: b})
+	slices.Sort(wrote)
+	if want := []string{"target 1: " + a, "target 2: " + b}; err != nil || !slices.Equal(wrote, want) {
+		t.Fatalf("repair: %v, wrote %v, want %v", err, wrote, want)
+	}
+	if got, err := f.stores[1].Get(ctx, b); err != nil || !bytes.Equal(got, good) {
+		t.Fatalf("segment on target 2 after repair: %v", err)
+	}
+	for i, st := range f.stores[:2] {
+		if n := names(t, st, "extents/"); len(n) != len(s.Segments) {
+			t.Fatalf("target %d holds %d objects under extents/, want the %d segments", i+1, len(n), len(s.Segments))
+		}
+	}
+	f.restores(t, []objstore.Store{f.stores[0], f.stores[1], objstore.Unavailable("gone", errors.New("gone"))})
 }
 
 // sameAsRecorded checks that every shard of p is stored with the CRC32C the

@@ -113,6 +113,11 @@ type Repo struct {
 	// keeps its entries instead of in memory (indexcache.go, indexrun.go).
 	IndexCache string
 
+	// SegmentExtents is how many extents a segment of a snapshot's
+	// manifest holds (segment.go); 0 means DefaultSegmentExtents. A
+	// snapshot of no more extents keeps them in its manifest.
+	SegmentExtents int
+
 	// unindexed holds the shard CRCs ([]uint32) of the packs WritePack
 	// wrote until WriteIndex records them, so that a writer's index entries
 	// carry them without the writer handling them: at most the packs of one
@@ -183,7 +188,7 @@ func Init(ctx context.Context, stores []objstore.Store, password []byte, opts Op
 	targets := newTargets(stores)
 	for _, t := range targets {
 		found := false
-		for _, prefix := range []string{"config", "keys/", "data/", "index/", "snapshots/"} {
+		for _, prefix := range []string{"config", "keys/", "data/", "index/", "snapshots/", "extents/"} {
 			err := t.Store.List(ctx, prefix, func(objstore.Info) error { found = true; return errStop })
 			if err != nil && !errors.Is(err, errStop) {
 				return nil, fmt.Errorf("target %d (%s): %w", t.Index+1, t.Store.Location(), err)

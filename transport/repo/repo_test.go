@@ -426,6 +426,9 @@ func FuzzParseManifest(f *testing.F) {
 	m := &Manifest{Meta: Meta{Name: "x", Size: 10}, Extents: []Extent{{Len: 4, ID: chunk.ID{9}}, {Off: 4, Len: 6, Zero: true}}}
 	b, _ := m.marshal()
 	f.Add(b)
+	m.Extents, m.Segments = nil, []Segment{{ID: [32]byte{1}, Extents: 1, Len: 4}, {ID: [32]byte{2}, Extents: 3, Len: 6}}
+	b, _ = m.marshal()
+	f.Add(b)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m *Manifest
 		var err error
@@ -451,8 +454,14 @@ func FuzzParseManifest(f *testing.F) {
 			}
 			off += e.Len
 		}
-		if off != m.Size {
-			t.Fatalf("extents cover %d of %d", off, m.Size)
+		for _, sg := range m.Segments { // a segmented manifest: no extents
+			if sg.Extents <= 0 || sg.Len <= 0 {
+				t.Fatalf("bad segment %+v", sg)
+			}
+			off += sg.Len
+		}
+		if off != m.Size || m.Segments != nil && m.Extents != nil {
+			t.Fatalf("extents and segments cover %d of %d", off, m.Size)
 		}
 		// What a listing reads is the same metadata.
 		meta, err := parseMeta(b)
