@@ -2,8 +2,10 @@ package chunk
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"math"
 	"slices"
 	"sort"
@@ -62,9 +64,15 @@ const incrementalBlockSize = 64 << 10
 // candidates repeat with a period below MinSize can keep the chunkings out
 // of step for as long as the pattern lasts
 // (TestIncrementalResyncIsDataDependent).
+//
+// Memory: the previous chunk list is read as a stream (Prev), a few times
+// through; Incremental holds the old chunks from the one at hand to the
+// furthest it looked at, not the list.
 type Incremental struct {
 	s       *Splitter
-	prev    []Chunk
+	prev    Prev
+	cur     *prevCursor
+	last    Chunk   // the last old chunk
 	changed []Range // sorted, disjoint, not adjacent, within [0,size)
 	oldSize int64
 	size    int64
@@ -76,6 +84,81 @@ type Incremental struct {
 	err     error
 }
 
+// Prev is a previous snapshot's chunk list, as a stream that can be read
+// more than once: each call yields the chunks in order from the first,
+// until yield returns false, and returns the error that stopped it early,
+// if any (reading the list from a repository, say).
+type Prev func(yield func(Chunk) bool) error
+
+// PrevSlice is the Prev of a list in memory.
+func PrevSlice(cs []Chunk) Prev {
+	return func(yield func(Chunk) bool) error {
+		for _, c := range cs {
+			if !yield(c) {
+				break
+			}
+		}
+		return nil
+	}
+}
+
+// prevCursor reads a Prev once, keeping the chunks from the earliest one
+// still needed (see forget) to the furthest asked for.
+type prevCursor struct {
+	next func() (Chunk, bool)
+	stop func()
+	err  *error // the Prev's error, once it returned
+	buf  []Chunk
+	base int // index of buf[0]
+	done bool
+}
+
+func newPrevCursor(prev Prev) *prevCursor {
+	var err error
+	next, stop := iter.Pull(func(yield func(Chunk) bool) {
+		if e := prev(yield); e != nil {
+			err = e
+		}
+	})
+	return &prevCursor{next: next, stop: stop, err: &err}
+}
+
+// at returns old chunk k, which must not be before one forgotten, and
+// whether the list has it. A list that failed to read ends there (see
+// failed).
+func (c *prevCursor) at(k int) (Chunk, bool) {
+	for k >= c.base+len(c.buf) {
+		if c.done {
+			return Chunk{}, false
+		}
+		ch, ok := c.next()
+		if !ok {
+			c.done = true
+			return Chunk{}, false
+		}
+		c.buf = append(c.buf, ch)
+	}
+	return c.buf[k-c.base], true
+}
+
+// forget lets the chunks before k go.
+func (c *prevCursor) forget(k int) {
+	if n := k - c.base; n >= 1024 || n > 0 && n == len(c.buf) {
+		c.buf = c.buf[:copy(c.buf, c.buf[n:])]
+		c.base = k
+	}
+}
+
+// failed returns the error that ended the list early, if any.
+func (c *prevCursor) failed() error {
+	if *c.err != nil {
+		return fmt.Errorf("chunk: previous chunk list: %w", *c.err)
+	}
+	return nil
+}
+
+func (c *prevCursor) close() { c.stop() }
+
 // NewIncremental chunks the volume src[0:size), a later version of the
 // volume whose canonical chunks, in order and covering it from offset 0,
 // were prev; only Off, Len and Zero of prev are used. changed lists the
@@ -83,11 +166,18 @@ type Incremental struct {
 // not (see the contract on Incremental). holes are as for NewSplitter, for
 // the new volume.
 func NewIncremental(src io.ReaderAt, size int64, holes []Range, p Params, prev []Chunk, changed []Range) (*Incremental, error) {
+	return newIncremental(src, size, holes, p, PrevSlice(prev), changed, incrementalBlockSize)
+}
+
+// NewIncrementalFrom is NewIncremental with the previous chunk list as a
+// stream, which it reads through twice while it starts, again (once) as
+// Next goes, and once more for Expected. Close it.
+func NewIncrementalFrom(src io.ReaderAt, size int64, holes []Range, p Params, prev Prev, changed []Range) (*Incremental, error) {
 	return newIncremental(src, size, holes, p, prev, changed, incrementalBlockSize)
 }
 
-// newIncremental is NewIncremental with another read size, for tests.
-func newIncremental(src io.ReaderAt, size int64, holes []Range, p Params, prev []Chunk, changed []Range, bsize int64) (*Incremental, error) {
+// newIncremental is NewIncrementalFrom with another read size, for tests.
+func newIncremental(src io.ReaderAt, size int64, holes []Range, p Params, prev Prev, changed []Range, bsize int64) (*Incremental, error) {
 	stride, err := p.ZeroStride()
 	if err != nil {
 		return nil, err
@@ -95,7 +185,7 @@ func newIncremental(src io.ReaderAt, size int64, holes []Range, p Params, prev [
 	if size < 0 {
 		return nil, fmt.Errorf("chunk: negative volume size %d", size)
 	}
-	oldSize, err := checkPrev(prev, p, stride)
+	oldSize, last, err := checkPrev(prev, p, stride)
 	if err != nil {
 		return nil, fmt.Errorf("chunk: previous chunk list: %w", err)
 	}
@@ -107,7 +197,11 @@ func newIncremental(src io.ReaderAt, size int64, holes []Range, p Params, prev [
 	if err != nil {
 		return nil, fmt.Errorf("chunk: %w", err)
 	}
-	s, err := newSplitter(src, size, knownZeros(holes, prev, changed, size), p, bsize)
+	zeros, err := knownZeros(holes, prev, changed, size)
+	if err != nil {
+		return nil, fmt.Errorf("chunk: previous chunk list: %w", err)
+	}
+	s, err := newSplitter(src, size, zeros, p, bsize)
 	if err != nil {
 		return nil, err
 	}
@@ -116,6 +210,8 @@ func newIncremental(src io.ReaderAt, size int64, holes []Range, p Params, prev [
 	return &Incremental{
 		s:       s,
 		prev:    prev,
+		cur:     newPrevCursor(prev),
+		last:    last,
 		changed: changed,
 		oldSize: oldSize,
 		size:    size,
@@ -137,17 +233,23 @@ func (x *Incremental) Next(buf []byte) (c Chunk, reused int, err error) {
 	}
 	if x.pos >= x.size {
 		x.s.release()
+		x.Close()
 		return Chunk{}, -1, io.EOF
 	}
 	if uint(cap(buf)) < x.maxSize {
 		return Chunk{}, -1, fmt.Errorf("chunk: buffer capacity %d below the max chunk size %d", cap(buf), x.maxSize)
 	}
-	if c, i, ok := x.reuse(); ok {
+	c, i, ok := x.reuse()
+	if ok {
 		x.pos = c.Off + c.Len
 		return c, i, nil
 	}
 	x.s.seek(x.pos)
 	x.s.firstCut = x.firstCut(x.pos)
+	if err := x.cur.failed(); err != nil {
+		x.err = err
+		return Chunk{}, -1, err
+	}
 	c, err = x.s.Next(buf)
 	if err != nil {
 		x.err = err
@@ -159,6 +261,10 @@ func (x *Incremental) Next(buf []byte) (c Chunk, reused int, err error) {
 
 // BytesRead returns how many bytes were read from the source so far.
 func (x *Incremental) BytesRead() int64 { return x.s.BytesRead() }
+
+// Close stops reading the previous chunk list, when Next has not reached
+// the end (which closes it).
+func (x *Incremental) Close() { x.cur.close() }
 
 // ReadData reads the bytes of chunk c, one that Next returned with data,
 // into buf and returns them, as Parallel.ReadData does: for callers that
@@ -176,13 +282,15 @@ func (x *Incremental) ReadData(buf []byte, c Chunk) ([]byte, error) {
 // at the stretch, which costs no read, so that the zeros it may find after
 // the stretch merge with it into one Zero chunk, as a single pass would.
 func (x *Incremental) reuse() (Chunk, int, bool) {
-	for x.i < len(x.prev) && x.prev[x.i].Off+x.prev[x.i].Len <= x.pos {
+	c, ok := x.cur.at(x.i)
+	for ok && c.Off+c.Len <= x.pos {
 		x.i++
+		c, ok = x.cur.at(x.i)
 	}
-	if x.i == len(x.prev) {
+	x.cur.forget(x.i)
+	if !ok {
 		return Chunk{}, -1, false
 	}
-	c := x.prev[x.i]
 	end := c.Off + c.Len
 	if !c.Zero {
 		if c.Off != x.pos || !x.clean(c.Off, end) {
@@ -195,8 +303,8 @@ func (x *Incremental) reuse() (Chunk, int, bool) {
 	}
 	if end < x.size {
 		// Zero chunks are never adjacent: the next one holds data.
-		next := x.prev[x.i+1]
-		if !x.clean(next.Off, next.Off+next.Len) {
+		next, ok := x.cur.at(x.i + 1)
+		if !ok || !x.clean(next.Off, next.Off+next.Len) {
 			return Chunk{}, -1, false
 		}
 	}
@@ -219,11 +327,18 @@ func (x *Incremental) reuse() (Chunk, int, bool) {
 // cut where the chunkings meet again.
 func (x *Incremental) firstCut(pos int64) int64 {
 	p0 := pos + int64(x.minSize)
-	k := sort.Search(len(x.prev), func(k int) bool { return x.prev[k].Off+x.prev[k].Len > p0 })
-	if k == len(x.prev) || x.prev[k].Zero || p0 < x.prev[k].Off+int64(x.minSize) {
+	// The old chunk holding p0: at or after x.i, the first ending after
+	// pos (reuse has just moved it there).
+	k := x.i
+	c, ok := x.cur.at(k)
+	for ok && c.Off+c.Len <= p0 {
+		k++
+		c, ok = x.cur.at(k)
+	}
+	if !ok || c.Zero || p0 < c.Off+int64(x.minSize) {
 		return p0
 	}
-	end := x.prev[k].Off + x.prev[k].Len
+	end := c.Off + c.Len
 	j := sort.Search(len(x.changed), func(j int) bool { return x.changed[j].End() > p0-windowSize })
 	if j < len(x.changed) {
 		// The first position whose window holds a changed byte.
@@ -246,33 +361,64 @@ func (x *Incremental) clean(a, b int64) bool {
 }
 
 // checkPrev checks that prev has the shape of a canonical chunk list and
-// returns the size of its volume. It cannot check the cuts themselves
-// without the old bytes.
-func checkPrev(prev []Chunk, p Params, stride int64) (int64, error) {
-	var off int64
-	for i, c := range prev {
-		last := i == len(prev)-1
-		var bad string
+// returns the size of its volume and its last chunk. It cannot check the
+// cuts themselves without the old bytes.
+func checkPrev(prev Prev, p Params, stride int64) (int64, Chunk, error) {
+	var (
+		off     int64
+		i       int
+		bad     string
+		last    Chunk // the chunk before the one at hand
+		hasLast bool
+	)
+	// check checks c, the chunk after last (if any); final says it is the
+	// list's last.
+	check := func(c Chunk, final bool) bool {
 		switch {
 		case c.Off != off:
 			bad = fmt.Sprintf("starts at %d, after the chunks before it end at %d", c.Off, off)
 		case c.Len <= 0 || c.Len > math.MaxInt64-off:
 			bad = "has a bad length"
-		case c.Zero && i > 0 && prev[i-1].Zero:
+		case c.Zero && hasLast && last.Zero:
 			bad = "is a Zero chunk after a Zero chunk"
-		case c.Zero && c.Len%stride != 0 && !last:
+		case c.Zero && c.Len%stride != 0 && !final:
 			bad = fmt.Sprintf("is a Zero chunk, not a multiple of the zero stride %d, before the end", stride)
 		case !c.Zero && c.Len > int64(p.MaxSize):
 			bad = fmt.Sprintf("is longer than the max size %d", p.MaxSize)
-		case !c.Zero && c.Len < int64(p.MinSize) && !last:
+		case !c.Zero && c.Len < int64(p.MinSize) && !final:
 			bad = fmt.Sprintf("is shorter than the min size %d before the end", p.MinSize)
 		}
 		if bad != "" {
-			return 0, fmt.Errorf("chunk %d [%d,+%d) %s", i, c.Off, c.Len, bad)
+			bad = fmt.Sprintf("chunk %d [%d,+%d) %s", i, c.Off, c.Len, bad)
+			return false
 		}
 		off += c.Len
+		i++
+		return true
 	}
-	return off, nil
+	// A chunk is checked once the next one shows it is not the last.
+	var pending Chunk
+	havePending := false
+	err := prev(func(c Chunk) bool {
+		if havePending {
+			if !check(pending, false) {
+				return false
+			}
+			last, hasLast = pending, true
+		}
+		pending, havePending = c, true
+		return true
+	})
+	if err != nil {
+		return 0, Chunk{}, err
+	}
+	if bad == "" && havePending && check(pending, true) {
+		last = pending
+	}
+	if bad != "" {
+		return 0, Chunk{}, errors.New(bad)
+	}
+	return off, last, nil
 }
 
 // normalizeChanged returns rs clipped to [0,size), sorted, with overlapping
@@ -307,12 +453,12 @@ func mergeSorted(rs []Range) []Range {
 
 // knownZeros returns the ranges of the new volume known to read as zeros:
 // its holes, and the unchanged bytes of the old Zero chunks.
-func knownZeros(holes []Range, prev []Chunk, changed []Range, size int64) []Range {
+func knownZeros(holes []Range, prev Prev, changed []Range, size int64) ([]Range, error) {
 	out := slices.Clone(holes)
 	j := 0
-	for _, c := range prev {
+	err := prev(func(c Chunk) bool {
 		if !c.Zero {
-			continue
+			return true
 		}
 		for a, b := c.Off, min(c.Off+c.Len, size); a < b; {
 			for j < len(changed) && changed[j].End() <= a {
@@ -327,9 +473,13 @@ func knownZeros(holes []Range, prev []Chunk, changed []Range, size int64) []Rang
 			}
 			a = changed[j].End()
 		}
+		return true
+	})
+	if err != nil {
+		return nil, err
 	}
 	slices.SortFunc(out, func(a, b Range) int { return cmp.Compare(a.Off, b.Off) })
-	return mergeSorted(out)
+	return mergeSorted(out), nil
 }
 
 // Expected returns the ranges Next can be expected to read, sorted and
@@ -339,17 +489,23 @@ func knownZeros(holes []Range, prev []Chunk, changed []Range, size int64) []Rang
 // past the old volume's end, less the bytes known to be zeros, with their
 // ends rounded to Next's read size. Next may read less, or more where the
 // chunkings take longer to meet again than the changed chunks (on the
-// perf/compare images, 168 of the 222 MiB it reads are expected).
+// perf/compare images, 168 of the 222 MiB it reads are expected). It
+// reads the previous chunk list once; should that fail, it returns nil
+// (Next meets the same error).
 func (x *Incremental) Expected() []Range {
 	var out []Range
+	cur := newPrevCursor(x.prev)
+	defer cur.close()
 	i := 0
 	for _, r := range x.changed {
 		a, b := r.Off, r.End()
-		for i < len(x.prev) && x.prev[i].Off+x.prev[i].Len <= a {
+		c, ok := cur.at(i)
+		for ok && c.Off+c.Len <= a {
 			i++
+			c, ok = cur.at(i)
 		}
-		if i < len(x.prev) {
-			c := x.prev[i]
+		cur.forget(i)
+		if ok {
 			if c.Zero {
 				a = c.Off + (a-c.Off)/x.stride*x.stride
 			} else {
@@ -357,11 +513,12 @@ func (x *Incremental) Expected() []Range {
 			}
 		}
 		j := i
-		for j < len(x.prev) && x.prev[j].Off+x.prev[j].Len < b {
+		c, ok = cur.at(j)
+		for ok && c.Off+c.Len < b {
 			j++
+			c, ok = cur.at(j)
 		}
-		if j < len(x.prev) {
-			c := x.prev[j]
+		if ok {
 			if c.Zero {
 				b = min(c.Off+c.Len, c.Off+(b-c.Off+x.stride-1)/x.stride*x.stride)
 			} else {
@@ -370,9 +527,12 @@ func (x *Incremental) Expected() []Range {
 		}
 		out = append(out, Range{Off: a, Len: b - a})
 	}
-	if x.oldSize != x.size && len(x.prev) > 0 {
+	if cur.failed() != nil {
+		return nil
+	}
+	if x.oldSize != x.size && x.oldSize > 0 {
 		// The last old chunk was cut by the old end, which moved.
-		last := x.prev[len(x.prev)-1]
+		last := x.last
 		if last.Off < x.size {
 			out = append(out, Range{Off: last.Off, Len: min(x.size, last.Off+last.Len) - last.Off})
 		}

@@ -199,7 +199,7 @@ func checkGeneration(t testing.TB, g *generation, want []Chunk, p Params, bsize 
 	known := g.knownZero(changed)
 	// The recorder checks holes read one by one, too slowly for many.
 	rec := &recorder{t: t, vol: g.vol, bsize: bsize}
-	x, err := newIncremental(rec, int64(len(g.vol)), g.holes, p, g.prev, g.changed, bsize)
+	x, err := newIncremental(rec, int64(len(g.vol)), g.holes, p, PrevSlice(g.prev), g.changed, bsize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -770,7 +770,7 @@ func checkExpected(t *testing.T, g *generation, want []Chunk, p Params, bsize in
 	changed := g.changedMask()
 	known := g.knownZero(changed)
 	rec := &recorder{t: t, vol: g.vol, bsize: bsize}
-	x, err := newIncremental(rec, size, g.holes, p, g.prev, g.changed, bsize)
+	x, err := newIncremental(rec, size, g.holes, p, PrevSlice(g.prev), g.changed, bsize)
 	if err != nil {
 		t.Fatal(err)
 	}

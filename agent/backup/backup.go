@@ -527,6 +527,7 @@ func (x incrementalChunks) next() (chunk.Chunk, chunk.ID, bool, error) {
 func (x incrementalChunks) close() {
 	x.stop()
 	x.ids.close()
+	x.Incremental.Close()
 }
 
 func newChunks(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, opts Options, p chunk.Params, prog *Progress) (chunks, error) {
@@ -535,50 +536,60 @@ func newChunks(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, o
 		x, err := chunk.NewParallel(src, size, opts.Holes, p, opts.Workers)
 		return fullChunks{x}, err
 	}
-	// The parent's chunks, read a segment at a time: compared with the
-	// volume first when they are a basis.
-	var (
-		prev     []chunk.Chunk
-		compared int64
-		compare  func([]repo.Extent) error
-		what     = "parent"
-	)
+	// A parent whose manifest holds its extents is read once; a segmented
+	// one's are read a segment at a time, whenever they are needed.
+	what := "parent"
 	if parent == nil {
 		parent, what = opts.Basis, "basis"
+	}
+	if parent.Segments == nil {
+		var err error
+		if parent, err = r.WithExtents(ctx, parent); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	var compared int64
+	if opts.Parent == nil {
+		// Compared with the basis first, a segment at a time.
 		holes := slices.Clone(opts.Holes)
 		slices.SortFunc(holes, func(a, b chunk.Range) int { return cmp.Compare(a.Off, b.Off) })
 		bufs := make([][]byte, max(opts.Workers, 1))
 		for i := range bufs {
 			bufs[i] = make([]byte, p.MaxSize)
 		}
-		compare = func(exts []repo.Extent) error {
+		var compareErr error
+		err := r.Extents(ctx, parent, func(exts []repo.Extent) error {
 			ch, n, err := findChanges(ctx, src, size, holes, exts, r.IDKey, bufs, prog)
 			changed = append(changed, ch...)
 			compared += n
-			if err != nil {
-				return fmt.Errorf("compare with snapshot %s: %w", parent.ID[:12], err)
+			compareErr = err
+			return err
+		})
+		switch {
+		case compareErr != nil:
+			return nil, fmt.Errorf("compare with snapshot %s: %w", parent.ID[:12], err)
+		case err != nil:
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	prev := func(yield func(chunk.Chunk) bool) error {
+		err := r.Extents(ctx, parent, func(exts []repo.Extent) error {
+			for _, e := range exts {
+				if !yield(chunk.Chunk{Off: e.Off, Len: e.Len, Zero: e.Zero}) {
+					return errStopped
+				}
 			}
 			return nil
+		})
+		if errors.Is(err, errStopped) {
+			return nil
 		}
-	}
-	var n int64
-	for _, sg := range parent.Segments {
-		n += sg.Extents
-	}
-	prev = make([]chunk.Chunk, 0, n)
-	err := r.Extents(ctx, parent, func(exts []repo.Extent) error {
-		for _, e := range exts {
-			prev = append(prev, chunk.Chunk{Off: e.Off, Len: e.Len, Zero: e.Zero})
-		}
-		if compare != nil {
-			return compare(exts)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
 		}
 		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	x, err := chunk.NewIncremental(src, size, opts.Holes, p, prev, changed)
+	x, err := chunk.NewIncrementalFrom(src, size, opts.Holes, p, prev, changed)
 	if err != nil {
 		return nil, fmt.Errorf("incremental chunking against snapshot %s: %w", parent.ID[:12], err)
 	}
@@ -597,9 +608,7 @@ func newChunks(ctx context.Context, r *repo.Repo, src io.ReaderAt, size int64, o
 
 // parentIDs gives the IDs of the parent's extents by index, in increasing
 // order (as chunk.Incremental reuses them), reading the parent's extents
-// again a segment at a time: an incremental backup keeps 24 bytes per
-// chunk of the parent (chunk.Incremental's list), not the 56 of its
-// extents.
+// again, a segment at a time for a segmented manifest.
 type parentIDs struct {
 	next  func() ([]repo.Extent, error, bool)
 	stop  func()
