@@ -311,6 +311,9 @@ const (
 	rangeGap = 256 << 10
 )
 
+// batchSize is how many bytes of consecutive chunks a worker writes at once.
+const batchSize = 4 << 20
+
 // WriteTo writes the snapshot's data extents into w, a window (a segment
 // of the snapshot's extents, or all of an unsegmented one's) at a time and
 // Workers packs at a time within it: every chunk decrypted, its keyed hash
@@ -419,7 +422,8 @@ func (p *Plan) writeWindow(ctx context.Context, win *window, w io.WriterAt, work
 	})
 	for range min(workers, len(win.packs)) {
 		g.Go(func() error {
-			wk := &packWriter{r: p.r, win: win, w: w, prog: prog, o: p.r.Codec.NewOpener(int(p.r.Config.Chunking().MaxSize))}
+			wk := &packWriter{r: p.r, win: win, w: w, prog: prog, o: p.r.Codec.NewOpener(0),
+				batch: make([]byte, 0, max(batchSize, int(p.r.Config.Chunking().MaxSize)))}
 			for pp := range packs {
 				problems, fetched, err := wk.restore(gctx, pp)
 				if err != nil {
@@ -442,6 +446,12 @@ type packWriter struct {
 	o    *pack.Opener
 	d    erasure.Decoded
 	done []bool // per place of the pack at hand: written
+
+	// batch gathers checked blobs that follow each other in the volume,
+	// from offset at, to write them with one call: a buffered write costs
+	// about 18 µs besides its bytes (perf/README.md, "Restore writes").
+	batch []byte
+	at    int64
 }
 
 // errReadAgain marks a failure that reading the whole pack may cure.
@@ -513,34 +523,78 @@ func (wk *packWriter) byRanges(ctx context.Context, pp *packPlaces) ([]repo.Shar
 // against the extents, and writes them, skipping places done before. A
 // blob that does not authenticate fails with errReadAgain.
 func (wk *packWriter) write(pp *packPlaces, lo, hi int, sealed func(pack.Entry) ([]byte, error)) error {
+	err := wk.writePlaces(pp, lo, hi, sealed)
+	// What is gathered was checked: out with it, also before the pack is
+	// read again whole (the places are marked done).
+	if ferr := wk.flush(); ferr != nil {
+		return ferr
+	}
+	return err
+}
+
+// writePlaces opens the blobs of places lo to hi into wk.batch, where
+// each follows the blob before it in the volume, and writes a place whose
+// blob was opened for the place before it (a chunk repeated) directly.
+func (wk *packWriter) writePlaces(pp *packPlaces, lo, hi int, sealed func(pack.Entry) ([]byte, error)) error {
 	var plain []byte
 	var id chunk.ID
-	opened := int64(-1) // offset of the blob in plain
+	opened := int64(-1) // offset in the pack of the blob in plain
 	for i, pl := range pp.places[lo:hi] {
 		if wk.done[lo+i] {
 			continue
 		}
 		e := wk.win.extents[pl.extent]
-		if int64(pl.offset) != opened {
+		repeated := int64(pl.offset) == opened
+		if !repeated {
 			entry := pl.entry(e.ID)
+			if n := len(wk.batch); n > 0 && (e.Off != wk.at+int64(n) || n+int(entry.RawLength) > cap(wk.batch)) {
+				if err := wk.flush(); err != nil {
+					return err
+				}
+			}
+			if len(wk.batch) == 0 {
+				wk.at = e.Off
+			}
+			start := len(wk.batch)
 			b, err := sealed(entry)
+			var grown []byte
 			if err == nil {
-				plain, err = wk.o.Open(b, entry)
+				grown, err = wk.o.OpenAppend(wk.batch, b, entry)
 			}
 			if err != nil {
 				return fmt.Errorf("%w: chunk at offset %d in pack %s: %v", errReadAgain, e.Off, pp.id.Short(), err)
 			}
+			wk.batch = grown
+			plain = wk.batch[start:]
 			id, opened = wk.r.IDKey.Sum(plain), int64(pl.offset)
 		}
 		if id != e.ID || int64(len(plain)) != e.Len {
+			if !repeated {
+				wk.batch = wk.batch[:len(wk.batch)-len(plain)] // never written
+			}
 			return fmt.Errorf("%w: chunk at offset %d: hash or length differs from the manifest", ErrMismatch, e.Off)
 		}
-		if _, err := wk.w.WriteAt(plain, e.Off); err != nil {
-			return fmt.Errorf("write at offset %d: %w", e.Off, err)
+		if repeated {
+			if _, err := wk.w.WriteAt(plain, e.Off); err != nil {
+				return fmt.Errorf("write at offset %d: %w", e.Off, err)
+			}
 		}
 		wk.win.written[pl.extent] = true
 		wk.done[lo+i] = true
 		wk.prog.Written.Add(e.Len)
+	}
+	return nil
+}
+
+// flush writes out the blobs gathered in wk.batch.
+func (wk *packWriter) flush() error {
+	if len(wk.batch) == 0 {
+		return nil
+	}
+	_, err := wk.w.WriteAt(wk.batch, wk.at)
+	wk.batch = wk.batch[:0]
+	if err != nil {
+		return fmt.Errorf("write at offset %d: %w", wk.at, err)
 	}
 	return nil
 }

@@ -82,32 +82,38 @@ func (c *Codec) NewOpener(maxLen int) *Opener {
 // (sealed is its bytes in the pack, e.Length of them) and returns the
 // plaintext, valid until the next Open. The caller checks the chunk ID.
 func (o *Opener) Open(sealed []byte, e Entry) ([]byte, error) {
+	out, err := o.OpenAppend(o.out[:0], sealed, e)
+	if err != nil {
+		return nil, err
+	}
+	o.out = out[:0]
+	return out, nil
+}
+
+// OpenAppend is Open appending the plaintext to dst: it returns dst
+// extended by the blob's e.RawLength bytes, so that a caller can gather
+// blobs that follow each other in one buffer without copying them.
+func (o *Opener) OpenAppend(dst, sealed []byte, e Entry) ([]byte, error) {
 	if len(sealed) != int(e.Length) || e.RawLength > MaxRawLength {
 		return nil, fmt.Errorf("blob %s: %d sealed bytes, entry says %d: %w", e.ID.Short(), len(sealed), e.Length, ErrFormat)
 	}
+	plain := o.plain[:0]
 	if !e.Compressed {
-		plain, err := o.codec.key.Open(o.out[:0], sealed, o.ad.of(e.ID))
-		if err != nil {
-			return nil, fmt.Errorf("blob %s: %w", e.ID.Short(), err)
-		}
-		o.out = plain[:0]
-		if len(plain) != int(e.RawLength) {
-			return nil, fmt.Errorf("blob %s: %d bytes, header says %d: %w", e.ID.Short(), len(plain), e.RawLength, ErrFormat)
-		}
-		return plain, nil
+		plain = dst
 	}
-	plain, err := o.codec.key.Open(o.plain[:0], sealed, o.ad.of(e.ID))
+	plain, err := o.codec.key.Open(plain, sealed, o.ad.of(e.ID))
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %w", e.ID.Short(), err)
 	}
-	o.plain = plain[:0]
-	out, err := o.codec.dec.DecodeAll(plain, o.out[:0])
-	if err != nil {
-		return nil, fmt.Errorf("blob %s: decompress: %w", e.ID.Short(), err)
+	out := plain
+	if e.Compressed {
+		o.plain = plain[:0]
+		if out, err = o.codec.dec.DecodeAll(plain, dst); err != nil {
+			return nil, fmt.Errorf("blob %s: decompress: %w", e.ID.Short(), err)
+		}
 	}
-	o.out = out[:0]
-	if len(out) != int(e.RawLength) {
-		return nil, fmt.Errorf("blob %s: %d bytes, header says %d: %w", e.ID.Short(), len(out), e.RawLength, ErrFormat)
+	if len(out)-len(dst) != int(e.RawLength) {
+		return nil, fmt.Errorf("blob %s: %d bytes, header says %d: %w", e.ID.Short(), len(out)-len(dst), e.RawLength, ErrFormat)
 	}
 	return out, nil
 }
