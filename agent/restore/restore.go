@@ -330,7 +330,8 @@ const batchSize = 4 << 20
 // serves several windows is read again for each, the ranges that window
 // needs.
 //
-// Memory: a range and two chunk buffers per worker; the window's extents
+// Memory: a range, a compressed chunk and a 4 MiB batch of opened chunks
+// per worker; the window's extents
 // and a place per data extent; a record per pack the window reads from,
 // and per shard done without.
 func (p *Plan) WriteTo(ctx context.Context, w io.WriterAt, opts Options) (*Written, error) {
