@@ -107,20 +107,16 @@ func PrevSlice(cs []Chunk) Prev {
 type prevCursor struct {
 	next func() (Chunk, bool)
 	stop func()
-	err  *error // the Prev's error, once it returned
+	err  error // the Prev's, once it returned
 	buf  []Chunk
 	base int // index of buf[0]
 	done bool
 }
 
 func newPrevCursor(prev Prev) *prevCursor {
-	var err error
-	next, stop := iter.Pull(func(yield func(Chunk) bool) {
-		if e := prev(yield); e != nil {
-			err = e
-		}
-	})
-	return &prevCursor{next: next, stop: stop, err: &err}
+	c := &prevCursor{}
+	c.next, c.stop = iter.Pull(func(yield func(Chunk) bool) { c.err = prev(yield) })
+	return c
 }
 
 // at returns old chunk k, which must not be before one forgotten, and
@@ -151,8 +147,8 @@ func (c *prevCursor) forget(k int) {
 
 // failed returns the error that ended the list early, if any.
 func (c *prevCursor) failed() error {
-	if *c.err != nil {
-		return fmt.Errorf("chunk: previous chunk list: %w", *c.err)
+	if c.err != nil {
+		return fmt.Errorf("chunk: previous chunk list: %w", c.err)
 	}
 	return nil
 }
@@ -365,21 +361,20 @@ func (x *Incremental) clean(a, b int64) bool {
 // cuts themselves without the old bytes.
 func checkPrev(prev Prev, p Params, stride int64) (int64, Chunk, error) {
 	var (
-		off     int64
-		i       int
-		bad     string
-		last    Chunk // the chunk before the one at hand
-		hasLast bool
+		off  int64
+		i    int // chunks checked
+		last Chunk
+		bad  string
 	)
-	// check checks c, the chunk after last (if any); final says it is the
-	// list's last.
+	// check checks c, the chunk after last; final says it is the list's
+	// last.
 	check := func(c Chunk, final bool) bool {
 		switch {
 		case c.Off != off:
 			bad = fmt.Sprintf("starts at %d, after the chunks before it end at %d", c.Off, off)
 		case c.Len <= 0 || c.Len > math.MaxInt64-off:
 			bad = "has a bad length"
-		case c.Zero && hasLast && last.Zero:
+		case c.Zero && i > 0 && last.Zero:
 			bad = "is a Zero chunk after a Zero chunk"
 		case c.Zero && c.Len%stride != 0 && !final:
 			bad = fmt.Sprintf("is a Zero chunk, not a multiple of the zero stride %d, before the end", stride)
@@ -394,26 +389,24 @@ func checkPrev(prev Prev, p Params, stride int64) (int64, Chunk, error) {
 		}
 		off += c.Len
 		i++
+		last = c
 		return true
 	}
 	// A chunk is checked once the next one shows it is not the last.
 	var pending Chunk
-	havePending := false
+	seen := false
 	err := prev(func(c Chunk) bool {
-		if havePending {
-			if !check(pending, false) {
-				return false
-			}
-			last, hasLast = pending, true
+		if seen && !check(pending, false) {
+			return false
 		}
-		pending, havePending = c, true
+		pending, seen = c, true
 		return true
 	})
 	if err != nil {
 		return 0, Chunk{}, err
 	}
-	if bad == "" && havePending && check(pending, true) {
-		last = pending
+	if bad == "" && seen {
+		check(pending, true)
 	}
 	if bad != "" {
 		return 0, Chunk{}, errors.New(bad)

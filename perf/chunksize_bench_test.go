@@ -96,7 +96,7 @@ func BenchmarkChunkSizeImages(b *testing.B) {
 		{128 << 10, 18, 2 << 20},
 		{64 << 10, 17, 1 << 20},
 		{256 << 10, 20, 4 << 20}, // the default
-		{128 << 10, 17, 2 << 20},
+		{128 << 10, 19, 2 << 20},
 	} {
 		p := chunk.Params{Pol: benchPol, MinSize: c.min, MaxSize: c.max, AverageBits: int(c.avgBits)}
 		b.Run(fmt.Sprintf("min=%dKiB,avg=%dKiB", c.min>>10, (1<<c.avgBits)>>10), func(b *testing.B) {

@@ -331,9 +331,9 @@ const batchSize = 4 << 20
 // needs.
 //
 // Memory: a range, a compressed chunk and a 4 MiB batch of opened chunks
-// per worker; the window's extents
-// and a place per data extent; a record per pack the window reads from,
-// and per shard done without.
+// per worker, kept from window to window; the window's extents and a place
+// per data extent; a record per pack the window reads from, and per shard
+// done without.
 func (p *Plan) WriteTo(ctx context.Context, w io.WriterAt, opts Options) (*Written, error) {
 	return p.write(ctx, w, opts, nil)
 }
@@ -374,12 +374,13 @@ func (p *Plan) write(ctx context.Context, w io.WriterAt, opts Options, zero func
 	// ID before writing it, and an extent never written counts with a zero
 	// ID and fails it.
 	digest := repo.NewVolumeDigest()
+	writers := make([]*packWriter, opts.Workers) // made as first needed, then kept
 	err := p.extents(ctx, func(exts []repo.Extent) error {
 		win, err := newWindow(exts, p.idx)
 		if err != nil {
 			return err
 		}
-		if err := p.writeWindow(ctx, win, w, opts.Workers, prog, done); err != nil {
+		if err := p.writeWindow(ctx, win, w, writers, prog, done); err != nil {
 			return err
 		}
 		for i, e := range exts {
@@ -406,8 +407,9 @@ func (p *Plan) write(ctx context.Context, w io.WriterAt, opts Options, zero func
 }
 
 // writeWindow writes the data extents of win into w, a pack per worker at
-// a time, and hands done what each pack cost.
-func (p *Plan) writeWindow(ctx context.Context, win *window, w io.WriterAt, workers int, prog *Progress, done func([]repo.ShardProblem, int64)) error {
+// a time, and hands done what each pack cost. writers holds a worker's
+// packWriter per slot, made when the slot is first used.
+func (p *Plan) writeWindow(ctx context.Context, win *window, w io.WriterAt, writers []*packWriter, prog *Progress, done func([]repo.ShardProblem, int64)) error {
 	g, gctx := errgroup.WithContext(ctx)
 	packs := make(chan *packPlaces)
 	g.Go(func() error {
@@ -421,10 +423,14 @@ func (p *Plan) writeWindow(ctx context.Context, win *window, w io.WriterAt, work
 		}
 		return nil
 	})
-	for range min(workers, len(win.packs)) {
-		g.Go(func() error {
-			wk := &packWriter{r: p.r, win: win, w: w, prog: prog, o: p.r.Codec.NewOpener(0),
+	for i := range min(len(writers), len(win.packs)) {
+		if writers[i] == nil {
+			writers[i] = &packWriter{r: p.r, w: w, prog: prog, o: p.r.Codec.NewOpener(0),
 				batch: make([]byte, 0, max(batchSize, int(p.r.Config.Chunking().MaxSize)))}
+		}
+		wk := writers[i]
+		wk.win = win
+		g.Go(func() error {
 			for pp := range packs {
 				problems, fetched, err := wk.restore(gctx, pp)
 				if err != nil {
