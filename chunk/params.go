@@ -3,6 +3,9 @@ package chunk
 import (
 	"fmt"
 	"io"
+	"math/bits"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/restic/chunker"
@@ -29,6 +32,38 @@ type Params struct {
 // max 4 MiB) with the repository's polynomial.
 func DefaultParams(pol chunker.Pol) Params {
 	return Params{Pol: pol, MinSize: 256 << 10, MaxSize: 4 << 20, AverageBits: 20}
+}
+
+// ParseAverage parses an average chunk size for ParamsForAverage: a power
+// of two from 4K to 8M ("128K", "1M", or bytes). It returns its log2.
+func ParseAverage(s string) (int, error) {
+	n, unit := s, int64(1)
+	switch {
+	case strings.HasSuffix(strings.ToUpper(s), "K"):
+		n, unit = s[:len(s)-1], 1<<10
+	case strings.HasSuffix(strings.ToUpper(s), "M"):
+		n, unit = s[:len(s)-1], 1<<20
+	}
+	v, err := strconv.ParseInt(n, 10, 64)
+	if err != nil || v <= 0 || v > 1<<30 {
+		return 0, fmt.Errorf("%q is not a size such as 128K or 1M", s)
+	}
+	v *= unit
+	if v&(v-1) != 0 || v < 4<<10 || v > 8<<20 {
+		return 0, fmt.Errorf("%s: want a power of two from 4K to 8M", s)
+	}
+	return bits.TrailingZeros64(uint64(v)), nil
+}
+
+// ParamsForAverage returns chunk sizes around an average of 2^bits bytes
+// beyond the minimum: min half of it, max eight times it. bits must be 12
+// to 23 (4 KiB to 8 MiB).
+func ParamsForAverage(pol chunker.Pol, bits int) (Params, error) {
+	if bits < 12 || bits > 23 {
+		return Params{}, fmt.Errorf("chunk size 2^%d bytes: want 4 KiB to 8 MiB", bits)
+	}
+	avg := uint(1) << bits
+	return Params{Pol: pol, MinSize: avg / 2, MaxSize: avg * 8, AverageBits: bits}, nil
 }
 
 // Validate reports whether restic/chunker can run with p and produce

@@ -148,7 +148,7 @@ func BenchmarkIncrementalCSI(b *testing.B) {
 	}
 	var full, inc, reread csiBackup
 	for i := 1; b.Loop(); i++ {
-		r := newRepo(b, stores(b), chunk.DefaultParams(benchPol), erasure.Scheme{K: 2, M: 1})
+		r := newRepo(b, stores(b), benchParams(b), erasure.Scheme{K: 2, M: 1})
 		full = run("full", r, s1, func() backup.Options { return backup.Options{Holes: holesOf(s1)} })
 		parent, err := r.FindSnapshot(ctx, full.sum.SnapshotID, "")
 		if err != nil {

@@ -20,6 +20,25 @@ var (
 	fastKDF  = crypt.KDFParams{N: 1024, R: 8, P: 1}
 )
 
+// benchParams returns the chunk sizes of the changed-block benchmark:
+// Ferry's default, or those of FERRY_BENCH_CHUNK_SIZE (an average, as
+// ferry init --chunk-size takes it; go run ./perf/compare -chunk-size).
+func benchParams(b testing.TB) chunk.Params {
+	s := os.Getenv("FERRY_BENCH_CHUNK_SIZE")
+	if s == "" {
+		return chunk.DefaultParams(benchPol)
+	}
+	bits, err := chunk.ParseAverage(s)
+	if err != nil {
+		b.Fatalf("FERRY_BENCH_CHUNK_SIZE: %v", err)
+	}
+	p, err := chunk.ParamsForAverage(benchPol, bits)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p
+}
+
 // memStores returns n in-memory targets.
 func memStores(n int) func(testing.TB) []objstore.Store {
 	return func(testing.TB) []objstore.Store {

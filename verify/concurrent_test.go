@@ -180,7 +180,7 @@ func (h listHook) List(ctx context.Context, prefix string, fn func(objstore.Info
 func TestVerifyDuringCommit(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	prefixes := []string{"keys/", "snapshots/", "extents/", "index/", "data/"}
+	prefixes := []string{"keys/", "snapshots/", "index/", "data/"}
 	for i, prefix := range prefixes {
 		img := filepath.Join(t.TempDir(), "new.img")
 		if err := volume.Write(img, volume.Spec{Size: 4 << 20, DataFrac: 0.5, Seed: uint64(30 + i)}); err != nil {

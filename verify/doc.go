@@ -3,38 +3,43 @@
 //
 // Three levels, each a superset of the cost of the one before:
 //
-//   - Structural (always): lists config, keys/, snapshots/, extents/, index/
-//     and data/ on every target (in that order, each prefix on all targets
+//   - Structural (always): lists config, keys/, snapshots/, index/ and
+//     data/ on every target (in that order, each prefix on all targets
 //     before the next: the reverse of a backup's commit order, so a backup
-//     running meanwhile shows up as unreferenced segments and shards at
-//     worst), reads every target's copy of every key object, index object,
-//     manifest and segment a manifest names, and its config (a copy that
-//     differs from the authenticated one is corrupt; a segment must also
-//     hold the extents its manifest says; with Options.Password, key objects
-//     must open with it to the repository's master key), and checks manifest
-//     -> index -> pack -> shards: every chunk a manifest names is in the
+//     running meanwhile shows up as unreferenced shards at worst), reads
+//     every target's copy of every key object, index object and manifest,
+//     and its config (a copy that differs from the authenticated one is
+//     corrupt; with Options.Password, key objects must open with it to the
+//     repository's master key), and checks manifest -> index -> pack ->
+//     shards: every segment of a segmented snapshot's extents (a blob in a
+//     pack, as a chunk is) and every chunk its extents name is in the
 //     index, every pack the index names has all k+m shard objects on their
 //     targets with the size the pack length implies (64-byte header +
 //     ceil(packLen/k)), and every replicated object (config, keys, index
-//     objects, manifests, the segments they name) is on every target (one
-//     that a listing lacks is looked up again, since a backup may have been
-//     writing it). Segments no manifest names are reported as garbage for
-//     prune. Then the checksum pass (unless SizesOnly): every shard of the
-//     right size is looked up with Stat, StatWorkers per target at once, and
-//     the CRC32C the store keeps is compared with the one the index
-//     recorded; a mismatch is a corrupt shard, found without a download.
-//     Shards of packs indexed without CRCs (index version 1), or that the
-//     store keeps no checksum for, are checked by size only and counted
-//     (Report.Shards). Shards of packs no index knows are reported as
-//     unreferenced (garbage for prune, or a backup still running), unless a
-//     manifest needs chunks the index lost: then their pack headers are read
-//     to tell a rebuildable index from lost data. Cost: one LIST per prefix
-//     and target (about one request per 1000 objects), the index, manifests
-//     and segments from every target (T times about 45 bytes per chunk
-//     indexed plus 40 per chunk of each snapshot; a segmented snapshot's
-//     segments once more from one target, twice where a loss must be
-//     attributed), and one HEAD per shard (Report.HeadRequests); no shard
-//     data is downloaded.
+//     objects, manifests) is on every target (one that a listing lacks is
+//     looked up again, since a backup may have been writing it). A
+//     segmented snapshot's segments are read from their packs (the blob's
+//     range, or the whole pack rebuilt from any k shards) and must hold the
+//     extents the manifest says; one that cannot be read loses its
+//     snapshot. Then the checksum pass (unless SizesOnly): every shard of
+//     the right size is looked up with Stat, StatWorkers per target at
+//     once, and the CRC32C the store keeps is compared with the one the
+//     index recorded; a mismatch is a corrupt shard, found without a
+//     download. Shards of packs indexed without CRCs (index version 1), or
+//     that the store keeps no checksum for, are checked by size only and
+//     counted (Report.Shards). Shards of packs no index knows are reported
+//     as unreferenced (garbage for prune, or a backup still running),
+//     unless a snapshot needs segments or chunks the index lost: then their
+//     pack headers are read to tell a rebuildable index from lost data
+//     (twice when both segments and chunks are lost: a snapshot's chunks are
+//     known once its segments are read). Cost: one LIST per prefix and
+//     target (about one request per 1000 objects), the index and manifests
+//     from every target (T times about 45 bytes per chunk or segment
+//     indexed plus 40 per chunk of each snapshot that keeps its extents in
+//     its manifest), a segmented snapshot's segments (40 bytes per chunk)
+//     from their packs once, twice where a loss must be attributed, and one
+//     HEAD per shard (Report.HeadRequests); no other shard data is
+//     downloaded.
 //   - Read data (ReadDataPercent N): downloads every shard of N% of the
 //     packs the index knows and checks each shard's header and CRC-32C, the
 //     decoded pack against its ID, the pack header, that the index agrees
@@ -56,14 +61,14 @@
 //
 // Manifests, index objects and packs that a deletion record names (a
 // forget or prune at work, or interrupted) are not checked; problems that
-// a forget or prune running meanwhile explains (a record names the object,
-// or the manifest naming a segment, by the end, or no target has it any
-// more) are dropped.
+// a forget or prune running meanwhile explains (a record names the object
+// or pack by the end, or no target has it any more) are dropped, and so is
+// a snapshot forgotten meanwhile whose segments can no longer be read.
 //
 // Every problem is classified: Notice (harmless, such as garbage shards),
 // Degraded (repairable: every pack still has at least k intact shards, lost
 // index objects can be rebuilt from pack headers, replicated objects survive
 // on some target) or DataLost (a pack with fewer than k intact shards, a
-// corrupt blob, a manifest or a segment one names that no target can
-// give). Data loss names the snapshots it affects.
+// corrupt blob, a manifest that no target can give, a segment of one that
+// cannot be read). Data loss names the snapshots it affects.
 package verify

@@ -54,11 +54,11 @@ func (s Severity) MarshalText() ([]byte, error) { return []byte(s.String()), nil
 // Problem kinds.
 const (
 	KindTargetUnavailable    = "target-unavailable"
-	KindObjectMissing        = "object-missing"   // a replicated object (config, keys, index, manifest, segment) absent from a target
+	KindObjectMissing        = "object-missing"   // a replicated object (config, keys, index, manifest) absent from a target
 	KindObjectCorrupt        = "object-corrupt"   // a target's copy of a replicated object differs from the good copy, or does not open
 	KindObjectForeign        = "object-foreign"   // a key object no target has a valid copy of, or one that opens to another master key
 	KindIndexUnreadable      = "index-unreadable" // no target has a valid copy of an object under index/
-	KindSnapshotLost         = "snapshot-lost"    // no target has a valid copy of an object under snapshots/, or of a segment a manifest names
+	KindSnapshotLost         = "snapshot-lost"    // no target has a valid copy of an object under snapshots/, or a segment of its extents cannot be read
 	KindShardMissing         = "shard-missing"
 	KindShardSize            = "shard-size"            // listed size differs from header + ceil(packLen/k)
 	KindShardCorrupt         = "shard-corrupt"         // the store's CRC32C differs from the index's, or a downloaded shard fails its checks
@@ -68,12 +68,11 @@ const (
 	KindPackCorrupt          = "pack-corrupt"          // decoded pack does not hash to its ID, or its header does not open
 	KindBlobCorrupt          = "blob-corrupt"          // a blob does not decrypt or hash to its chunk ID
 	KindIndexMismatch        = "index-mismatch"        // the index disagrees with the pack header
-	KindChunkUnindexed       = "chunk-unindexed"       // a manifest's chunk the index does not know
+	KindChunkUnindexed       = "chunk-unindexed"       // a snapshot's chunk or segment the index does not know
 	KindUnreferencedPack     = "unreferenced-pack"     // shards of a pack no index knows
-	KindUnreferencedSegment  = "unreferenced-segment"  // a segment (extents/) no manifest names
 	KindStrayObject          = "stray-object"          // an object under data/ that is no shard of this layout
 	KindDrillFailed          = "drill-failed"          // a drill found the snapshot unrestorable
-	KindIndexRebuildable     = "index-rebuildable"     // chunks missing from the index were found in pack headers
+	KindIndexRebuildable     = "index-rebuildable"     // chunks or segments missing from the index were found in pack headers
 	KindSnapshotUnrestorable = "snapshot-unrestorable" // a snapshot that needs lost data
 )
 
@@ -189,7 +188,7 @@ type Report struct {
 	IndexObjs int            `json:"index_objects"`
 	Packs     int            `json:"packs"`    // known to the index
 	Chunks    int            `json:"chunks"`   // distinct chunks the manifests reference
-	Segments  int            `json:"segments"` // segments the manifests name
+	Segments  int            `json:"segments"` // distinct segments the manifests name (blobs in packs, as chunks are)
 	Shards    ShardChecks    `json:"shard_checks"`
 	// HeadRequests counts the Stat requests made (S3 HEAD): one per shard
 	// in the checksum pass, one per replicated object a listing lacked.

@@ -95,10 +95,11 @@ func Run(ctx context.Context, r *repo.Repo, opts Options) (*Report, error) {
 
 // checker holds what one verification learned. Maps are keyed by pack and
 // hold small values: memory is about 200 + 12(k+m) bytes per pack, plus the
-// index (88 to 121 bytes per chunk) and the extents of every manifest that
-// holds its own (56 bytes per chunk of each, kept to name the snapshots a
-// loss affects); a segmented snapshot's extents are read again when needed,
-// a segment at a time (see extents).
+// index (88 to 121 bytes per chunk or segment) and the extents of every
+// manifest that holds its own (56 bytes per chunk of each, kept to name the
+// snapshots a loss affects); a segmented snapshot's extents are read from
+// their packs when needed, a segment at a time (see extents), and its
+// manifest holds 40 bytes per segment.
 type checker struct {
 	r       *repo.Repo
 	rep     *Report
@@ -111,18 +112,23 @@ type checker struct {
 	idx       *repo.Index
 	entries   map[pack.ID][]pack.Entry // from the index objects
 	crcs      map[pack.ID][]uint32     // shard CRCs the index recorded (none for version 1 index objects)
-	packLen   map[pack.ID]int64        // packs that should have shards: indexed, or recovered for missing chunks
-	recovered map[chunk.ID]pack.ID     // chunks the index lacks, found in pack headers
+	packLen   map[pack.ID]int64        // packs that should have shards: indexed, or recovered for missing blobs
+	recovered map[chunk.ID]found       // chunks and segments the index lacks, found in pack headers
 	snaps     []*repo.Snapshot
-	owner     map[string]string    // segment ("extents/<id>") -> the manifest naming it ("snapshots/<id>")
-	unindexed int                  // chunks the manifests name that the index lacks
+	unindexed int                  // chunks and segments the snapshots need that the index lacks
 	lost      map[pack.ID]string   // packs with fewer than k intact shards (or bad content), and why
-	badChunks map[chunk.ID]string  // chunks whose blob failed the deep check
+	badChunks map[chunk.ID]string  // blobs (chunks, segments) that failed the deep check
 	reported  map[shardKey]bool    // shard problems already reported
 	shards    map[pack.ID][]int64  // listed size of shard i on its target, -1 if absent
 	stray     map[pack.ID]struct{} // packs with shards but in no index
 	statBad   map[shardKey]statBad // shards the checksum pass found bad
 	gone      *repo.Deleting       // what deletion records named after the listings
+}
+
+// found is where a pack header says a blob the index lacks is.
+type found struct {
+	pack  pack.ID
+	entry pack.Entry
 }
 
 // statBad is what the checksum pass found wrong with one shard.
@@ -142,7 +148,6 @@ type listing struct {
 	keys      map[string]int64
 	index     map[string]int64
 	snapshots map[string]int64
-	segments  map[string]int64
 	shards    int
 	bytes     int64
 }
@@ -152,8 +157,8 @@ func newChecker(r *repo.Repo) *checker {
 	return &checker{
 		r: r, k: s.K, n: s.Shards(), T: len(r.Targets),
 		rep:     &Report{RepoID: r.Config.ID, Scheme: s.String(), Started: time.Now().UTC(), Problems: []Problem{}},
-		entries: map[pack.ID][]pack.Entry{}, packLen: map[pack.ID]int64{}, recovered: map[chunk.ID]pack.ID{},
-		crcs: map[pack.ID][]uint32{}, owner: map[string]string{}, lost: map[pack.ID]string{}, badChunks: map[chunk.ID]string{}, reported: map[shardKey]bool{},
+		entries: map[pack.ID][]pack.Entry{}, packLen: map[pack.ID]int64{}, recovered: map[chunk.ID]found{},
+		crcs: map[pack.ID][]uint32{}, lost: map[pack.ID]string{}, badChunks: map[chunk.ID]string{}, reported: map[shardKey]bool{},
 		shards: map[pack.ID][]int64{}, stray: map[pack.ID]struct{}{}, statBad: map[shardKey]statBad{},
 	}
 }
@@ -183,9 +188,6 @@ func (c *checker) structural(ctx context.Context, opts Options) error {
 	if err := c.loadSnapshots(ctx, opts.Workers); err != nil {
 		return err
 	}
-	if err := c.checkSegments(ctx, opts.Workers); err != nil {
-		return err
-	}
 	if err := c.recoverUnindexed(ctx); err != nil {
 		return err
 	}
@@ -199,22 +201,22 @@ func (c *checker) structural(ctx context.Context, opts Options) error {
 }
 
 // list lists what every target holds, in phases: config and keys/, then
-// snapshots/, then extents/, then index/, then data/, each phase on all
-// targets at once and finished everywhere before the next starts. That is
-// the reverse of a backup's commit order (shards, index objects, segments,
-// manifest, each written to every target before the next), so a backup
-// running meanwhile cannot make the listings contradict each other:
-// whatever a listed manifest needs was on every target before it and is
-// listed after it. What the backup writes meanwhile is at worst
-// unreferenced, or a replicated object some target does not list yet
-// (checkReplicas looks again).
+// snapshots/, then index/, then data/, each phase on all targets at once
+// and finished everywhere before the next starts. That is the reverse of a
+// backup's commit order (shards, index objects, manifest, each written to
+// every target before the next; a snapshot's segments are in packs, as its
+// chunks are), so a backup running meanwhile cannot make the listings
+// contradict each other: whatever a listed manifest needs was on every
+// target before it and is listed after it. What the backup writes
+// meanwhile is at worst unreferenced, or a replicated object some target
+// does not list yet (checkReplicas looks again).
 func (c *checker) list(ctx context.Context) error {
 	c.listings = make([]*listing, c.T)
 	for i := range c.listings {
-		c.listings[i] = &listing{keys: map[string]int64{}, index: map[string]int64{}, snapshots: map[string]int64{}, segments: map[string]int64{}}
+		c.listings[i] = &listing{keys: map[string]int64{}, index: map[string]int64{}, snapshots: map[string]int64{}}
 	}
 	var mu sync.Mutex // guards c.shards
-	phases := [][]string{{"config", "keys/"}, {"snapshots/"}, {"extents/"}, {"index/"}, {"data/"}}
+	phases := [][]string{{"config", "keys/"}, {"snapshots/"}, {"index/"}, {"data/"}}
 	for _, phase := range phases {
 		g, gctx := errgroup.WithContext(ctx)
 		for _, t := range c.r.Targets {
@@ -284,8 +286,6 @@ func (c *checker) record(t *repo.Target, l *listing, prefix string, i objstore.I
 		l.keys[name] = i.Size
 	case "snapshots/":
 		l.snapshots[name] = i.Size
-	case "extents/":
-		l.segments[name] = i.Size
 	case "index/":
 		l.index[name] = i.Size
 	case "data/":
@@ -346,10 +346,8 @@ func (c *checker) dropDeleting(ctx context.Context) error {
 
 // settle drops the problems that a forget or prune running meanwhile
 // explains: those about objects and packs that a deletion record names
-// now, about manifests and index objects that no target has any more
-// (deleted since they were listed), and about the segments of such
-// manifests (a prune deletes the segments of a forgotten snapshot). Only
-// then is a problem damage.
+// now, and about manifests and index objects that no target has any more
+// (deleted since they were listed). Only then is a problem damage.
 func (c *checker) settle(ctx context.Context) error {
 	if c.rep.Status < Degraded {
 		return nil
@@ -360,21 +358,19 @@ func (c *checker) settle(ctx context.Context) error {
 	}
 	vanished := map[string]bool{}
 	for _, p := range c.rep.Problems {
-		object := c.subject(p.Object)
-		dir, _, _ := strings.Cut(object, "/")
-		if (dir != "snapshots" && dir != "index") || gone.Objects[object] {
+		dir, _, _ := strings.Cut(p.Object, "/")
+		if (dir != "snapshots" && dir != "index") || gone.Objects[p.Object] {
 			continue
 		}
-		if _, seen := vanished[object]; seen {
+		if _, seen := vanished[p.Object]; seen {
 			continue
 		}
-		vanished[object] = c.vanished(ctx, object)
+		vanished[p.Object] = c.vanished(ctx, p.Object)
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 	explained := func(object, packID string) bool {
-		object = c.subject(object)
 		if gone.Objects[object] || vanished[object] {
 			return true
 		}
@@ -397,15 +393,6 @@ func (c *checker) settle(ctx context.Context) error {
 	return nil
 }
 
-// subject is what a problem about object depends on: for a segment, the
-// manifest that names it; else the object itself.
-func (c *checker) subject(object string) string {
-	if m, ok := c.owner[object]; ok {
-		return m
-	}
-	return object
-}
-
 // vanished reports whether no target holds name any more (a Stat on each).
 func (c *checker) vanished(ctx context.Context, name string) bool {
 	for t := range c.T {
@@ -423,7 +410,7 @@ type miss struct {
 }
 
 // checkReplicas reports replicated objects that some reachable target
-// lacks (segments: see checkSegments).
+// lacks.
 func (c *checker) checkReplicas(ctx context.Context, workers int) error {
 	var missing []miss
 	for t, l := range c.listings {
@@ -511,10 +498,10 @@ func (c *checker) stat(ctx context.Context, t int, name string) (objstore.Info, 
 // nothing and returns, one per copy, what was wrong with it, for the
 // caller to report the object as a whole.
 //
-// Every copy is downloaded: a verify reads each index object, manifest
-// and segment once from every target that lists it (T times the metadata,
-// which is small next to the data: about 45 bytes per chunk in index
-// objects and 40 per chunk of each snapshot in manifests or segments).
+// Every copy is downloaded: a verify reads each index object and manifest
+// once from every target that lists it (T times the metadata, which is
+// small next to the data: about 45 bytes per chunk in index objects and 40
+// per chunk of each snapshot that keeps its extents in its manifest).
 func (c *checker) fetchReplicated(ctx context.Context, dir, id string, sizes func(*listing) map[string]int64, open func([]byte) error) (bool, []string, error) {
 	type badCopy struct {
 		target int
@@ -742,130 +729,37 @@ func (c *checker) loadSnapshots(ctx context.Context, workers int) error {
 	return nil
 }
 
-// checkSegments checks the segments that the manifests name (listed after
-// the manifests, so every one was on every target by then, bar a forget
-// and prune meanwhile: see settle): each must be on every reachable target
-// (a copy a listing lacks is looked for once more) and every copy must be
-// the one named and hold the extents the manifest says, or it is
-// repairable damage. A segment no target has a valid copy of loses its
-// snapshot, which the later checks then leave out. Segments that no
-// manifest names are garbage.
-func (c *checker) checkSegments(ctx context.Context, workers int) error {
-	type use struct {
-		s   *repo.Snapshot
-		i   int   // the segment's place in the manifest
-		off int64 // of its first extent
-	}
-	named := map[string]use{} // by ID
-	for _, s := range c.snaps {
-		var off int64
-		for i, sg := range s.Segments {
-			named[strings.TrimPrefix(sg.Name(), "extents/")] = use{s, i, off}
-			c.owner[sg.Name()] = "snapshots/" + s.ID
-			off += sg.Len
-		}
-	}
-	c.rep.Segments = len(named)
-	segments := func(l *listing) map[string]int64 { return l.segments }
-	ids := slices.Sorted(maps.Keys(named))
-	var missing []miss
-	for t, l := range c.listings {
-		if l.err != nil {
-			continue
-		}
-		for _, id := range ids {
-			if _, ok := l.segments[id]; !ok {
-				missing = append(missing, miss{t, "extents/" + id})
-			}
-		}
-	}
-	if err := c.reportMissing(ctx, workers, missing); err != nil {
-		return err
-	}
-	lost := map[*repo.Snapshot][]string{}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(workers)
-	for _, id := range ids {
-		u := named[id]
-		sg := u.s.Segments[u.i]
-		g.Go(func() error {
-			ok, why, err := c.fetchReplicated(gctx, "extents/", id, segments, func(b []byte) error {
-				_, err := c.r.OpenSegment(sg, u.off, b)
-				return err
-			})
-			if err != nil || ok {
-				return err
-			}
-			if len(why) == 0 {
-				why = []string{"on no target"}
-			}
-			c.dropMissing(sg.Name())
-			c.add(Problem{Severity: DataLost, Kind: KindSnapshotLost, Object: sg.Name(),
-				Detail: fmt.Sprintf("segment %d of %d of snapshot %s: no target has a valid copy (%s); the snapshot cannot be restored, and prune deletes nothing until it is forgotten",
-					u.i+1, len(u.s.Segments), refOf(u.s), strings.Join(why, "; "))})
-			c.mu.Lock()
-			lost[u.s] = append(lost[u.s], fmt.Sprintf("segment %d of %d (%s) unreadable on every target", u.i+1, len(u.s.Segments), sg.Name()))
-			c.mu.Unlock()
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	c.snaps = slices.DeleteFunc(c.snaps, func(s *repo.Snapshot) bool {
-		why, bad := lost[s]
-		if bad {
-			ref := refOf(s)
-			slices.Sort(why)
-			ref.Why = firstDistinct(why, 5)
-			c.rep.Lost = append(c.rep.Lost, ref)
-		}
-		return bad
-	})
-	for _, id := range c.names(segments) {
-		if _, ok := named[id]; !ok {
-			c.add(Problem{Severity: Notice, Kind: KindUnreferencedSegment, Object: "extents/" + id,
-				Detail: "a segment no manifest names: a backup still running, or garbage of one that failed or of a forgotten snapshot (prune deletes it)"})
-		}
-	}
-	return nil
-}
-
-// extents calls fn with the extents of snapshot s: those its manifest
-// holds, or a segmented snapshot's a segment at a time, read again
-// (checkSegments checked every copy) rather than kept, so that memory
-// holds one segment's extents, not every snapshot's. It returns false for
-// a snapshot forgotten since it was listed, whose segments a prune may
-// have deleted meanwhile; fn may have had some of its extents by then.
-func (c *checker) extents(ctx context.Context, s *repo.Snapshot, fn func([]repo.Extent)) (bool, error) {
-	err := c.r.Extents(ctx, s, func(exts []repo.Extent) error {
-		fn(exts)
-		return nil
-	})
-	switch {
-	case err == nil:
-		return true, nil
-	case ctx.Err() != nil:
-		return false, ctx.Err()
-	}
-	gone, derr := c.r.Deleting(ctx)
-	if derr != nil {
-		return false, derr
-	}
-	if name := "snapshots/" + s.ID; gone.Objects[name] || c.vanished(ctx, name) {
-		return false, ctx.Err()
-	}
-	return false, fmt.Errorf("read the extents again: %w", err)
-}
-
-// recoverUnindexed looks for the chunks that manifests name and the index
-// lacks in the headers of packs no index knows (an index object lost from
-// every target). Only then does the structural level read pack data.
+// recoverUnindexed gathers what the snapshots need, the segments of their
+// extents and the chunks those name, and looks for what the index lacks in
+// the headers of packs no index knows (an index object lost from every
+// target): segments first, since a snapshot's chunks are known only once
+// its segments are read, perhaps from such a pack. Only then does the
+// structural level read pack data. A snapshot that a lost segment makes
+// unreadable is reported lost and left out of the later checks.
 func (c *checker) recoverUnindexed(ctx context.Context) error {
-	missing := map[chunk.ID]bool{}
-	chunks := map[chunk.ID]bool{}
+	for id := range c.shards {
+		if _, ok := c.packLen[id]; !ok {
+			c.stray[id] = struct{}{}
+		}
+	}
+	strays := slices.SortedFunc(maps.Keys(c.stray), comparePacks)
+	segments, missingSegs := map[chunk.ID]bool{}, map[chunk.ID]bool{}
 	for _, s := range c.snaps {
-		_, err := c.extents(ctx, s, func(exts []repo.Extent) {
+		for _, sg := range s.Segments {
+			segments[sg.ID] = true
+			if !c.idx.Has(sg.ID) {
+				missingSegs[sg.ID] = true
+			}
+		}
+	}
+	c.rep.Segments = len(segments)
+	if err := c.findUnindexed(ctx, strays, missingSegs); err != nil {
+		return err
+	}
+	chunks, missing := map[chunk.ID]bool{}, map[chunk.ID]bool{}
+	readable := c.snaps[:0]
+	for _, s := range c.snaps {
+		ok, err := c.extents(ctx, s, func(exts []repo.Extent) {
 			for _, e := range exts {
 				if e.Zero {
 					continue
@@ -879,56 +773,129 @@ func (c *checker) recoverUnindexed(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-	}
-	c.rep.Chunks = len(chunks)
-	c.unindexed = len(missing)
-	for id := range c.shards {
-		if _, ok := c.packLen[id]; !ok {
-			c.stray[id] = struct{}{}
+		if ok {
+			readable = append(readable, s)
 		}
 	}
+	c.snaps = readable
+	c.rep.Chunks = len(chunks)
+	c.unindexed = len(missingSegs) + len(missing)
+	return c.findUnindexed(ctx, strays, missing)
+}
+
+// findUnindexed reads the packs in strays, which no index knows, and
+// records where their headers say the blobs in missing are. A pack that
+// holds one is no garbage but a pack whose index was lost: repair rebuilds
+// it from the header.
+func (c *checker) findUnindexed(ctx context.Context, strays []pack.ID, missing map[chunk.ID]bool) error {
 	if len(missing) == 0 {
 		return nil
 	}
-	for _, id := range slices.SortedFunc(func(yield func(pack.ID) bool) {
-		for id := range c.stray {
-			if !yield(id) {
-				return
-			}
-		}
-	}, func(a, b pack.ID) int { return slices.Compare(a[:], b[:]) }) {
+	for _, id := range strays {
 		p, _, err := c.r.ReadPack(ctx, id)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if err != nil {
-			continue // not readable: it stays garbage, and its chunks stay missing
+			continue // not readable: it stays garbage, and its blobs stay missing
 		}
 		entries, err := c.r.Codec.ParseHeader(p)
 		if err != nil {
 			continue
 		}
-		found := false
+		holds := false
 		for _, e := range entries {
 			if missing[e.ID] {
-				c.recovered[e.ID] = id
-				found = true
+				c.recovered[e.ID] = found{id, e}
+				holds = true
 			}
 		}
-		if found {
+		if _, stray := c.stray[id]; holds && stray {
 			delete(c.stray, id)
 			c.packLen[id] = int64(len(p))
 			c.add(Problem{Severity: Degraded, Kind: KindIndexRebuildable, Pack: id.String(),
-				Detail: "holds chunks the index lost; repair rebuilds the index from its header"})
+				Detail: "holds chunks or segments of snapshots' extents that the index lost; repair rebuilds the index from its header"})
 		}
 	}
 	return nil
 }
 
+// extents calls fn with the extents of snapshot s: those its manifest
+// holds, or a segmented snapshot's a segment at a time, each read from its
+// pack and not kept, so that memory holds one segment's extents, not every
+// snapshot's. It returns false, fn having had some extents perhaps, for a
+// snapshot whose segments it cannot read: one forgotten since it was
+// listed (a prune may have deleted its segments meanwhile), or one with a
+// segment lost, which it reports.
+func (c *checker) extents(ctx context.Context, s *repo.Snapshot, fn func([]repo.Extent)) (bool, error) {
+	if s.Segments == nil {
+		fn(s.Extents)
+		return true, nil
+	}
+	var off int64
+	for i, sg := range s.Segments {
+		exts, err := c.readSegment(ctx, sg, off)
+		if err != nil {
+			return false, c.unreadable(ctx, s, fmt.Errorf("segment %d of %d (%s): %w", i+1, len(s.Segments), sg.ID.Short(), err))
+		}
+		fn(exts)
+		off += sg.Len
+	}
+	return true, nil
+}
+
+// readSegment reads segment sg, whose first extent is at off, from the
+// pack that this verification's index, or a pack header for a segment the
+// index lost, says holds it: the blob's range, or, when that does not
+// authenticate, the whole pack, rebuilt from any k intact shards. A
+// segment it cannot read so is lost (repo.ErrSegmentLost); damage short of
+// that is for the shard checks to report.
+func (c *checker) readSegment(ctx context.Context, sg repo.Segment, off int64) ([]repo.Extent, error) {
+	p, e, ok := c.idx.Lookup(sg.ID)
+	if !ok {
+		f, ok := c.recovered[sg.ID]
+		if !ok {
+			return nil, fmt.Errorf("%w: in no index object and no pack header", repo.ErrSegmentLost)
+		}
+		p, e = repo.PackInfo{ID: f.pack, Length: c.packLen[f.pack]}, f.entry
+	}
+	return c.r.ReadSegmentFrom(ctx, sg, off, p, e)
+}
+
+// unreadable handles err, which kept the extents of snapshot s from being
+// read. A snapshot forgotten since it was listed is no concern; one with a
+// segment lost is reported lost (err says which segment). Any other error
+// is returned: the check could not be done.
+func (c *checker) unreadable(ctx context.Context, s *repo.Snapshot, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	gone, derr := c.r.Deleting(ctx)
+	if derr != nil {
+		return derr
+	}
+	if name := "snapshots/" + s.ID; gone.Objects[name] || c.vanished(ctx, name) {
+		return ctx.Err()
+	}
+	if !errors.Is(err, repo.ErrSegmentLost) {
+		return fmt.Errorf("read the extents of snapshot %s: %w", s.ID, err)
+	}
+	ref := refOf(s)
+	ref.Why = []string{err.Error()}
+	c.add(Problem{Severity: DataLost, Kind: KindSnapshotLost, Object: "snapshots/" + s.ID,
+		Detail: fmt.Sprintf("snapshot %s cannot be restored: %v; prune deletes nothing until it is forgotten", ref, err)})
+	c.mu.Lock()
+	c.rep.Lost = append(c.rep.Lost, ref)
+	c.mu.Unlock()
+	return nil
+}
+
 // sortedPacks returns the packs that should have shards, in ID order.
 func (c *checker) sortedPacks() []pack.ID {
-	return slices.SortedFunc(maps.Keys(c.packLen), func(a, b pack.ID) int { return slices.Compare(a[:], b[:]) })
+	return slices.SortedFunc(maps.Keys(c.packLen), comparePacks)
 }
+
+func comparePacks(a, b pack.ID) int { return bytes.Compare(a[:], b[:]) }
 
 // shardSize is the size of every shard object of a pack of packLen bytes.
 func (c *checker) shardSize(packLen int64) int64 {
@@ -1107,41 +1074,63 @@ func (c *checker) markLost(id pack.ID, kind, why string) {
 	c.rep.add(Problem{Severity: DataLost, Kind: kind, Pack: id.String(), Detail: why})
 }
 
-// attribute names the snapshots that lost data or need repair to restore.
+// attribute names the snapshots that lost data or need repair to restore:
+// those whose segments or chunks are in lost packs, failed the deep check,
+// or are indexed nowhere (or only in a pack header).
 func (c *checker) attribute(ctx context.Context) error {
 	if len(c.lost)+len(c.badChunks)+c.unindexed == 0 {
 		return nil // nothing to name a snapshot for: spare reading the segments again
 	}
 	for _, s := range c.snaps {
 		var lost, fix []string
-		ok, err := c.extents(ctx, s, func(exts []repo.Extent) {
-			for _, e := range exts {
-				if e.Zero {
-					continue
+		type inPack struct{ first, n int } // the segments in a lost pack
+		var packs []string
+		lostPacks := map[string]*inPack{}
+		for i, sg := range s.Segments {
+			switch why, ofPack, rebuild := c.need(sg.ID); {
+			case ofPack:
+				if lostPacks[why] == nil {
+					packs = append(packs, why)
+					lostPacks[why] = &inPack{first: i}
 				}
-				if why, ok := c.badChunks[e.ID]; ok {
-					lost = append(lost, fmt.Sprintf("chunk %s at offset %d: %s", e.ID.Short(), e.Off, why))
-					continue
-				}
-				p, _, ok := c.idx.Lookup(e.ID)
-				pid := p.ID
-				if !ok {
-					if pid, ok = c.recovered[e.ID]; !ok {
-						lost = append(lost, fmt.Sprintf("chunk %s at offset %d is in no index and no pack header", e.ID.Short(), e.Off))
+				lostPacks[why].n++
+			case why != "":
+				lost = append(lost, fmt.Sprintf("segment %d of %d (%s): %s", i+1, len(s.Segments), sg.ID.Short(), why))
+			case rebuild:
+				fix = append(fix, fmt.Sprintf("segment %s needs the index rebuilt", sg.ID.Short()))
+			}
+		}
+		for _, why := range packs {
+			p := lostPacks[why]
+			msg := fmt.Sprintf("%s, with segment %d of %d (%s)", why, p.first+1, len(s.Segments), s.Segments[p.first].ID.Short())
+			if p.n > 1 {
+				msg += fmt.Sprintf(" and %d more", p.n-1)
+			}
+			lost = append(lost, msg)
+		}
+		// With a segment lost, the snapshot is, and its extents may not read.
+		if len(lost) == 0 {
+			ok, err := c.extents(ctx, s, func(exts []repo.Extent) {
+				for _, e := range exts {
+					if e.Zero {
 						continue
 					}
-					fix = append(fix, fmt.Sprintf("chunk %s needs the index rebuilt", e.ID.Short()))
+					switch why, ofPack, rebuild := c.need(e.ID); {
+					case ofPack:
+						lost = append(lost, why)
+					case why != "":
+						lost = append(lost, fmt.Sprintf("chunk %s at offset %d: %s", e.ID.Short(), e.Off, why))
+					case rebuild:
+						fix = append(fix, fmt.Sprintf("chunk %s needs the index rebuilt", e.ID.Short()))
+					}
 				}
-				if _, bad := c.lost[pid]; bad {
-					lost = append(lost, "pack "+pid.Short()+" lost")
-				}
+			})
+			if err != nil {
+				return err
 			}
-		})
-		if err != nil {
-			return err
-		}
-		if !ok {
-			continue
+			if !ok {
+				continue
+			}
 		}
 		if len(lost) > 0 {
 			ref := refOf(s)
@@ -1154,10 +1143,33 @@ func (c *checker) attribute(ctx context.Context) error {
 			ref.Why = firstDistinct(fix, 5)
 			c.rep.NeedRebuild = append(c.rep.NeedRebuild, ref)
 			c.rep.add(Problem{Severity: Degraded, Kind: KindChunkUnindexed, Object: "snapshots/" + s.ID,
-				Detail: fmt.Sprintf("snapshot %s: %d chunk(s) missing from the index, found in pack headers", ref, len(fix))})
+				Detail: fmt.Sprintf("snapshot %s: %d chunk(s) or segment(s) missing from the index, found in pack headers", ref, len(fix))})
 		}
 	}
 	return nil
+}
+
+// need says why blob id, a chunk or a segment that a snapshot needs, is
+// lost ("" if it is not; ofPack when for its pack's sake, the reason then
+// naming the pack alone), and whether the index lost its entry, which
+// repair rebuilds from the header of the pack that holds it.
+func (c *checker) need(id chunk.ID) (why string, ofPack, rebuild bool) {
+	if why, bad := c.badChunks[id]; bad {
+		return why, false, false
+	}
+	p, _, ok := c.idx.Lookup(id)
+	pid := p.ID
+	if !ok {
+		f, ok := c.recovered[id]
+		if !ok {
+			return "in no index and no pack header", false, false
+		}
+		pid, rebuild = f.pack, true
+	}
+	if _, bad := c.lost[pid]; bad {
+		return "pack " + pid.Short() + " lost", true, rebuild
+	}
+	return "", false, rebuild
 }
 
 func firstDistinct(xs []string, n int) []string {

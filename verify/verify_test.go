@@ -156,25 +156,22 @@ func (f *fixture) rewrite(t *testing.T, id pack.ID, i int, change func([]byte) [
 // full-object CRC32C, as current S3 clients send one.
 func (f *fixture) replace(t *testing.T, id pack.ID, i int, change func([]byte) []byte) {
 	t.Helper()
-	ctx := context.Background()
+	cl, key := f.shard(t, id, i)
+	f.putShard(t, id, i, change(f.get(t, cl, key)))
+}
+
+// putShard writes b as shard i of pack id with a full-object CRC32C, as
+// Ferry writes a shard.
+func (f *fixture) putShard(t *testing.T, id pack.ID, i int, b []byte) {
+	t.Helper()
 	srv := f.Servers[i]
 	// minio-go sends a checksum only as an HTTP trailer.
 	cl, err := miniogo.New(srv.Endpoint, &miniogo.Options{Creds: credentials.NewStaticV4(srv.AccessKey, srv.SecretKey, ""), TrailingHeaders: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := "repo/" + repo.ShardName(id, i)
-	obj, err := cl.GetObject(ctx, "ferry", key, miniogo.GetObjectOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(obj); err != nil {
-		t.Fatal(err)
-	}
-	b := change(buf.Bytes())
 	opts := miniogo.PutObjectOptions{Checksum: miniogo.ChecksumCRC32C, DisableMultipart: true}
-	if _, err := cl.PutObject(ctx, "ferry", key, bytes.NewReader(b), int64(len(b)), opts); err != nil {
+	if _, err := cl.PutObject(context.Background(), "ferry", "repo/"+repo.ShardName(id, i), bytes.NewReader(b), int64(len(b)), opts); err != nil {
 		t.Fatal(err)
 	}
 }

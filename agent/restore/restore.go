@@ -230,8 +230,9 @@ func errUnindexed(missing []repo.Extent) error {
 }
 
 // extents calls fn with the snapshot's extents a window at a time: those
-// NewPlan kept, or each segment read from the targets. A segment that no
-// target holds a valid copy of fails with ErrDataLost.
+// NewPlan kept, or each segment read from its pack. A manifest no target
+// holds a valid copy of, or a segment that cannot be read (in no index
+// object, or its pack short of k good shards), fails with ErrDataLost.
 func (p *Plan) extents(ctx context.Context, fn func([]repo.Extent) error) error {
 	if p.held != nil {
 		return fn(p.held)
@@ -241,7 +242,7 @@ func (p *Plan) extents(ctx context.Context, fn func([]repo.Extent) error) error 
 		fnErr = fn(exts)
 		return fnErr
 	})
-	if err != nil && fnErr == nil && (errors.Is(err, objstore.ErrNotFound) || errors.Is(err, repo.ErrNoValidCopy)) {
+	if err != nil && fnErr == nil && (errors.Is(err, objstore.ErrNotFound) || errors.Is(err, repo.ErrNoValidCopy) || errors.Is(err, repo.ErrSegmentLost)) {
 		return fmt.Errorf("%w: %v", ErrDataLost, err)
 	}
 	return err

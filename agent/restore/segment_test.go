@@ -19,8 +19,8 @@ import (
 	"github.com/ferrydr/ferry/transport/repo"
 )
 
-// segmentExtents is the size of the segments the tests back up with: a
-// window of a few chunks, so a pack serves many windows.
+// segmentExtents is the average size of the segments the tests back up
+// with: a window of a few chunks, so a pack serves many windows.
 const segmentExtents = 5
 
 // segmented is a snapshot of a volume whose extents are in segments.
@@ -31,9 +31,9 @@ type segmented struct {
 	want restore.Summary // Packs, BytesWritten, BytesZero, as the snapshot's extents and index say
 }
 
-// setupSegmented backs up, in segments of segmentExtents extents, a 32 MiB
-// volume of data between holes, some of it repeated: the same chunks in
-// windows far apart.
+// setupSegmented backs up, in segments of segmentExtents extents on
+// average, a 32 MiB volume of data between holes, some of it repeated: the
+// same chunks in windows far apart.
 func setupSegmented(t *testing.T) *segmented {
 	t.Helper()
 	c := newRepoCluster(t)
@@ -86,7 +86,12 @@ func setupSegmented(t *testing.T) *segmented {
 	}
 	s := &segmented{cluster: c, img: img, snap: snap}
 	chunks, packs := windows[chunk.ID]{}, windows[pack.ID]{}
+	seg, segEnd := 0, snap.Segments[0].Extents // the window of extent i, where it ends
 	for i, e := range all.Extents {
+		for int64(i) >= segEnd {
+			seg++
+			segEnd += snap.Segments[seg].Extents
+		}
 		if e.Zero {
 			s.want.BytesZero += e.Len
 			continue
@@ -96,8 +101,8 @@ func setupSegmented(t *testing.T) *segmented {
 		if !ok {
 			t.Fatalf("chunk at offset %d not in the index", e.Off)
 		}
-		chunks.add(e.ID, i/segmentExtents)
-		packs.add(info.ID, i/segmentExtents)
+		chunks.add(e.ID, seg)
+		packs.add(info.ID, seg)
 	}
 	s.want.Packs = len(packs)
 	t.Logf("%d extents in %d segments, %d chunks, %d packs", len(all.Extents), len(snap.Segments), len(chunks), len(packs))
@@ -227,49 +232,192 @@ func TestRestoreSegmentedWithTargetServerStopped(t *testing.T) {
 	}
 }
 
-// TestRestoreSegmentDamaged damages the snapshot's segments: copies that do
-// not authenticate on one target are read from another; a segment gone
-// from every target fails the restore before anything is written.
-func TestRestoreSegmentDamaged(t *testing.T) {
-	s := setupSegmented(t)
+// changed is the segmented volume backed up twice, with a few KiB late in
+// the volume changed in between.
+type changed struct {
+	*segmented
+	orig     string           // the volume as s.snap has it; s.img is as snap2 has it
+	snap2    *repo.Snapshot   // the second snapshot
+	new      []repo.Segment   // the second's that the first does not name
+	newPacks map[pack.ID]bool // packs the second backup wrote
+}
+
+func setupChanged(t *testing.T) *changed {
+	t.Helper()
+	s := &changed{segmented: setupSegmented(t), newPacks: map[pack.ID]bool{}}
 	ctx := context.Background()
+	r := s.open(t)
+	r.SegmentExtents = segmentExtents
+	idx, err := r.LoadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	packs1, segs1 := map[pack.ID]bool{}, map[chunk.ID]bool{}
+	for _, p := range idx.Packs() {
+		packs1[p.ID] = true
+	}
 	for _, sg := range s.snap.Segments {
-		name := "repo/" + sg.Name()
-		b := getRaw(t, s.raw(t, 0), name)
-		b[len(b)/2] ^= 0xff
-		if _, err := s.raw(t, 0).PutObject(ctx, "ferry", name, bytes.NewReader(b), int64(len(b)), miniogo.PutObjectOptions{}); err != nil {
-			t.Fatal(err)
+		segs1[sg.ID] = true
+	}
+
+	b, err := os.ReadFile(s.img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.orig = filepath.Join(t.TempDir(), "orig.img")
+	if err := os.WriteFile(s.orig, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	copy(b[27<<20+1000:], volume.Data(rand.New(rand.NewPCG(12, 0)), 4<<10))
+	if err := os.WriteFile(s.img, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sum := backupImage(t, r, s.img)
+	if s.snap2, err = r.FindSnapshot(ctx, sum.SnapshotID, ""); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.snap2.Segments) < 2 {
+		t.Fatalf("second snapshot has %d segments, want several", len(s.snap2.Segments))
+	}
+	for _, sg := range s.snap2.Segments {
+		if !segs1[sg.ID] {
+			s.new = append(s.new, sg)
 		}
 	}
-	out, sum, err := restoreImage(t, s.open(t), s.snap.ID)
+	if idx, err = r.LoadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range idx.Packs() {
+		if !packs1[p.ID] {
+			s.newPacks[p.ID] = true
+		}
+	}
+	t.Logf("second snapshot: %d segments, %d of them not the first one's", len(s.snap2.Segments), len(s.new))
+	return s
+}
+
+// TestSegmentsShared: the second snapshot names mostly the first one's
+// segments, and its backup stored only the few it does not share. Both
+// snapshots restore.
+func TestSegmentsShared(t *testing.T) {
+	s := setupChanged(t)
+	ctx := context.Background()
+	r := s.open(t)
+	if len(s.new) == 0 || len(s.new) > 4 {
+		t.Fatalf("second snapshot shares %d of its %d segments with the first; want all but 1 to 4",
+			len(s.snap2.Segments)-len(s.new), len(s.snap2.Segments))
+	}
+
+	// Stored: the segment blobs in the packs the second backup wrote.
+	named := map[chunk.ID]bool{}
+	for _, sg := range s.snap2.Segments {
+		named[sg.ID] = true
+	}
+	stored := 0
+	for id := range s.newPacks {
+		p, _, err := r.ReadPack(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries, err := r.Codec.ParseHeader(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if named[e.ID] {
+				stored++
+			}
+		}
+	}
+	if stored != len(s.new) {
+		t.Fatalf("second backup stored %d segment blobs; want the %d the first snapshot does not name", stored, len(s.new))
+	}
+
+	out, _, err := restoreImage(t, r, s.snap.ID)
 	if err != nil {
-		t.Fatalf("restore with every segment corrupt on the first target: %v", err)
+		t.Fatal(err)
+	}
+	assertSame(t, s.orig, out)
+	out, _, err = restoreImage(t, r, s.snap2.ID)
+	if err != nil {
+		t.Fatal(err)
 	}
 	assertSame(t, s.img, out)
-	s.checkSummary(t, sum)
+}
 
-	// The last segment lost: the restore finds out while planning.
-	lost := s.snap.Segments[len(s.snap.Segments)-1]
-	for i := range s.Servers {
-		if err := s.raw(t, i).RemoveObject(ctx, "ferry", "repo/"+lost.Name(), miniogo.RemoveObjectOptions{}); err != nil {
-			t.Fatal(err)
-		}
+// TestRestoreSegmentDamaged damages the pack of the second snapshot's first
+// new segment, which holds none of the first snapshot's: with one shard
+// gone (m = 1) the segment is rebuilt from the others; with one gone and
+// another corrupt, the segment is lost and the restore fails with
+// ErrDataLost before it writes anything, though windows before the lost
+// segment could be restored. The first snapshot, which does not use the
+// pack, still restores.
+func TestRestoreSegmentDamaged(t *testing.T) {
+	s := setupChanged(t)
+	ctx := context.Background()
+	r := s.open(t)
+	if len(s.new) == 0 {
+		t.Fatal("the second snapshot has no segment of its own")
 	}
-	out, _, err = restoreImage(t, s.open(t), s.snap.ID)
+	lost := s.new[0]
+	if lost.ID == s.snap2.Segments[0].ID {
+		t.Fatal("the change is in the first window: no window before the lost segment")
+	}
+	idx, err := r.LoadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _, ok := idx.Lookup(lost.ID)
+	if !ok {
+		t.Fatalf("segment %s not in the index", lost.ID.Short())
+	}
+	victim := info.ID
+	if !s.newPacks[victim] {
+		t.Fatalf("segment %s is in pack %s, which the first backup wrote", lost.ID.Short(), victim.Short())
+	}
+	shard := func(i int) (*miniogo.Client, string) {
+		return s.raw(t, r.TargetOf(i).Index), "repo/" + repo.ShardName(victim, i)
+	}
+
+	// Data shard 0 gone: the segment is rebuilt from shard 1 and parity.
+	cl, name := shard(0)
+	if err := cl.RemoveObject(ctx, "ferry", name, miniogo.RemoveObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := restoreImage(t, s.open(t), s.snap2.ID)
+	if err != nil {
+		t.Fatalf("restore with a shard of the segment's pack gone: %v", err)
+	}
+	assertSame(t, s.img, out)
+
+	// Shard 1 corrupt too: two of three shards bad, more than m.
+	cl, name = shard(1)
+	b := getRaw(t, cl, name)
+	b[len(b)/2] ^= 0xff
+	if _, err := cl.PutObject(ctx, "ferry", name, bytes.NewReader(b), int64(len(b)), miniogo.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err = restoreImage(t, s.open(t), s.snap2.ID)
 	if !errors.Is(err, restore.ErrDataLost) {
 		t.Fatalf("want ErrDataLost, got %v", err)
 	}
-	if !strings.Contains(err.Error(), lost.Name()) {
-		t.Fatalf("error does not name the lost segment %s: %v", lost.Name(), err)
+	if !strings.Contains(err.Error(), lost.ID.Short()) || !strings.Contains(err.Error(), victim.Short()) {
+		t.Fatalf("error does not name the lost segment %s in pack %s: %v", lost.ID.Short(), victim.Short(), err)
 	}
 	if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 0 {
 		t.Fatalf("a failed restore left files: %v", entries)
 	}
-	dst, before := garbage(t, s.snap.Size)
-	if _, err := restore.Run(ctx, s.open(t), s.snap, dst, restore.Options{}); !errors.Is(err, restore.ErrDataLost) {
+	dst, before := garbage(t, s.snap2.Size)
+	if _, err := restore.Run(ctx, s.open(t), s.snap2, dst, restore.Options{}); !errors.Is(err, restore.ErrDataLost) {
 		t.Fatalf("want ErrDataLost, got %v", err)
 	}
 	if b, _ := os.ReadFile(dst); !bytes.Equal(b, before) {
 		t.Fatal("a restore that could not read a segment wrote to the target")
 	}
+
+	out, _, err = restoreImage(t, s.open(t), s.snap.ID)
+	if err != nil {
+		t.Fatalf("restore of the first snapshot, which does not use the lost pack: %v", err)
+	}
+	assertSame(t, s.orig, out)
 }

@@ -114,9 +114,9 @@ func TestCLIEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	out := mustFerry(t, env, "init", "--erasure", "2+1")
-	if !strings.Contains(out, "survives the loss of any 1 whole target") {
-		t.Fatalf("init does not say what the layout survives: %q", out)
+	out := mustFerry(t, env, "init", "--erasure", "2+1", "--chunk-size", "64K")
+	if !strings.Contains(out, "survives the loss of any 1 whole target") || !strings.Contains(out, "chunks of 32 KiB to 512 KiB") {
+		t.Fatalf("init does not say what the layout survives and the chunk sizes: %q", out)
 	}
 	if r := ferry(t, env, "init", "--erasure", "2+1"); r.code == 0 || !strings.Contains(r.stderr, "already exists") {
 		t.Fatalf("second init: exit %d, %q", r.code, r.stderr)
@@ -251,6 +251,7 @@ func TestCLIErrors(t *testing.T) {
 		{"no password", []string{"FERRY_REPO=" + repoURL, "FERRY_PASSWORD="}, []string{"restore", "latest"}, 2, "no password"},
 		{"bad repo url", []string{"FERRY_REPO=ftp://x/y", "FERRY_PASSWORD=x"}, []string{"restore", "latest"}, 2, "--repo"},
 		{"bad erasure", []string{"FERRY_REPO=file://" + emptyDir, "FERRY_PASSWORD=x"}, []string{"init", "--erasure", "3"}, 2, "--erasure"},
+		{"bad chunk size", []string{"FERRY_REPO=file://" + emptyDir, "FERRY_PASSWORD=x"}, []string{"init", "--chunk-size", "100K"}, 2, "power of two"},
 		{"missing source", good, []string{"backup", "/nonexistent/vol.img"}, 1, "/nonexistent/vol.img"},
 	}
 	for _, c := range cases {

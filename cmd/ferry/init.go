@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ferrydr/ferry/chunk"
 	"github.com/ferrydr/ferry/transport/erasure"
 	"github.com/ferrydr/ferry/transport/repo"
 )
@@ -12,6 +13,7 @@ import (
 func initCmd(g *globals) *cobra.Command {
 	var scheme string
 	var packMiB int
+	var chunkSize string
 	cmd := &cobra.Command{
 		Use:   "init --repo REPO [--erasure K+M]",
 		Short: "Create a repository on the targets",
@@ -27,6 +29,13 @@ Ferry repository.`,
 			if packMiB < 1 || packMiB > 256 {
 				return usageError{fmt.Errorf("--pack-size %d: want 1 to 256 MiB", packMiB)}
 			}
+			chunkBits := 0
+			if chunkSize != "" {
+				var err error
+				if chunkBits, err = chunk.ParseAverage(chunkSize); err != nil {
+					return usageError{fmt.Errorf("--chunk-size: %w", err)}
+				}
+			}
 			pw, err := g.password()
 			if err != nil {
 				return err
@@ -35,13 +44,16 @@ Ferry repository.`,
 			if err != nil {
 				return err
 			}
-			r, err := repo.Init(cmd.Context(), stores, pw, repo.Options{Erasure: s, PackSize: packMiB << 20})
+			r, err := repo.Init(cmd.Context(), stores, pw, repo.Options{Erasure: s, PackSize: packMiB << 20, ChunkBits: chunkBits})
 			if err != nil {
 				return friendly(err)
 			}
 			t := len(r.Targets)
 			fmt.Fprintf(cmd.OutOrStdout(), "created repository %s on %d target(s), erasure %s (storage %.2fx)\n",
 				r.Config.ID, t, s, float64(s.Shards())/float64(s.K))
+			p := r.Config.Chunking()
+			fmt.Fprintf(cmd.OutOrStdout(), "chunks of %s to %s, %s on average beyond the minimum\n",
+				human(int64(p.MinSize)), human(int64(p.MaxSize)), human(1<<p.AverageBits))
 			fmt.Fprintf(cmd.OutOrStdout(), "survives the loss of any %d whole target(s); each pack survives %d lost or corrupt shard(s)\n",
 				r.SurvivableTargetLosses(), s.M)
 			if t > s.Shards() {
@@ -52,6 +64,7 @@ Ferry repository.`,
 	}
 	cmd.Flags().StringVar(&scheme, "erasure", "2+1", "erasure coding K+M: K data and M parity shards per pack")
 	cmd.Flags().IntVar(&packMiB, "pack-size", repo.DefaultPackSize>>20, "target pack size in MiB, before erasure coding")
+	cmd.Flags().StringVar(&chunkSize, "chunk-size", "", "average chunk size beyond the minimum, a power of two from 4K to 8M (min half of it, max eight times it); default: 256K min, 1M average, 4M max")
 	return cmd
 }
 

@@ -96,12 +96,6 @@ func printPrune(cmd *cobra.Command, r *repo.Repo, rep *repo.PruneReport) {
 	for _, w := range rep.Writers {
 		fmt.Fprintf(out, "  backup running: %s\n", w)
 	}
-	if n := len(rep.SegmentsDeleted); n > 0 {
-		fmt.Fprintf(out, "%d segment(s) of manifests no snapshot names (failed backups, forgotten snapshots) %sdeleted\n", n, would)
-	}
-	if rep.SegmentsHeldBack > 0 {
-		fmt.Fprintf(out, "%d segment(s) no snapshot names kept while backups run (they may be theirs); a later prune deletes them\n", rep.SegmentsHeldBack)
-	}
 	if !rep.NextDeletion.IsZero() {
 		fmt.Fprintf(out, "the next prune may delete marked packs from %s\n", rep.NextDeletion.Local().Format(time.DateTime))
 	}

@@ -54,12 +54,16 @@ var (
 	cbtVolumeLine    = regexp.MustCompile(`volume \d+ MiB from .*`)
 )
 
+// chunkSizeEnv is the environment variable that gives
+// BenchmarkIncrementalCSI an average chunk size (perf/csi_incremental_bench_test.go).
+const chunkSizeEnv = "FERRY_BENCH_CHUNK_SIZE"
+
 // runCBT runs BenchmarkIncrementalCSI on the two images: the base written
 // into a volume of the test CSI driver, snapshot, the changed blocks
 // written, snapshot, then per iteration a full backup of snapshot 1 and an
 // incremental backup of snapshot 2 from the SnapshotMetadata delta, into
 // three MinIO servers of its own.
-func runCBT(ctx context.Context, im *images, n int, outDir string) (*cbtResult, error) {
+func runCBT(ctx context.Context, im *images, n int, outDir, chunkSize string) (*cbtResult, error) {
 	out, err := filepath.Abs(outDir)
 	if err != nil {
 		return nil, err
@@ -68,6 +72,9 @@ func runCBT(ctx context.Context, im *images, n int, outDir string) (*cbtResult, 
 	args := []string{"test", "-run", "^$", "-bench", "^BenchmarkIncrementalCSI$", "-benchtime", fmt.Sprintf("%dx", n), "-timeout", "60m", "-v",
 		"-cpuprofile", res.Profile, "-o", filepath.Join(out, "perf.test"), "./perf/"}
 	env := "FERRY_BENCH_CBT_IMAGES=" + im.Base + ":" + im.Changed
+	if chunkSize != "" {
+		env += " " + chunkSizeEnv + "=" + chunkSize
+	}
 	res.Command = env + " go " + strings.Join(args, " ")
 	logf("changed-block tracking through the test CSI driver, on the same images (BenchmarkIncrementalCSI, %d iterations)", n)
 	fmt.Printf("  $ %s\n", res.Command)
@@ -77,7 +84,7 @@ func runCBT(ctx context.Context, im *images, n int, outDir string) (*cbtResult, 
 	}
 	defer log.Close()
 	cmd := exec.CommandContext(ctx, "go", args...)
-	cmd.Env = append(os.Environ(), env)
+	cmd.Env = append(os.Environ(), strings.Fields(env)...)
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	if err := cmd.Start(); err != nil {

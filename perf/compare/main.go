@@ -65,6 +65,7 @@ type config struct {
 	outDir   string
 	rebuild  bool
 	profile  string // "failing", "all" or "none"
+	chunk    string // ferry init --chunk-size
 }
 
 func main() {
@@ -79,6 +80,7 @@ func main() {
 	flag.StringVar(&cfg.outDir, "out", "perf/out", "where results, logs and CPU profiles are written")
 	flag.BoolVar(&cfg.rebuild, "rebuild", false, "make the images anew even if cached")
 	flag.DurationVar(&quietWait, "quiet-wait", quietWait, "before each measurement, wait up to this long for other processes to leave the machine idle (0: never wait)")
+	flag.StringVar(&cfg.chunk, "chunk-size", "", "ferry init --chunk-size for Ferry's repositories, and the same sizes for the changed-block benchmark (default: Ferry's default)")
 	flag.StringVar(&cfg.profile, "profile", "failing", "CPU-profile Ferry's operations: failing (those that miss a target), all, none")
 	probe := flag.String("probe", "", "(used by compare itself) run Ferry's backup or restore in this process and report its memory")
 	probeHeap := flag.String("probe-heap", "", "(with -probe) where the heap profile goes")
@@ -172,7 +174,7 @@ func compare(ctx context.Context, cfg config) error {
 		}
 		servers = append(servers, s)
 	}
-	t := &tools{ferry: ferry, restic: restic, servers: servers, work: work}
+	t := &tools{ferry: ferry, restic: restic, servers: servers, work: work, chunkSize: cfg.chunk}
 	if err := t.makeBuckets(ctx); err != nil {
 		return err
 	}
@@ -184,7 +186,7 @@ func compare(ctx context.Context, cfg config) error {
 	res.Commands = t.commands
 
 	if cfg.cbtRuns > 0 {
-		if res.CBT, err = runCBT(ctx, im, cfg.cbtRuns, cfg.outDir); err != nil {
+		if res.CBT, err = runCBT(ctx, im, cfg.cbtRuns, cfg.outDir, cfg.chunk); err != nil {
 			return err
 		}
 	}

@@ -55,7 +55,7 @@ func (t *tools) memory(ctx context.Context, res *results, im *images, op, outDir
 		prefix := fmt.Sprintf("memory%d", i)
 		var j job
 		if kind == "backup" {
-			if _, err := t.plain(ctx, t.ferryJob(prefix, "init", "--erasure", erasure)); err != nil {
+			if _, err := t.plain(ctx, t.ferryInit(prefix)); err != nil {
 				return err
 			}
 			j = t.ferryJob(prefix, "backup", "--name", "vol", im.Base)

@@ -82,7 +82,7 @@ func (t *tools) profile(ctx context.Context, res *results, im *images, all bool,
 
 	if want["full"] || want["second"] {
 		const prefix = "profile"
-		if _, err := t.plain(ctx, t.ferryJob(prefix, "init", "--erasure", erasure)); err != nil {
+		if _, err := t.plain(ctx, t.ferryInit(prefix)); err != nil {
 			return err
 		}
 		r, err := open(prefix)

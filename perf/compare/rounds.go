@@ -36,6 +36,7 @@ type tools struct {
 	resticSparse  bool // restic restore has --sparse
 	servers       []*minio.Server
 	work          string
+	chunkSize     string   // ferry init --chunk-size, when set
 	commands      []string // the commands of the first round, as printed
 	// last is the repository of the last round, and its second snapshot.
 	last struct{ prefix, snap string }
@@ -86,6 +87,15 @@ func (t *tools) ferryJob(prefix string, args ...string) job {
 		env:  append(credentialsEnv(), "FERRY_REPO="+t.ferryRepo(prefix), "FERRY_PASSWORD="+password),
 		show: "bin/ferry " + strings.Join(args, " "),
 	}
+}
+
+// ferryInit is the job that creates Ferry's repository under prefix.
+func (t *tools) ferryInit(prefix string) job {
+	args := []string{"init", "--erasure", erasure}
+	if t.chunkSize != "" {
+		args = append(args, "--chunk-size", t.chunkSize)
+	}
+	return t.ferryJob(prefix, args...)
 }
 
 func (t *tools) resticJob(prefix, stdin string, args ...string) job {
@@ -139,7 +149,7 @@ func (t *tools) round(ctx context.Context, res *results, im *images, i int) erro
 	}
 	show(fmt.Sprintf("export AWS_ACCESS_KEY_ID=%s AWS_SECRET_ACCESS_KEY=... FERRY_PASSWORD=... RESTIC_PASSWORD=...", minio.RootUser))
 	show("export FERRY_REPO=" + t.ferryRepo(prefix))
-	if _, err := plainJob(t.ferryJob(prefix, "init", "--erasure", erasure)); err != nil {
+	if _, err := plainJob(t.ferryInit(prefix)); err != nil {
 		return err
 	}
 	if _, err := plainJob(t.resticJob(prefix, "", "init", "--repository-version", "2")); err != nil {
@@ -256,7 +266,7 @@ func (t *tools) round(ctx context.Context, res *results, im *images, i int) erro
 
 	logf("round %d: small volume (memory)", i)
 	small := prefix + "-small"
-	if _, err := plainJob(t.ferryJob(small, "init", "--erasure", erasure)); err != nil {
+	if _, err := plainJob(t.ferryInit(small)); err != nil {
 		return err
 	}
 	if _, err := timedJob("ferry small backup", t.ferryJob(small, "backup", "--name", "small", im.Small)); err != nil {

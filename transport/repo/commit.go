@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ferrydr/ferry/chunk"
 	"github.com/ferrydr/ferry/transport/pack"
 )
 
@@ -19,8 +20,8 @@ var ErrConflict = errors.New("the snapshot refers to data a prune is deleting; r
 const commitMargin = 2 * ClockSkew
 
 // checkCommit is SaveSnapshot's last check before the commit point. Every
-// data chunk of the manifest (each calls its argument with every extent)
-// must be in the index (as LoadIndex last read it, with
+// segment of the manifest (segs) and every data chunk (each calls its
+// argument with every extent) must be in the index (as LoadIndex last read it, with
 // what WriteIndex wrote since; read again once if that is not enough), and
 // not only in a pack that a prune may delete before m is on every target:
 //
@@ -32,7 +33,7 @@ const commitMargin = 2 * ClockSkew
 //
 // A backup that holds a lock and finds it lost (not refreshed in time)
 // must not commit at all: a prune may have ignored it.
-func (r *Repo) checkCommit(ctx context.Context, each func(func(Extent) error) error) error {
+func (r *Repo) checkCommit(ctx context.Context, segs []Segment, each func(func(Extent) error) error) error {
 	held := r.heldWriter()
 	if held != nil {
 		if err := held.check(); err != nil {
@@ -52,7 +53,7 @@ func (r *Repo) checkCommit(ctx context.Context, each func(func(Extent) error) er
 	x := r.loaded.Load()
 	var first error
 	if x != nil {
-		if first = commitProblem(each, x, held, deleting, marks, time.Now()); first == nil {
+		if first = commitProblem(segs, each, x, held, deleting, marks, time.Now()); first == nil {
 			return nil
 		}
 	}
@@ -60,36 +61,44 @@ func (r *Repo) checkCommit(ctx context.Context, each func(func(Extent) error) er
 	if x, err = r.LoadIndex(ctx); err != nil {
 		return err
 	}
-	err = commitProblem(each, x, held, deleting, marks, time.Now())
+	err = commitProblem(segs, each, x, held, deleting, marks, time.Now())
 	if err != nil && errors.Is(first, ErrConflict) && !errors.Is(err, ErrConflict) {
 		return first // the fresh index lacks the chunk: its pack is being deleted
 	}
 	return err
 }
 
-// commitProblem returns why the manifest of the extents each gives must
-// not be committed now, or nil.
-func commitProblem(each func(func(Extent) error) error, x *Index, held *heldLock, deleting map[pack.ID]bool, marks map[pack.ID]Mark, now time.Time) error {
-	return each(func(e Extent) error {
-		if e.Zero {
-			return nil
-		}
-		p, _, ok := x.Lookup(e.ID)
+// commitProblem returns why the manifest of segments segs and the extents
+// each gives must not be committed now, or nil.
+func commitProblem(segs []Segment, each func(func(Extent) error) error, x *Index, held *heldLock, deleting map[pack.ID]bool, marks map[pack.ID]Mark, now time.Time) error {
+	check := func(id chunk.ID, what func() string) error {
+		p, _, ok := x.Lookup(id)
 		if !ok {
-			return fmt.Errorf("chunk %s at offset %d is in no index object: the snapshot would refer to missing data", e.ID.Short(), e.Off)
+			return fmt.Errorf("%s is in no index object: the snapshot would refer to missing data", what())
 		}
 		if deleting[p.ID] {
-			return fmt.Errorf("%w: chunk %s at offset %d is in pack %s, which a prune is deleting", ErrConflict, e.ID.Short(), e.Off, p.ID.Short())
+			return fmt.Errorf("%w: %s is in pack %s, which a prune is deleting", ErrConflict, what(), p.ID.Short())
 		}
 		mk, marked := marks[p.ID]
 		if !marked {
 			mk, marked = x.Marked(p.ID)
 		}
 		if marked && !safeFromPrune(mk, held, now) {
-			return fmt.Errorf("%w: chunk %s at offset %d is in pack %s, which a prune may delete from %s", ErrConflict,
-				e.ID.Short(), e.Off, p.ID.Short(), mk.Deletable.Format(time.RFC3339))
+			return fmt.Errorf("%w: %s is in pack %s, which a prune may delete from %s", ErrConflict,
+				what(), p.ID.Short(), mk.Deletable.Format(time.RFC3339))
 		}
 		return nil
+	}
+	for i, sg := range segs {
+		if err := check(sg.ID, func() string { return fmt.Sprintf("segment %d of %d (%s)", i+1, len(segs), sg.ID.Short()) }); err != nil {
+			return err
+		}
+	}
+	return each(func(e Extent) error {
+		if e.Zero {
+			return nil
+		}
+		return check(e.ID, func() string { return fmt.Sprintf("chunk %s at offset %d", e.ID.Short(), e.Off) })
 	})
 }
 

@@ -34,10 +34,11 @@ import (
 // or, for a volume of more extents than one segment holds (segment.go),
 //
 //	"FRYM" || version (2) || meta length (uvarint) || meta (JSON) || segments (uvarint) || segments × segment
-//	segment: extents (uvarint) || bytes of the volume (uvarint) || ID (32: SHA-256 of the object extents/<ID>)
+//	segment: extents (uvarint) || bytes of the volume (uvarint) || ID (32: the keyed hash of the segment's plaintext)
 //
 // Extents are consecutive from offset 0 and cover the volume's size
-// exactly; so do segments, each holding the extents of its bytes.
+// exactly; so do segments, each holding the extents of its bytes, and
+// each stored as a blob in a pack (segment.go).
 var manifestAD = []byte("ferry manifest v1")
 
 // Volume identifies where a snapshot came from.
@@ -363,7 +364,7 @@ func (r *Repo) SaveSnapshot(ctx context.Context, m *Manifest) (string, int64, er
 // commit checks the extents each gives (see checkCommit), then writes
 // manifest m.
 func (r *Repo) commit(ctx context.Context, m *Manifest, each func(func(Extent) error) error) (string, int64, error) {
-	if err := r.checkCommit(ctx, each); err != nil {
+	if err := r.checkCommit(ctx, m.Segments, each); err != nil {
 		return "", 0, err
 	}
 	plain, err := m.marshal()

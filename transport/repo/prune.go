@@ -60,23 +60,10 @@ import (
 // has committed and released the lock (then (4) protects them), or
 // crashed (then they are garbage).
 //
-// Segments (segment.go) that no manifest names are deleted by the run that
-// finds them, with no plan and no grace: a run lists extents/ before it
-// reads the locks, and the manifests after; it deletes a listed segment
-// that no listed manifest names (bar those a deletion record names) only
-// if no writer lock was live when it read the locks, and otherwise leaves
-// it to a later run. A backup writes its segments while it holds its lock,
-// from before the first of them until its manifest is on every target.
-// Take a segment S that the manifest M of a backup B names. S was listed,
-// so B wrote it, holding its lock, before the run listed extents/. If M
-// was on every target before the run listed the manifests, M was listed
-// and names S. Otherwise B still held its lock when the run read the
-// locks, between the two listings: the lock was live then, or B had gone
-// so long without refreshing it that it refuses to commit (ErrLockLost).
-// So the segments of a committed backup, and those of a backup running
-// that may yet commit, are never deleted; those of a backup that failed,
-// or of a forgotten snapshot, go with the first run that finds no backup
-// running.
+// Segments (segment.go) are blobs in packs: "a chunk of P" above reads
+// "a chunk or a segment of P" throughout. A backup dedupes its segments
+// against the index (Has) as it does its chunks, writes the new ones under
+// its lock, and its commit checks both.
 //
 // Assumptions: the clocks of the machines writing to the repository agree
 // within ClockSkew, less the seconds a plan takes to write; a commit
@@ -90,9 +77,7 @@ import (
 // verifies. The order within a run is: new plan (marks carried over and
 // added) before the old plans go; index objects for the packs that stay,
 // before the deletion record; the record before any deletion; index
-// objects before shards; segments no manifest names after them (a run
-// that stops halfway leaves the rest for the next, which finds them still
-// unnamed); old plans and the previous run's records last. A run that
+// objects before shards; old plans and the previous run's records last. A run that
 // finds a deletion record finishes it first.
 
 // PruneOptions tune Prune.
@@ -104,7 +89,7 @@ type PruneOptions struct {
 	DryRun bool
 	// Progress, when set, is told the name of each step as it starts:
 	// "lock", "list", "read", "finish", "mark", "index", "record",
-	// "delete", "segments", "clean".
+	// "delete", "clean".
 	Progress func(step string)
 }
 
@@ -126,11 +111,6 @@ type PruneReport struct {
 	Finished     int          `json:"deletions_finished"`  // deletions an interrupted run left, finished
 	Completed    []string     `json:"completed,omitempty"` // index objects an interrupted writer left on some targets, copied to the rest
 	Writers      []LockInfo   `json:"writers,omitempty"`   // backups running (live writer locks)
-	// Segments no manifest names: deleted (in a dry run, to be deleted),
-	// or left for a later run because backups were running (Writers),
-	// whose manifests may yet name them.
-	SegmentsDeleted  []string `json:"segments_deleted"`
-	SegmentsHeldBack int      `json:"segments_held_back,omitempty"`
 }
 
 // PrunedPack is one pack a prune deleted (or, in a dry run, would delete).
@@ -152,8 +132,6 @@ type pruner struct {
 	gone    *Deleting
 	locks   map[string]LockInfo
 	present []map[string]bool   // replicated objects ("snapshots/<id>", "index/<id>") per target
-	listed  map[string]bool     // segments ("extents/<id>") on any target, listed before the locks
-	named   map[string]bool     // segments the manifests name
 	shards  map[pack.ID][]int64 // listed size of each shard, -1 when absent
 	plans   map[string]*Plan
 	doomed  []pack.ID              // packs to delete
@@ -173,7 +151,7 @@ func (r *Repo) Prune(ctx context.Context, opts PruneOptions) (*PruneReport, erro
 	if err := r.RequireAll(); err != nil {
 		return nil, err
 	}
-	p := &pruner{r: r, opts: opts, rep: &PruneReport{DryRun: opts.DryRun, Deleted: []PrunedPack{}, BytesDeleted: make([]int64, len(r.Targets)), SegmentsDeleted: []string{}}}
+	p := &pruner{r: r, opts: opts, rep: &PruneReport{DryRun: opts.DryRun, Deleted: []PrunedPack{}, BytesDeleted: make([]int64, len(r.Targets))}}
 	if !opts.DryRun {
 		if err := p.step(ctx, "lock"); err != nil {
 			return nil, err
@@ -206,14 +184,6 @@ func (r *Repo) Prune(ctx context.Context, opts PruneOptions) (*PruneReport, erro
 			return nil, err
 		}
 	}
-	if len(p.rep.SegmentsDeleted) > 0 {
-		if err := p.step(ctx, "segments"); err != nil {
-			return nil, err
-		}
-		if err := r.deleteAll(ctx, p.rep.SegmentsDeleted); err != nil {
-			return nil, fmt.Errorf("delete segments no manifest names: %w (the next prune deletes what is left)", err)
-		}
-	}
 	if err := p.step(ctx, "clean"); err != nil {
 		return nil, err
 	}
@@ -235,11 +205,11 @@ func (p *pruner) step(ctx context.Context, name string) error {
 	return ctx.Err()
 }
 
-// list reads the clock and the deletion records, lists extents/, reads
-// the locks, then lists snapshots/, index/ and data/ on every target, in
-// that order: the segments before the locks and the locks before the
-// manifests (see Prune), and the reverse of a backup's commit order, so
-// that what a listed manifest needs is in the later listings.
+// list reads the clock and the deletion records, reads the locks, then
+// lists snapshots/, index/ and data/ on every target, in that order: the
+// locks before the manifests (see Prune), and the reverse of a backup's
+// commit order, so that what a listed manifest needs is in the later
+// listings.
 func (p *pruner) list(ctx context.Context) error {
 	r := p.r
 	p.now = time.Now()
@@ -249,15 +219,6 @@ func (p *pruner) list(ctx context.Context) error {
 	}
 	p.gone = deletingOf(p.records)
 	var mu sync.Mutex
-	p.listed = map[string]bool{}
-	err = r.listEvery(ctx, "extents/", func(_ *Target, i objstore.Info) {
-		mu.Lock()
-		p.listed[i.Name] = true
-		mu.Unlock()
-	})
-	if err != nil {
-		return err
-	}
 	if p.locks, err = r.Locks(ctx); err != nil {
 		return err
 	}
@@ -341,7 +302,6 @@ func (p *pruner) read(ctx context.Context) error {
 	r := p.r
 	referenced := map[chunk.ID]bool{} // chunk -> found in the index
 	index := map[string]*IndexBatch{}
-	p.named = map[string]bool{}
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
@@ -357,11 +317,9 @@ func (p *pruner) read(ctx context.Context) error {
 			mu.Lock()
 			p.rep.Snapshots++
 			for _, sg := range s.Segments {
-				p.named[sg.Name()] = true
+				referenced[sg.ID] = false
 			}
 			mu.Unlock()
-			// A segment that does not read stops the run: only prune
-			// deletes segments, and never a listed manifest's.
 			err = r.Extents(gctx, s, func(exts []Extent) error {
 				mu.Lock()
 				defer mu.Unlock()
@@ -587,7 +545,6 @@ func (p *pruner) mark(ctx context.Context) error {
 		}
 		p.rep.Deleted = append(p.rep.Deleted, PrunedPack{ID: id.String(), Bytes: bytes, Marked: marks[id].Marked})
 	}
-	p.orphanSegments(len(writers) > 0)
 	if p.opts.DryRun {
 		return nil
 	}
@@ -602,21 +559,6 @@ func (p *pruner) mark(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// orphanSegments decides which listed segments no manifest names to
-// delete (into the report): all of them, unless backups were running when
-// the locks were read (see Prune).
-func (p *pruner) orphanSegments(running bool) {
-	for _, name := range slices.Sorted(maps.Keys(p.listed)) {
-		switch {
-		case p.named[name]:
-		case running:
-			p.rep.SegmentsHeldBack++
-		default:
-			p.rep.SegmentsDeleted = append(p.rep.SegmentsDeleted, name)
-		}
-	}
 }
 
 // clean deletes the plans this run replaced, the records of earlier runs

@@ -187,7 +187,7 @@ func (r *Repo) DecodeAuthentic(id pack.ID, objs [][]byte) ([]byte, []string, err
 }
 
 // RepairMetadata copies the replicated objects (keys, index objects,
-// manifests, segments) to every reachable target that lacks them, and
+// manifests) to every reachable target that lacks them, and
 // writes the config of a target that has none (a bucket that came back
 // empty). The copies named in corrupt (found by verify) are read again
 // and, if they still differ from a good copy, deleted and written anew. It
@@ -195,9 +195,7 @@ func (r *Repo) DecodeAuthentic(id pack.ID, objs [][]byte) ([]byte, []string, err
 // record names (forget or prune is deleting them) are not copied, nor are
 // those deleted from every target since the listing, nor those no target
 // has a valid copy of, nor foreign ones (not this repository's: only a
-// person can delete them). A segment no manifest names is copied like the
-// others (telling it apart would mean reading every manifest): garbage
-// on more targets, which prune deletes all the same.
+// person can delete them).
 // A config is never overwritten: one that does not check may be another
 // repository's.
 func (r *Repo) RepairMetadata(ctx context.Context, corrupt ...CopyRef) ([]string, error) {
@@ -206,7 +204,7 @@ func (r *Repo) RepairMetadata(ctx context.Context, corrupt ...CopyRef) ([]string
 	have := make([]map[string]bool, len(r.Targets))
 	for _, t := range r.Targets {
 		have[t.Index] = map[string]bool{}
-		for _, prefix := range []string{"keys/", "index/", "snapshots/", "extents/", "config"} {
+		for _, prefix := range []string{"keys/", "index/", "snapshots/", "config"} {
 			err := t.Store.List(ctx, prefix, func(i objstore.Info) error {
 				have[t.Index][i.Name] = true
 				return nil
@@ -329,9 +327,6 @@ func (r *Repo) checkReplicated(name string, b []byte) error {
 		return err
 	case "snapshots":
 		_, err := r.key.Open(nil, b, manifestAD)
-		return err
-	case "extents":
-		_, err := r.key.Open(nil, b, extentsAD)
 		return err
 	}
 	return nil // keys: the name is the hash of the content

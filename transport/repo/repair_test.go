@@ -172,11 +172,11 @@ func TestRepairTargetThatCameBackEmpty(t *testing.T) {
 	f.restores(t, []objstore.Store{objstore.Unavailable("gone", errors.New("gone")), fresh[1], fresh[2]})
 }
 
-// TestRepairSegments: a segment missing from target 1 is copied there,
-// one replaced by another segment's bytes on target 2 is written anew when
-// named (as verify names it), and an object under extents/ that is named
-// by its SHA-256 but does not open is copied nowhere. The snapshot then
-// restores from targets 1 and 2.
+// TestRepairSegments: the shards of the pack holding a snapshot's
+// segments, one missing and then one corrupt, are rebuilt from the others;
+// before the first repair the segments do not read without a second
+// target, after each they read and restore bit for bit without the one
+// target that holds no rebuilt shard.
 func TestRepairSegments(t *testing.T) {
 	ctx := context.Background()
 	f := newFixtureSegments(t, 8)
@@ -188,42 +188,79 @@ func TestRepairSegments(t *testing.T) {
 	if len(s.Segments) < 3 {
 		t.Fatalf("%d segments, want several", len(s.Segments))
 	}
-	a, b := s.Segments[0].Name(), s.Segments[1].Name()
-	good, err := f.stores[0].Get(ctx, b)
+	want := allExtents(t, r, s)
+	idx, err := r.LoadIndex(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := f.stores[1].Get(ctx, s.Segments[2].Name())
-	if err != nil {
-		t.Fatal(err)
+	sp, _, ok := idx.Lookup(s.Segments[0].ID)
+	if !ok {
+		t.Fatal("the first segment is not indexed")
 	}
-	junk := []byte("not a segment, named by its SHA-256")
-	junkName := "extents/" + pack.Sum(junk).String()
-	for _, err := range []error{
-		f.stores[0].Delete(ctx, a),
-		f.stores[1].Delete(ctx, b),
-		f.stores[1].Create(ctx, b, other),
-		f.stores[2].Create(ctx, junkName, junk),
-	} {
+	for _, e := range want {
+		if info, _, _ := idx.Lookup(e.ID); !e.Zero && info.ID == sp.ID {
+			t.Fatalf("chunk %s is in the pack of the segments", e.ID.Short())
+		}
+	}
+	// without returns the stores with the target of shard i gone.
+	without := func(i int) []objstore.Store {
+		out := slices.Clone(f.stores)
+		out[r.TargetOf(i).Index] = objstore.Unavailable("gone", errors.New("gone"))
+		return out
+	}
+	damage := func(i int, corrupt bool) {
+		t.Helper()
+		st, name := f.stores[r.TargetOf(i).Index], repo.ShardName(sp.ID, i)
+		obj, err := st.Get(ctx, name)
 		if err != nil {
 			t.Fatal(err)
 		}
-	}
-
-	wrote, err := r.RepairMetadata(ctx, repo.CopyRef{Target: 1, Name: b})
-	slices.Sort(wrote)
-	if want := []string{"target 1: " + a, "target 2: " + b}; err != nil || !slices.Equal(wrote, want) {
-		t.Fatalf("repair: %v, wrote %v, want %v", err, wrote, want)
-	}
-	if got, err := f.stores[1].Get(ctx, b); err != nil || !bytes.Equal(got, good) {
-		t.Fatalf("segment on target 2 after repair: %v", err)
-	}
-	for i, st := range f.stores[:2] {
-		if n := names(t, st, "extents/"); len(n) != len(s.Segments) {
-			t.Fatalf("target %d holds %d objects under extents/, want the %d segments", i+1, len(n), len(s.Segments))
+		if err := st.Delete(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		if corrupt {
+			obj[len(obj)-1] ^= 0xff
+			if err := st.Create(ctx, name, obj); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
-	f.restores(t, []objstore.Store{f.stores[0], f.stores[1], objstore.Unavailable("gone", errors.New("gone"))})
+
+	damage(0, false)
+	lost := f.open(t, without(1))
+	if err := lost.Extents(ctx, s, func([]repo.Extent) error { return nil }); !errors.Is(err, repo.ErrSegmentLost) {
+		t.Fatalf("segments read with one shard of their pack missing and another's target gone: %v", err)
+	}
+	fixed, err := r.RepairPack(ctx, sp)
+	if err != nil || len(fixed) != 1 || fixed[0].Shard != 0 || fixed[0].Reason != "missing" {
+		t.Fatalf("repair of a missing shard: %v %v", fixed, err)
+	}
+	sameAsRecorded(t, f.stores, sp)
+	if got := allExtents(t, f.open(t, without(1)), s); !reflect.DeepEqual(got, want) {
+		t.Fatal("the segments read otherwise after repair")
+	}
+	f.restores(t, without(1))
+
+	damage(2, true)
+	fixed, err = r.RepairPack(ctx, sp)
+	if err != nil || len(fixed) != 1 || fixed[0].Shard != 2 || !strings.Contains(fixed[0].Reason, "crc") {
+		t.Fatalf("repair of a corrupt shard: %v %v", fixed, err)
+	}
+	sameAsRecorded(t, f.stores, sp)
+	if got := allExtents(t, f.open(t, without(0)), s); !reflect.DeepEqual(got, want) {
+		t.Fatal("the segments read otherwise after repair")
+	}
+	f.restores(t, without(0))
+}
+
+// allExtents reads the extents of snapshot s, a segment at a time.
+func allExtents(t *testing.T, r *repo.Repo, s *repo.Snapshot) []repo.Extent {
+	t.Helper()
+	var out []repo.Extent
+	if err := r.Extents(context.Background(), s, func(exts []repo.Extent) error { out = append(out, exts...); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // sameAsRecorded checks that every shard of p is stored with the CRC32C the

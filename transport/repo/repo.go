@@ -61,9 +61,12 @@ func (c Config) Chunking() chunk.Params {
 // Options tune Init.
 type Options struct {
 	Erasure  erasure.Scheme
-	PackSize int             // default DefaultPackSize
-	Chunking *chunk.Params   // default chunk.DefaultParams with a random polynomial
-	KDF      crypt.KDFParams // default crypt.DefaultKDF
+	PackSize int           // default DefaultPackSize
+	Chunking *chunk.Params // default chunk.DefaultParams with a random polynomial
+	// ChunkBits, when Chunking is nil and it is not 0, sets the chunk sizes
+	// around an average of 2^ChunkBits (chunk.ParamsForAverage).
+	ChunkBits int
+	KDF       crypt.KDFParams // default crypt.DefaultKDF
 }
 
 // DefaultPackSize is the target size of a pack before erasure coding.
@@ -114,8 +117,9 @@ type Repo struct {
 	IndexCache string
 
 	// SegmentExtents is how many extents a segment of a snapshot's
-	// manifest holds (segment.go); 0 means DefaultSegmentExtents. A
-	// snapshot of no more extents keeps them in its manifest.
+	// manifest holds on average (segment.go); 0 means
+	// DefaultSegmentExtents. A snapshot of no more extents keeps them in
+	// its manifest.
 	SegmentExtents int
 
 	// unindexed holds the shard CRCs ([]uint32) of the packs WritePack
@@ -127,6 +131,9 @@ type Repo struct {
 	// loaded is the index LoadIndex last returned, with what WriteIndex
 	// wrote since: SaveSnapshot checks a manifest against it.
 	loaded atomic.Pointer[Index]
+	// reloadMu makes readers of segments missing from loaded read the
+	// index once between them, not once each.
+	reloadMu sync.Mutex
 
 	lockMu sync.Mutex
 	writer *heldLock // the writer lock the backups of this Repo share (see Lock)
@@ -181,6 +188,11 @@ func Init(ctx context.Context, stores []objstore.Store, password []byte, opts Op
 			return nil, fmt.Errorf("chunker polynomial: %w", err)
 		}
 		params = chunk.DefaultParams(pol)
+		if opts.ChunkBits != 0 {
+			if params, err = chunk.ParamsForAverage(pol, opts.ChunkBits); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if err := params.Validate(); err != nil {
 		return nil, err
@@ -188,7 +200,7 @@ func Init(ctx context.Context, stores []objstore.Store, password []byte, opts Op
 	targets := newTargets(stores)
 	for _, t := range targets {
 		found := false
-		for _, prefix := range []string{"config", "keys/", "data/", "index/", "snapshots/", "extents/"} {
+		for _, prefix := range []string{"config", "keys/", "data/", "index/", "snapshots/"} {
 			err := t.Store.List(ctx, prefix, func(objstore.Info) error { found = true; return errStop })
 			if err != nil && !errors.Is(err, errStop) {
 				return nil, fmt.Errorf("target %d (%s): %w", t.Index+1, t.Store.Location(), err)

@@ -3,62 +3,82 @@ package repo
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
-	"sync/atomic"
 
-	"golang.org/x/sync/errgroup"
-
+	"github.com/ferrydr/ferry/chunk"
 	"github.com/ferrydr/ferry/transport/objstore"
+	"github.com/ferrydr/ferry/transport/pack"
 )
 
 // Segmented manifests. A manifest that held every extent of a large volume
 // would be read, parsed and written whole, so a backup or a restore would
 // hold all of the volume's extents at once: memory in proportion to the
-// volume. A volume of more than Repo.SegmentExtents extents therefore keeps
-// them in segments, objects of their own,
+// volume; and every snapshot would store all of them again, however little
+// changed. A volume of more than Repo.SegmentExtents extents therefore keeps
+// them in segments, runs of consecutive extents each stored as a blob in a
+// pack, as a chunk of data is, with the plaintext
 //
-//	extents/<ID>   sealed (associated data "ferry extents v1"), on every target
+//	"FRYE" || version (1) || offset (uvarint) || extents (uvarint) || extents × extent
 //
-// where ID is the SHA-256 of the sealed object and the plaintext is
+// (extents encoded as in a version 1 manifest; offset is the volume offset
+// of the first) and named, as a chunk is, by the keyed hash of that
+// plaintext (chunk.IDKey). The manifest (version 2) lists the segments in
+// volume order with the extents and bytes each holds, so a reader takes one
+// segment at a time and knows from the ID that the blob it read is the one
+// the manifest meant.
 //
-//	zstd("FRYE" || version (1) || offset (uvarint) || extents (uvarint) || extents × extent)
+// Where a segment ends depends on its content, as where a chunk ends does:
+// after an extent whose chunk ID says so (segmentCut), between a minimum and
+// a maximum count. The cuts of two snapshots of a volume therefore agree
+// wherever their extents do, and a snapshot that differs from the one
+// before in a few places has the same segments elsewhere: a backup stores
+// only the segments the index does not hold yet, so what a snapshot costs
+// beyond its new data grows with what changed, not with the volume.
 //
-// with extents encoded as in a version 1 manifest. The manifest (version 2)
-// lists the segments in volume order with the extents and bytes each holds,
-// so a reader takes one segment at a time, and knows from the name alone
-// that the object it reads is the one the manifest meant.
-//
-// A backup writes its segments before the manifest (the commit point);
-// segments that no manifest names (a backup that failed, a snapshot
-// forgotten) are garbage for prune, like packs.
+// Being blobs in packs, segments are deduplicated, erasure-coded, verified,
+// repaired and pruned as data is: a pack holding a segment a manifest
+// names is referenced, and a commit checks a manifest's segments as it
+// checks its chunks (checkCommit).
 
-// DefaultSegmentExtents is how many extents a segment holds unless
-// Repo.SegmentExtents says otherwise: about 2.6 MiB of plaintext, the
-// extents of some 64 GiB of volume at the default 1 MiB average chunk.
-const DefaultSegmentExtents = 64 << 10
+// DefaultSegmentExtents is the average number of extents in a segment
+// unless Repo.SegmentExtents says otherwise (a segment holds a quarter of
+// it to four times it, 1.25 times it on average): about 180 KiB of
+// plaintext, the extents of some 640 MiB of volume at 128 KiB chunks.
+const DefaultSegmentExtents = 4 << 10
 
-var extentsAD = []byte("ferry extents v1")
+// maxExtentLen is the most bytes one encoded extent takes.
+const maxExtentLen = 1 + binary.MaxVarintLen64 + len(chunk.ID{})
 
-// Segment is one object of a segmented manifest's extents.
+// ErrSegmentLost means a segment of a snapshot's extents cannot be read:
+// it is in no index object, or its pack has lost more shards than the
+// erasure coding rebuilds.
+var ErrSegmentLost = errors.New("segment of the snapshot's extents lost")
+
+// Segment is one blob of a segmented manifest's extents.
 type Segment struct {
-	ID      [32]byte // SHA-256 of the sealed object extents/<hex ID>
+	ID      chunk.ID // keyed hash of its plaintext
 	Extents int64
 	Len     int64 // bytes of the volume its extents cover
 }
 
-// Name is the segment's object name.
-func (sg Segment) Name() string { return "extents/" + hex.EncodeToString(sg.ID[:]) }
-
-func (r *Repo) segmentExtents() int64 {
+// segmentSizes returns the average, least and most extents of a segment.
+func (r *Repo) segmentSizes() (avg, least, most int64) {
+	avg = DefaultSegmentExtents
 	if r.SegmentExtents > 0 {
-		return int64(r.SegmentExtents)
+		avg = int64(r.SegmentExtents)
 	}
-	return DefaultSegmentExtents
+	most = min(4*avg, int64((pack.MaxRawLength-32)/maxExtentLen))
+	return avg, max(1, min(avg/4, most)), most
+}
+
+// segmentCut reports whether a segment ends after the data extent of chunk
+// id: with probability 1/avg, from bits of the chunk ID that nothing else
+// uses (chunk IDs are keyed hashes, so the cuts are as random).
+func segmentCut(id chunk.ID, avg int64) bool {
+	return binary.LittleEndian.Uint64(id[24:])%uint64(avg) == 0
 }
 
 // parseSegmentRefs parses a version 2 manifest's segment list, which must
@@ -82,24 +102,20 @@ func parseSegmentRefs(r *reader, size int64) []Segment {
 	return out
 }
 
-// sealSegment makes the segment object of the encoded extents enc, the
-// first at off, n of them covering length bytes.
-func (r *Repo) sealSegment(enc []byte, off, n, length int64) (Segment, []byte) {
-	plain := append([]byte("FRYE"), 1)
+// segmentPlain returns the plaintext of the segment of the encoded extents
+// enc, n of them, the first at off.
+func segmentPlain(enc []byte, off, n int64) []byte {
+	plain := make([]byte, 0, 5+2*binary.MaxVarintLen64+len(enc))
+	plain = append(plain, "FRYE"...)
+	plain = append(plain, 1)
 	plain = binary.AppendUvarint(plain, uint64(off))
 	plain = binary.AppendUvarint(plain, uint64(n))
-	plain = append(plain, enc...)
-	obj := r.key.Seal(nil, zenc.EncodeAll(plain, nil), extentsAD)
-	return Segment{ID: sha256.Sum256(obj), Extents: n, Len: length}, obj
+	return append(plain, enc...)
 }
 
-// parseSegment parses segment sg's compressed plaintext, whose first
-// extent is at off.
-func parseSegment(z []byte, sg Segment, off int64) ([]Extent, error) {
-	b, err := decompress(z)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errManifestFormat, err)
-	}
+// parseSegment parses the plaintext of segment sg, whose first extent is at
+// off.
+func parseSegment(b []byte, sg Segment, off int64) ([]Extent, error) {
 	r := &reader{b: b}
 	if h := r.bytes(5); r.err != nil || string(h[:4]) != "FRYE" || h[4] != 1 {
 		return nil, fmt.Errorf("%w: segment: bad magic or version", errManifestFormat)
@@ -117,16 +133,89 @@ func parseSegment(z []byte, sg Segment, off int64) ([]Extent, error) {
 	return exts, nil
 }
 
-// readSegment reads segment sg, whose first extent is at off, from any
-// target with a valid copy.
-func (r *Repo) readSegment(ctx context.Context, sg Segment, off int64) ([]Extent, error) {
-	var exts []Extent
-	err := r.getAny(ctx, sg.Name(), func(b []byte) error {
+// OpenSegment authenticates and parses segment sg of a manifest, whose
+// first extent is at off, from the blob e of pack bytes p: it must open
+// with the key, hash to the segment's ID, and hold the extents the manifest
+// says, from off.
+func (r *Repo) OpenSegment(sg Segment, off int64, p []byte, e pack.Entry) ([]Extent, error) {
+	plain, err := r.Codec.OpenBlob(nil, p, e)
+	if err != nil {
+		return nil, fmt.Errorf("segment %s: %w", sg.ID.Short(), err)
+	}
+	if r.IDKey.Sum(plain) != sg.ID {
+		return nil, fmt.Errorf("segment %s: content does not match its ID", sg.ID.Short())
+	}
+	exts, err := parseSegment(plain, sg, off)
+	if err != nil {
+		return nil, fmt.Errorf("segment %s: %w", sg.ID.Short(), err)
+	}
+	return exts, nil
+}
+
+// lookupSegment finds segment id in the index LoadIndex last read, or in
+// the index read afresh when that lacks it (it may predate the backup that
+// wrote the segment, or nothing has read the index yet).
+func (r *Repo) lookupSegment(ctx context.Context, id chunk.ID) (PackInfo, pack.Entry, error) {
+	x := r.loaded.Load()
+	if x != nil {
+		if info, e, ok := x.Lookup(id); ok {
+			return info, e, nil
+		}
+	}
+	r.reloadMu.Lock()
+	defer r.reloadMu.Unlock()
+	if y := r.loaded.Load(); y == x || y == nil {
 		var err error
-		exts, err = r.OpenSegment(sg, off, b)
-		return err
-	})
-	return exts, err
+		if y, err = r.LoadIndex(ctx); err != nil {
+			return PackInfo{}, pack.Entry{}, err
+		}
+		x = y
+	} else {
+		x = y // another reader loaded it meanwhile
+	}
+	if info, e, ok := x.Lookup(id); ok {
+		return info, e, nil
+	}
+	return PackInfo{}, pack.Entry{}, fmt.Errorf("%w: segment %s is in no index object (ferry repair rebuilds the index from the packs)", ErrSegmentLost, id.Short())
+}
+
+// readSegment reads segment sg, whose first extent is at off, from the
+// pack the index says.
+func (r *Repo) readSegment(ctx context.Context, sg Segment, off int64) ([]Extent, error) {
+	info, e, err := r.lookupSegment(ctx, sg.ID)
+	if err != nil {
+		return nil, err
+	}
+	return r.ReadSegmentFrom(ctx, sg, off, info, e)
+}
+
+// ReadSegmentFrom reads segment sg, whose first extent is at off, from
+// blob e of pack info: the blob's range from the shards that hold it, or,
+// when that does not authenticate, the whole pack, checked and rebuilt
+// from any k shards. A pack lost, or a blob that does not open as sg,
+// fails with ErrSegmentLost.
+func (r *Repo) ReadSegmentFrom(ctx context.Context, sg Segment, off int64, info PackInfo, e pack.Entry) ([]Extent, error) {
+	b, _, err := r.ReadRange(ctx, info.ID, info.Length, int64(e.Offset), int64(e.Length))
+	if err == nil {
+		at := e
+		at.Offset = 0
+		var exts []Extent
+		if exts, err = r.OpenSegment(sg, off, b, at); err == nil {
+			return exts, nil
+		}
+	}
+	p, _, perr := r.ReadPack(ctx, info.ID)
+	if perr != nil {
+		if errors.Is(perr, ErrPackLost) {
+			return nil, fmt.Errorf("%w: segment %s in pack %s: %v", ErrSegmentLost, sg.ID.Short(), info.ID.Short(), perr)
+		}
+		return nil, fmt.Errorf("segment %s: %w", sg.ID.Short(), perr)
+	}
+	exts, err := r.OpenSegment(sg, off, p, e)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrSegmentLost, err)
+	}
+	return exts, nil
 }
 
 // Extents calls fn with the extents of snapshot s in volume order: a
@@ -144,7 +233,7 @@ func (r *Repo) Extents(ctx context.Context, s *Snapshot, fn func([]Extent) error
 	var off int64
 	for i, sg := range s.Segments {
 		exts, err := r.readSegment(ctx, sg, off)
-		if errors.Is(err, objstore.ErrNotFound) {
+		if errors.Is(err, ErrSegmentLost) {
 			// Forgotten and pruned since it was listed, or a segment lost.
 			if _, lerr := r.loadSnapshot(ctx, s.ID); errors.Is(lerr, objstore.ErrNotFound) {
 				return fmt.Errorf("snapshot %s: %w (deleted since it was listed)", s.ID, ErrSnapshotNotFound)
@@ -164,27 +253,37 @@ func (r *Repo) Extents(ctx context.Context, s *Snapshot, fn func([]Extent) error
 // SnapshotWriter takes a backup's extents in volume order and commits them
 // with the manifest. It keeps them on the local disk (in Repo.IndexCache,
 // in an unlinked file) until the commit, or in memory without a cache; at
-// the commit, a volume of more than one segment's extents has them written
-// as segments, one at a time per uploader. Memory does not grow with the
-// volume's size.
+// the commit, a volume of more than Repo.SegmentExtents extents has them
+// written as segments, those the index does not hold yet into packs. Memory
+// does not grow with the volume's size (bar 24 bytes per segment).
 type SnapshotWriter struct {
-	r      *Repo
-	per    int64
-	f      *os.File // the spool; nil: mem
-	bw     *bufio.Writer
-	mem    []byte
-	size   int64   // bytes spooled
-	starts []int64 // spool offset of each segment's first extent
-	firsts []int64 // volume offset of each segment's first extent
-	n      int64   // extents spooled
-	end    int64   // volume offset past the last extent added
-	last   Extent  // the last extent added, spooled once the next is not a zero to merge
-	held   bool
+	r         *Repo
+	avg       int64 // extents per segment: average, least, most
+	least     int64
+	most      int64
+	f         *os.File // the spool; nil: mem
+	bw        *bufio.Writer
+	mem       []byte
+	size      int64     // bytes spooled
+	segs      []spooled // the segments cut so far, and the one being filled
+	n         int64     // extents spooled
+	end       int64     // volume offset past the last extent added
+	last      Extent    // the last extent added, spooled once the next is not a zero to merge
+	held      bool
+	cutBefore bool // the next extent spooled starts a segment
+}
+
+// spooled is a segment in the spool.
+type spooled struct {
+	start int64 // spool offset of its first extent
+	first int64 // volume offset of its first extent
+	n     int64 // its extents
 }
 
 // NewSnapshotWriter returns a writer for a snapshot's extents. Close it.
 func (r *Repo) NewSnapshotWriter() (*SnapshotWriter, error) {
-	w := &SnapshotWriter{r: r, per: r.segmentExtents()}
+	w := &SnapshotWriter{r: r, cutBefore: true}
+	w.avg, w.least, w.most = r.segmentSizes()
 	dir, err := r.indexDir()
 	if err == nil && dir != "" {
 		f, err := os.CreateTemp(dir, "extents-*")
@@ -226,16 +325,17 @@ func (w *SnapshotWriter) Add(e Extent) error {
 	return nil
 }
 
-// spool writes the held extent to the spool.
+// spool writes the held extent to the spool, and decides whether the
+// segment ends after it.
 func (w *SnapshotWriter) spool() error {
 	if !w.held {
 		return nil
 	}
-	if w.n%w.per == 0 {
-		w.starts = append(w.starts, w.size)
-		w.firsts = append(w.firsts, w.last.Off)
+	if w.cutBefore {
+		w.segs = append(w.segs, spooled{start: w.size, first: w.last.Off})
+		w.cutBefore = false
 	}
-	var buf [1 + binary.MaxVarintLen64 + 32]byte
+	var buf [maxExtentLen]byte
 	b := appendExtent(buf[:0], w.last)
 	if w.bw != nil {
 		if _, err := w.bw.Write(b); err != nil {
@@ -246,6 +346,9 @@ func (w *SnapshotWriter) spool() error {
 	}
 	w.size += int64(len(b))
 	w.n++
+	sg := &w.segs[len(w.segs)-1]
+	sg.n++
+	w.cutBefore = sg.n >= w.most || sg.n >= w.least && !w.last.Zero && segmentCut(w.last.ID, w.avg)
 	w.held = false
 	return nil
 }
@@ -280,30 +383,30 @@ func (w *SnapshotWriter) readAt(b []byte, off int64) error {
 	return err
 }
 
-// segment returns the encoded extents of segment i.
-func (w *SnapshotWriter) segment(i int) ([]byte, error) {
-	end := w.size
-	if i+1 < len(w.starts) {
-		end = w.starts[i+1]
+// segment returns the encoded extents of segment i and the volume offset
+// past its last.
+func (w *SnapshotWriter) segment(i int) ([]byte, int64, error) {
+	end, vend := w.size, w.end
+	if i+1 < len(w.segs) {
+		end, vend = w.segs[i+1].start, w.segs[i+1].first
 	}
-	b := make([]byte, end-w.starts[i])
-	if err := w.readAt(b, w.starts[i]); err != nil {
-		return nil, fmt.Errorf("read the spooled extents: %w", err)
+	b := make([]byte, end-w.segs[i].start)
+	if err := w.readAt(b, w.segs[i].start); err != nil {
+		return nil, 0, fmt.Errorf("read the spooled extents: %w", err)
 	}
-	return b, nil
+	return b, vend, nil
 }
 
 // each calls fn with every spooled extent in order, reading the spool a
 // segment at a time.
 func (w *SnapshotWriter) each(fn func(Extent) error) error {
-	for i := range w.starts {
-		b, err := w.segment(i)
+	for i, sg := range w.segs {
+		b, _, err := w.segment(i)
 		if err != nil {
 			return err
 		}
-		n := min(w.per, w.n-int64(i)*w.per)
 		rd := &reader{b: b}
-		exts, _ := parseExtents(rd, uint64(n), w.firsts[i], w.end)
+		exts, _ := parseExtents(rd, uint64(sg.n), sg.first, w.end)
 		if rd.err != nil || len(rd.b) != 0 {
 			return fmt.Errorf("read the spooled extents: %w", errManifestFormat)
 		}
@@ -316,12 +419,10 @@ func (w *SnapshotWriter) each(fn func(Extent) error) error {
 	return nil
 }
 
-// segmentUploads is how many segments a commit seals and writes at once.
-const segmentUploads = 2
-
-// Commit writes the snapshot of meta and the extents added: its segments,
-// when there are more extents than one holds, then the manifest, after
-// the checks of SaveSnapshot. meta.Size must be the bytes the extents
+// Commit writes the snapshot of meta and the extents added: its segments
+// the index does not hold yet, when there are more extents than
+// Repo.SegmentExtents, then the manifest, after the checks of SaveSnapshot
+// (which cover the segments too). meta.Size must be the bytes the extents
 // cover. It returns the snapshot ID and the bytes written.
 func (w *SnapshotWriter) Commit(ctx context.Context, meta Meta) (string, int64, error) {
 	if err := w.finish(); err != nil {
@@ -332,46 +433,95 @@ func (w *SnapshotWriter) Commit(ctx context.Context, meta Meta) (string, int64, 
 	}
 	r := w.r
 	m := &Manifest{Meta: meta}
-	if w.n <= w.per {
+	if w.n <= w.avg {
 		m.Extents = make([]Extent, 0, w.n)
 		if err := w.each(func(e Extent) error { m.Extents = append(m.Extents, e); return nil }); err != nil {
 			return "", 0, err
 		}
 		return r.SaveSnapshot(ctx, m)
 	}
-	// Prune deletes segments no manifest names unless a backup holds a
-	// writer lock (prune.go): these must not go before the manifest is in.
+	// New packs are safe from prune only under a writer lock (prune.go).
 	if r.heldWriter() == nil {
 		return "", 0, errors.New("a snapshot of more than one segment is committed under a writer lock (Repo.Lock)")
 	}
-	m.Segments = make([]Segment, len(w.starts))
-	var written atomic.Int64
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(segmentUploads)
-	for i := range w.starts {
-		g.Go(func() error {
-			enc, err := w.segment(i)
-			if err != nil {
-				return err
-			}
-			end := w.end
-			if i+1 < len(w.firsts) {
-				end = w.firsts[i+1]
-			}
-			sg, obj := r.sealSegment(enc, w.firsts[i], min(w.per, w.n-int64(i)*w.per), end-w.firsts[i])
-			if err := r.putEverywhere(gctx, sg.Name(), func(*Target) ([]byte, error) { return obj, nil }); err != nil {
-				return fmt.Errorf("write segment %d of %d: %w", i+1, len(w.starts), err)
-			}
-			written.Add(int64(len(obj) * r.copies(gctx)))
-			m.Segments[i] = sg
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	written, err := w.writeSegments(ctx, m)
+	if err != nil {
 		return "", 0, err
 	}
 	id, n, err := r.commit(ctx, m, w.each)
-	return id, n + written.Load(), err
+	return id, n + written, err
+}
+
+// writeSegments names the segments in m and stores those the index does
+// not hold yet (nor an earlier segment of m), in packs, then indexes them.
+// It returns the bytes written.
+func (w *SnapshotWriter) writeSegments(ctx context.Context, m *Manifest) (int64, error) {
+	r := w.r
+	x := r.loaded.Load()
+	if x == nil {
+		var err error
+		if x, err = r.LoadIndex(ctx); err != nil {
+			return 0, fmt.Errorf("load index: %w", err)
+		}
+	}
+	var (
+		written int64
+		batch   IndexBatch
+		pw      *pack.Writer
+		scratch []byte
+		seen    = map[chunk.ID]bool{}
+	)
+	flush := func() error {
+		if pw == nil {
+			return nil
+		}
+		p, id, entries := pw.Finish()
+		pw = nil
+		n, err := r.WritePack(ctx, id, p)
+		written += n
+		if err != nil {
+			return fmt.Errorf("write a pack of segments: %w", err)
+		}
+		batch.Add(PackInfo{ID: id, Length: int64(len(p))}, entries)
+		return nil
+	}
+	m.Segments = make([]Segment, len(w.segs))
+	for i, sg := range w.segs {
+		enc, end, err := w.segment(i)
+		if err != nil {
+			return written, err
+		}
+		plain := segmentPlain(enc, sg.first, sg.n)
+		id := r.IDKey.Sum(plain)
+		m.Segments[i] = Segment{ID: id, Extents: sg.n, Len: end - sg.first}
+		if seen[id] || x.Has(id) {
+			continue
+		}
+		seen[id] = true
+		var sealed []byte
+		var compressed bool
+		sealed, scratch, compressed = r.Codec.SealBlob(nil, scratch, id, plain)
+		if pw == nil {
+			pw = r.Codec.NewWriter(1 << 20) // grows as needed: most commits write a few segments
+		}
+		pw.Add(id, sealed, len(plain), compressed)
+		if pw.Len() >= r.Config.PackSize {
+			if err := flush(); err != nil {
+				return written, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return written, err
+	}
+	if batch.Len() > 0 {
+		n, err := r.WriteIndex(ctx, &batch)
+		written += n
+		if err != nil {
+			return written, fmt.Errorf("index the segments: %w", err)
+		}
+	}
+	return written, nil
 }
 
 // eachIn returns a function that calls its argument with every extent of

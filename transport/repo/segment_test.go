@@ -2,14 +2,17 @@ package repo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ferrydr/ferry/chunk"
 	"github.com/ferrydr/ferry/transport/objstore"
+	"github.com/ferrydr/ferry/transport/pack"
 )
 
 // writeSnapshot commits the extents exts (consecutive from 0) through a
@@ -61,9 +64,51 @@ func testExtents(ids []chunk.ID, n int) (in, merged []Extent) {
 	return in, merged
 }
 
+// manyChunks stores n distinct chunks in one pack and returns their IDs:
+// segment cuts depend on chunk IDs, so a test of cuts needs many.
+func manyChunks(t *testing.T, r *Repo, n int) []chunk.ID {
+	t.Helper()
+	data := make([][]byte, n)
+	for i := range data {
+		data[i] = fmt.Appendf(nil, "chunk %d", i)
+	}
+	return storeChunks(t, r, data...)
+}
+
+// segmentBlobs returns how many blobs the index holds that are segments of
+// the snapshots ids (each counted once).
+func segmentBlobs(t *testing.T, r *Repo, ids ...string) (named, indexed int) {
+	t.Helper()
+	ctx := context.Background()
+	x, err := r.LoadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[chunk.ID]bool{}
+	for _, id := range ids {
+		s, err := r.FindSnapshot(ctx, id, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, sg := range s.Segments {
+			if seen[sg.ID] {
+				continue
+			}
+			seen[sg.ID] = true
+			named++
+			if _, _, ok := x.Lookup(sg.ID); ok {
+				indexed++
+			}
+		}
+	}
+	return named, indexed
+}
+
 // TestSegmentedSnapshot writes snapshots through a SnapshotWriter, with
 // the spool on disk and in memory, and reads them back whole, a segment
-// at a time and as a listing does.
+// at a time and as a listing does. Segments are blobs in packs, indexed,
+// and nothing is written under the prefix of the replicated segments of
+// an earlier format.
 func TestSegmentedSnapshot(t *testing.T) {
 	for _, cache := range []bool{true, false} {
 		t.Run(fmt.Sprintf("cache=%v", cache), func(t *testing.T) {
@@ -73,9 +118,9 @@ func TestSegmentedSnapshot(t *testing.T) {
 			if cache {
 				r.IndexCache = t.TempDir()
 			}
-			r.SegmentExtents = 4
-			ids := storeChunks(t, r, []byte("first"), []byte("second"), []byte("third"))
-			in, want := testExtents(ids, 11) // 11 data extents and 3 runs of zeros: 14 extents, 4 segments
+			r.SegmentExtents = 4 // segments of 1 to 16 extents
+			ids := manyChunks(t, r, 150)
+			in, want := testExtents(ids, 150) // 150 data extents and 50 runs of zeros
 
 			id, err := writeSnapshot(t, r, "db", in)
 			if err != nil {
@@ -85,21 +130,32 @@ func TestSegmentedSnapshot(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(s.Segments) != 4 || s.Extents != nil {
-				t.Fatalf("%d segments, %d extents in the manifest; want 4 segments", len(s.Segments), len(s.Extents))
+			if len(s.Segments) < 10 || s.Extents != nil {
+				t.Fatalf("%d segments, %d extents in the manifest; want at least 10 segments", len(s.Segments), len(s.Extents))
 			}
 			var got []Extent
-			batches := 0
+			batches, cut := 0, 0
 			err = r.Extents(ctx, s, func(exts []Extent) error {
-				if len(exts) > 4 {
-					t.Errorf("a batch of %d extents, more than a segment", len(exts))
+				if len(exts) > 16 {
+					t.Errorf("a batch of %d extents, more than a segment holds", len(exts))
+				}
+				// A segment shorter than the most ends where its last
+				// chunk ID says (the last segment ends with the volume).
+				if last := exts[len(exts)-1]; len(exts) < 16 && batches+1 < len(s.Segments) {
+					if last.Zero || !segmentCut(last.ID, 4) {
+						t.Errorf("segment %d of %d extents ends after extent %+v, not at a cut", batches+1, len(exts), last)
+					}
+					cut++
 				}
 				batches++
 				got = append(got, exts...)
 				return nil
 			})
-			if err != nil || batches != 4 || !reflect.DeepEqual(got, want) {
+			if err != nil || batches != len(s.Segments) || !reflect.DeepEqual(got, want) {
 				t.Fatalf("Extents: %v, %d batches\n got %+v\nwant %+v", err, batches, got, want)
+			}
+			if cut == 0 {
+				t.Fatal("no segment ended at a cut its content chose")
 			}
 			full, err := r.WithExtents(ctx, s)
 			if err != nil || !reflect.DeepEqual(full.Extents, want) || full.Size != s.Size {
@@ -109,15 +165,27 @@ func TestSegmentedSnapshot(t *testing.T) {
 			if err != nil || len(snaps) != 1 || !snaps[0].MetaOnly() || !reflect.DeepEqual(snaps[0].Segments, s.Segments) {
 				t.Fatalf("Snapshots: %v, %+v", err, snaps)
 			}
+			if named, indexed := segmentBlobs(t, r, id); named != len(s.Segments) || indexed != named {
+				t.Fatalf("%d distinct segments, %d indexed; want all %d", named, indexed, len(s.Segments))
+			}
 			for i, st := range stores {
-				n := 0
-				st.List(ctx, "extents/", func(objstore.Info) error { n++; return nil })
-				if n != 4 {
-					t.Fatalf("target %d holds %d segments, want 4", i+1, n)
+				if n := len(names(t, st, "extents/")); n != 0 {
+					t.Fatalf("target %d holds %d objects under extents/", i+1, n)
 				}
 			}
 
-			// No more extents than a segment holds: the manifest keeps them.
+			// A repository opened afresh reads the segments through the
+			// index it loads itself.
+			again, err := Open(ctx, stores, []byte("pw"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if full, err := again.WithExtents(ctx, s); err != nil || !reflect.DeepEqual(full.Extents, want) {
+				t.Fatalf("WithExtents from a fresh Open: %v", err)
+			}
+
+			// No more extents than a segment holds on average: the manifest
+			// keeps them.
 			in, want = testExtents(ids, 3)
 			id, err = writeSnapshot(t, r, "small", in)
 			if err != nil {
@@ -130,44 +198,168 @@ func TestSegmentedSnapshot(t *testing.T) {
 	}
 }
 
-// TestSegmentedSnapshotDamage: a segment deleted or replaced on some
-// targets is read from another; gone from all, the error says which.
-func TestSegmentedSnapshotDamage(t *testing.T) {
+// TestSegmentsShared: a snapshot that differs from the one before in one
+// place names the same segments elsewhere and stores only those around the
+// change; the cuts find each other again after it.
+func TestSegmentsShared(t *testing.T) {
 	ctx := context.Background()
-	stores, r, s, want := segmentedSnapshot(t)
-	other, err := r.readSegmentObject(ctx, s.Segments[0])
+	r := initRepo(t, memStores(3))
+	r.SegmentExtents = 8 // segments of 2 to 32 extents
+	ids := manyChunks(t, r, 601)
+	in, want := testExtents(ids[:600], 600)
+	first, err := writeSnapshot(t, r, "db", in)
 	if err != nil {
 		t.Fatal(err)
 	}
-	second := s.Segments[1].Name()
-	// Target 1 lacks the second segment, target 2 holds the first in its
-	// place (valid, sealed with the key, but not the object named).
-	stores[0].Delete(ctx, second)
-	stores[1].Delete(ctx, second)
-	if err := stores[1].Create(ctx, second, other); err != nil {
+	// Change a chunk in the middle: another chunk of the same length.
+	changed := slices.Clone(in)
+	mid := len(changed) / 2
+	for changed[mid].Zero {
+		mid++
+	}
+	changed[mid].ID = ids[600]
+	x, err := r.LoadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := x.Len()
+	second, err := writeSnapshot(t, r, "db", changed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := r.FindSnapshot(ctx, first, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := r.FindSnapshot(ctx, second, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := map[chunk.ID]bool{}
+	for _, sg := range a.Segments {
+		old[sg.ID] = true
+	}
+	fresh := 0
+	for _, sg := range b.Segments {
+		if !old[sg.ID] {
+			fresh++
+		}
+	}
+	if len(a.Segments) < 20 || fresh == 0 || fresh > 2 {
+		t.Fatalf("%d segments, of which the second snapshot names %d anew; want 1 or 2 of many", len(a.Segments), fresh)
+	}
+	x, err = r.LoadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if added := x.Len() - before; added != fresh {
+		t.Fatalf("the second commit indexed %d blobs, want its %d new segments", added, fresh)
+	}
+	// The pack the second commit wrote holds its new segments only.
+	var newPack *PackInfo
+	for _, sg := range b.Segments {
+		if info, _, ok := x.Lookup(sg.ID); ok && !old[sg.ID] {
+			newPack = &info
+		}
+	}
+	if newPack == nil {
+		t.Fatal("the new segments are in no pack")
+	}
+	p, _, err := r.ReadPack(ctx, newPack.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if entries, err := r.Codec.ParseHeader(p); err != nil || len(entries) != fresh {
+		t.Fatalf("the second commit's pack holds %d blobs (%v), want its %d new segments", len(entries), err, fresh)
+	}
+	want2 := slices.Clone(want)
+	for i := range want2 {
+		if want2[i].Off == changed[mid].Off {
+			want2[i].ID = ids[600]
+		}
+	}
+	for _, c := range []struct {
+		s    *Snapshot
+		want []Extent
+	}{{a, want}, {b, want2}} {
+		if full, err := r.WithExtents(ctx, c.s); err != nil || !reflect.DeepEqual(full.Extents, c.want) {
+			t.Fatalf("snapshot %s: %v", c.s.ID[:12], err)
+		}
+	}
+}
+
+// TestCommitChecksSegments: a commit refuses a manifest whose segment is
+// only in a pack that a prune may delete before the manifest is in, as it
+// refuses one whose chunk is: here the index this Repo loaded predates the
+// prune plan that marked the pack, so the backup reused the segment.
+func TestCommitChecksSegments(t *testing.T) {
+	ctx := context.Background()
+	_, r, s, want := segmentedSnapshot(t)
+	info, _, ok := r.loaded.Load().Lookup(s.Segments[0].ID)
+	if !ok {
+		t.Fatal("segment 1 is in no index object")
+	}
+	now := time.Now()
+	if _, err := r.writePlan(ctx, &Plan{Created: now.Add(-time.Hour), Marks: map[pack.ID]Mark{
+		info.ID: {Marked: now.Add(-time.Hour), Deletable: now.Add(-time.Minute)},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := writeSnapshot(t, r, "again", want) // the same extents
+
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "segment 1 of") {
+		t.Fatalf("a segment only in a marked pack: %v", err)
+	}
+}
+
+// TestSegmentedSnapshotDamage: a segment whose pack lost a shard, or holds
+// a corrupt one, is rebuilt from the others; with more shards gone than
+// the parity covers, the error says which segment, as ErrSegmentLost.
+func TestSegmentedSnapshotDamage(t *testing.T) {
+	ctx := context.Background()
+	stores, r, s, want := segmentedSnapshot(t)
+	x, err := r.LoadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _, ok := x.Lookup(s.Segments[1].ID)
+	if !ok {
+		t.Fatal("segment 2 is in no index object")
+	}
+	// (The segments of one commit share a pack.)
+	// Shard 0 corrupt (a byte flipped), on target 1.
+	name := ShardName(info.ID, 0)
+	b, err := stores[0].Get(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/3] ^= 0xff
+	stores[0].Delete(ctx, name)
+	if err := stores[0].Create(ctx, name, b); err != nil {
 		t.Fatal(err)
 	}
 	full, err := r.WithExtents(ctx, s)
 	if err != nil || !reflect.DeepEqual(full.Extents, want) {
-		t.Fatalf("with a good copy on one target: %v", err)
+		t.Fatalf("with one corrupt shard: %v", err)
 	}
-	stores[2].Delete(ctx, second)
+	// And shard 1 gone: two of three shards of a 2+1 pack.
+	stores[1].Delete(ctx, ShardName(info.ID, 1))
 	_, err = r.WithExtents(ctx, s)
-	if err == nil || !strings.Contains(err.Error(), "segment 2 of") || !strings.Contains(err.Error(), "does not match its name") {
-		t.Fatalf("no good copy left: %v", err)
+	if !errors.Is(err, ErrSegmentLost) || !strings.Contains(err.Error(), fmt.Sprintf(" of %d: ", len(s.Segments))) || !strings.Contains(err.Error(), info.ID.Short()) {
+		t.Fatalf("two shards of three gone: %v", err)
 	}
 }
 
-// segmentedSnapshot commits a snapshot of 7 extents in segments of 2 to
-// three memory stores and returns them, the repository, the snapshot (as
-// FindSnapshot gives it) and its extents.
+// segmentedSnapshot commits a snapshot of about 200 extents in segments of
+// about 4 to three memory stores and returns them, the repository, the
+// snapshot (as FindSnapshot gives it) and its extents.
 func segmentedSnapshot(t *testing.T) ([]objstore.Store, *Repo, *Snapshot, []Extent) {
 	t.Helper()
 	stores := memStores(3)
 	r := initRepo(t, stores)
-	r.SegmentExtents = 2
-	ids := storeChunks(t, r, []byte("first"), []byte("second"))
-	in, want := testExtents(ids, 5)
+	r.SegmentExtents = 4
+	ids := manyChunks(t, r, 150)
+	in, want := testExtents(ids, 150)
 	id, err := writeSnapshot(t, r, "db", in)
 	if err != nil {
 		t.Fatal(err)
@@ -176,19 +368,15 @@ func segmentedSnapshot(t *testing.T) ([]objstore.Store, *Repo, *Snapshot, []Exte
 	if err != nil {
 		t.Fatal(err)
 	}
+	if len(s.Segments) < 3 {
+		t.Fatalf("%d segments, want several", len(s.Segments))
+	}
 	return stores, r, s, want
 }
 
-// readSegmentObject returns segment sg's sealed object from any target.
-func (r *Repo) readSegmentObject(ctx context.Context, sg Segment) ([]byte, error) {
-	var obj []byte
-	err := r.getAny(ctx, sg.Name(), func(b []byte) error { obj = b; return nil })
-	return obj, err
-}
-
 // TestSnapshotWriterRefuses: extents out of order, a size they do not
-// cover, and a chunk no index holds (the segments may be written, never
-// the manifest).
+// cover, segments without a writer lock, and a chunk no index holds (the
+// segments may be written, never the manifest).
 func TestSnapshotWriterRefuses(t *testing.T) {
 	ctx := context.Background()
 	stores := memStores(3)
@@ -206,7 +394,8 @@ func TestSnapshotWriterRefuses(t *testing.T) {
 	if _, _, err := w.Commit(ctx, Meta{Name: "x", Size: 6}); err == nil || !strings.Contains(err.Error(), "cover 5") {
 		t.Fatalf("size the extents do not cover: %v", err)
 	}
-	// Segments without a writer lock: prune could take them for garbage.
+	// Segments without a writer lock: prune could take their pack for
+	// garbage.
 	w, err = r.NewSnapshotWriter()
 	if err != nil {
 		t.Fatal(err)
@@ -218,10 +407,8 @@ func TestSnapshotWriterRefuses(t *testing.T) {
 	if _, _, err := w.Commit(ctx, Meta{Name: "x", Size: 3}); err == nil || !strings.Contains(err.Error(), "writer lock") {
 		t.Fatalf("segments without a lock: %v", err)
 	}
-	n := 0
-	stores[0].List(ctx, "extents/", func(objstore.Info) error { n++; return nil })
-	if n != 0 {
-		t.Fatalf("%d segments written without a lock", n)
+	if n := len(names(t, stores[0], "data/")); n != 0 {
+		t.Fatalf("%d shards written without a lock", n)
 	}
 
 	ids := storeChunks(t, r, []byte("first"))
@@ -242,13 +429,12 @@ func TestSnapshotWriterRefuses(t *testing.T) {
 func FuzzParseSegment(f *testing.F) {
 	enc := appendExtent(nil, Extent{Len: 4, ID: chunk.ID{9}})
 	enc = appendExtent(enc, Extent{Len: 6, Zero: true})
-	plain := append([]byte("FRYE"), 1, 7, 2)
-	f.Add(zenc.EncodeAll(append(plain, enc...), nil), int64(7), int64(2), int64(10))
-	f.Fuzz(func(t *testing.T, z []byte, off, n, length int64) {
+	f.Add(segmentPlain(enc, 7, 2), int64(7), int64(2), int64(10))
+	f.Fuzz(func(t *testing.T, b []byte, off, n, length int64) {
 		if off < 0 || n <= 0 || length <= 0 || off > 1<<60 || length > 1<<60 {
 			return
 		}
-		exts, err := parseSegment(z, Segment{Extents: n, Len: length}, off)
+		exts, err := parseSegment(b, Segment{Extents: n, Len: length}, off)
 		if err != nil {
 			return
 		}

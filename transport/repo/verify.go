@@ -40,25 +40,6 @@ func (r *Repo) OpenSnapshot(id string, b []byte) (*Snapshot, error) {
 	return &Snapshot{ID: id, Manifest: m}, nil
 }
 
-// OpenSegment authenticates and parses the bytes of segment sg of a
-// manifest, whose first extent is at off, as read from one target: the
-// content must match the segment's name, open with the key, and hold the
-// extents the manifest says, from off.
-func (r *Repo) OpenSegment(sg Segment, off int64, b []byte) ([]Extent, error) {
-	if sha256.Sum256(b) != sg.ID {
-		return nil, fmt.Errorf("%s: content does not match its name", sg.Name())
-	}
-	plain, err := r.key.Open(nil, b, extentsAD)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", sg.Name(), err)
-	}
-	exts, err := parseSegment(plain, sg, off)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", sg.Name(), err)
-	}
-	return exts, nil
-}
-
 // CheckConfig checks the config object as read from target t (0-based):
 // it must open with the master key and describe this repository, with t's
 // position.

@@ -2,63 +2,79 @@ package repo
 
 import (
 	"context"
-	"errors"
 	"reflect"
 	"strings"
 	"testing"
 
-	"github.com/ferrydr/ferry/transport/erasure"
+	"github.com/ferrydr/ferry/transport/objstore"
 )
 
-// TestOpenSegment: a segment's bytes open only under their own name, and
-// only as the extents the manifest says: from its offset, as many.
+// TestOpenSegment: a segment's blob opens only as the segment the manifest
+// names, and only as the extents the manifest says: from its offset, as
+// many.
 func TestOpenSegment(t *testing.T) {
 	ctx := context.Background()
-	stores, r, s, want := segmentedSnapshot(t)
-	var err error
-	if len(s.Segments) < 3 {
-		t.Fatalf("%d segments, want several", len(s.Segments))
+	_, r, s, want := segmentedSnapshot(t)
+	x, err := r.LoadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
-	objs := make([][]byte, len(s.Segments))
 	var got []Extent
 	var off int64
+	var first []byte
 	for i, sg := range s.Segments {
-		if objs[i], err = stores[i%3].Get(ctx, sg.Name()); err != nil {
+		info, e, ok := x.Lookup(sg.ID)
+		if !ok {
+			t.Fatalf("segment %d is in no index object", i+1)
+		}
+		p, _, err := r.ReadPack(ctx, info.ID)
+		if err != nil {
 			t.Fatal(err)
 		}
-		exts, err := r.OpenSegment(sg, off, objs[i])
+		exts, err := r.OpenSegment(sg, off, p, e)
 		if err != nil {
 			t.Fatalf("segment %d: %v", i+1, err)
 		}
 		got = append(got, exts...)
-		if _, err := r.OpenSegment(sg, off+1, objs[i]); err == nil {
+		if _, err := r.OpenSegment(sg, off+1, p, e); err == nil {
 			t.Fatalf("segment %d opened at another offset", i+1)
+		}
+		if i == 1 {
+			// The second segment's blob, taken for the first.
+			if _, err := r.OpenSegment(s.Segments[0], 0, p, e); err == nil || !strings.Contains(err.Error(), "does not match its ID") {
+				t.Fatalf("another segment's blob: %v", err)
+			}
+		}
+		if i == 0 {
+			first = p
+			more := sg
+			more.Extents++
+			if _, err := r.OpenSegment(more, 0, p, e); err == nil {
+				t.Fatal("a segment opened as holding more extents than it does")
+			}
 		}
 		off += sg.Len
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("extents\n got %+v\nwant %+v", got, want)
 	}
-	if _, err := r.OpenSegment(s.Segments[0], 0, objs[1]); err == nil || !strings.Contains(err.Error(), "does not match its name") {
-		t.Fatalf("another segment's bytes: %v", err)
-	}
-	more := s.Segments[0]
-	more.Extents++
-	if _, err := r.OpenSegment(more, 0, objs[0]); err == nil {
-		t.Fatal("a segment opened as holding more extents than it does")
+	_, e, _ := x.Lookup(s.Segments[0].ID)
+	bad := append([]byte(nil), first...)
+	bad[e.Offset+e.Length/2] ^= 1
+	if _, err := r.OpenSegment(s.Segments[0], 0, bad, e); err == nil {
+		t.Fatal("a segment with a flipped byte opened")
 	}
 }
 
-// TestInitRefusesSegments: a target that holds segments holds a
-// repository; Init leaves it alone.
-func TestInitRefusesSegments(t *testing.T) {
-	ctx := context.Background()
-	stores := memStores(2)
-	if err := stores[1].Create(ctx, "extents/"+strings.Repeat("ab", 32), []byte("a segment")); err != nil {
+// names lists the objects under prefix of s.
+func names(t *testing.T, s objstore.Store, prefix string) []string {
+	t.Helper()
+	var out []string
+	if err := s.List(context.Background(), prefix, func(i objstore.Info) error {
+		out = append(out, i.Name)
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Init(ctx, stores, []byte("pw"), Options{Erasure: erasure.Scheme{K: 1, M: 1}, Chunking: &testParams, KDF: testKDF})
-	if !errors.Is(err, ErrExists) || !strings.Contains(err.Error(), "target 2") {
-		t.Fatalf("init over a target with segments: %v", err)
-	}
+	return out
 }
