@@ -21,6 +21,7 @@
 // worker two chunk buffers (the Sealer's) and a cut finder's chunk buffer
 // and read blocks, two pack buffers (one filling, one being erasure-coded),
 // and Uploads packs' shards (a repo.Shards per uploader). Nothing else is
-// allocated per chunk but its small bookkeeping; the manifest's extent list
-// grows with the volume (about 40 bytes per MiB).
+// allocated per chunk but its small bookkeeping; the extents wait on the
+// local disk for the commit (repo.SnapshotWriter), which reads them back a
+// segment at a time.
 package backup
