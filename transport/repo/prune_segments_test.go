@@ -161,11 +161,15 @@ func TestPruneSegments(t *testing.T) {
 	if err := r.MarkForTest(ctx, time.Now().Add(-time.Hour), slices.Collect(maps.Keys(dPacks))...); err != nil {
 		t.Fatal(err)
 	}
-	gate := &manifestGate{reached: make(chan struct{}), open: make(chan struct{})}
-	defer gate.release()
+	gate := gatedStore{prefix: "snapshots/", reached: make(chan struct{}), open: make(chan struct{}), once: &sync.Once{}}
+	var released sync.Once
+	openGate := func() { released.Do(func() { close(gate.open) }) }
+	defer openGate()
 	var gated []objstore.Store
 	for _, s := range p.stores(t) {
-		gated = append(gated, gatedManifests{Store: s, gate: gate})
+		g := gate
+		g.Store = s
+		gated = append(gated, g)
 	}
 	cw, err := repo.Open(ctx, gated, prunePassword)
 	if err != nil {
@@ -199,7 +203,7 @@ func TestPruneSegments(t *testing.T) {
 	if got := deletedPacks(t, during); !maps.Equal(got, dPacks) || len(during.Writers) != 1 {
 		t.Fatalf("prune during backup c: deleted %d packs, want the %d marked long ago; %d writers", len(got), len(dPacks), len(during.Writers))
 	}
-	gate.release()
+	openGate()
 	if err := <-done; err != nil {
 		t.Fatalf("backup c: %v", err)
 	}
@@ -326,31 +330,4 @@ func deletedPacks(t *testing.T, rep *repo.PruneReport) map[pack.ID]bool {
 		out[id] = true
 	}
 	return out
-}
-
-// manifestGate holds back the manifests a backup writes until released.
-type manifestGate struct {
-	reached, open chan struct{}
-	once, closed  sync.Once
-}
-
-func (g *manifestGate) release() { g.closed.Do(func() { close(g.open) }) }
-
-// gatedManifests is a store whose manifests wait for its gate: a backup
-// stopped after its commit checks, before its commit point.
-type gatedManifests struct {
-	objstore.Store
-	gate *manifestGate
-}
-
-func (s gatedManifests) Create(ctx context.Context, name string, data []byte) error {
-	if strings.HasPrefix(name, "snapshots/") {
-		s.gate.once.Do(func() { close(s.gate.reached) })
-		select {
-		case <-s.gate.open:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	return s.Store.Create(ctx, name, data)
 }

@@ -287,17 +287,19 @@ func TestForgetAndPrune(t *testing.T) {
 	}
 }
 
-// gatedStore blocks the first Create of an index object until open is
-// closed: a backup stopped between its shards and its index.
+// gatedStore blocks the first Create of an object under prefix until open
+// is closed: with "index/", a backup stopped between its shards and its
+// index; with "snapshots/", after its commit check, before its manifest.
 type gatedStore struct {
 	objstore.Store
+	prefix  string
 	reached chan struct{}
 	open    chan struct{}
 	once    *sync.Once
 }
 
 func (s gatedStore) Create(ctx context.Context, name string, data []byte) error {
-	if strings.HasPrefix(name, "index/") {
+	if strings.HasPrefix(name, s.prefix) {
 		s.once.Do(func() { close(s.reached) })
 		select {
 		case <-s.open:
@@ -354,7 +356,7 @@ func TestPruneDuringBackup(t *testing.T) {
 			if err := os.WriteFile(bigImg, big, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			gate := gatedStore{reached: make(chan struct{}), open: make(chan struct{}), once: &sync.Once{}}
+			gate := gatedStore{prefix: "index/", reached: make(chan struct{}), open: make(chan struct{}), once: &sync.Once{}}
 			var gated []objstore.Store
 			for _, s := range p.stores(t) {
 				g := gate
