@@ -307,28 +307,48 @@ func (h *heldLock) release() {
 	}
 }
 
-// Locks returns the repository's lock objects by name. A lock refreshed
-// or released since the listing is skipped; a lock object that does not
-// open is an error (prune must not ignore a writer it cannot read).
+// Locks returns the repository's lock objects by name. A lock object that
+// does not open is an error (prune must not ignore a writer it cannot
+// read).
+//
+// A refresh writes a lock's new object before it deletes the old one, but
+// both may fall between the listing and the read: the old object is gone
+// and the new one was not listed. So when a listed lock has vanished,
+// Locks lists again and reads the names it has not seen, until a round
+// finds none vanished: a refreshed lock's new object is then in the
+// listing, and a released lock is rightly left out.
 func (r *Repo) Locks(ctx context.Context) (map[string]LockInfo, error) {
 	out := map[string]LockInfo{}
-	err := r.loadEach(ctx, "locks/", func(name string, b []byte) error {
-		plain, err := r.openNamed(name, b, lockAD)
+	seen := map[string]bool{}
+	for round := 1; ; round++ {
+		vanished, err := r.loadNew(ctx, "locks/", seen, func(name string, b []byte) error {
+			plain, err := r.openNamed(name, b, lockAD)
+			if err != nil {
+				return err
+			}
+			var l LockInfo
+			if err := json.Unmarshal(plain, &l); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			out[name] = l
+			return nil
+		})
 		if err != nil {
-			return err
+			return nil, fmt.Errorf("read locks: %w", err)
 		}
-		var l LockInfo
-		if err := json.Unmarshal(plain, &l); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+		if !vanished {
+			return out, nil
 		}
-		out[name] = l
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read locks: %w", err)
+		if round == locksRounds {
+			return nil, fmt.Errorf("read locks: lock objects vanished between listing and reading in %d listings in a row; try again", round)
+		}
 	}
-	return out, nil
 }
+
+// locksRounds bounds the listings of one Locks call. Each further round
+// needs a lock written and deleted within the moment between a listing
+// and its reads.
+const locksRounds = 10
 
 // lockPrune takes the prune lock: it writes its own lock object, then
 // backs off (deleting it) if another live prune lock exists. Of two prunes

@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"os"
+	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ferrydr/ferry/transport/objstore"
 )
 
 // TestLockRefreshStopped: a backup's writer lock whose refreshing stops
@@ -96,5 +100,93 @@ func TestLockRefreshStopped(t *testing.T) {
 	}
 	if err := h.check(); !errors.Is(err, ErrLockLost) {
 		t.Fatalf("holder of a lock a prune may take for stale: %v", err)
+	}
+}
+
+// listHook runs after once, after its nth listing under prefix: the moment
+// between a listing and the reads of what it listed.
+type listHook struct {
+	objstore.Store
+	prefix string
+	nth    int
+	n      *atomic.Int32
+	after  func()
+}
+
+func (s listHook) List(ctx context.Context, prefix string, fn func(objstore.Info) error) error {
+	err := s.Store.List(ctx, prefix, fn)
+	if prefix == s.prefix && s.n.Add(1) == int32(s.nth) {
+		s.after()
+	}
+	return err
+}
+
+// TestLocksDuringRefresh: a writer lock refreshed after the last target
+// listed locks/ and before its object was read (the old object gone, the
+// new one not listed) is still found, by Locks and by the prune that
+// relies on it to hold back the packs it marked.
+func TestLocksDuringRefresh(t *testing.T) {
+	ctx := context.Background()
+	stores := memStores(3)
+	r := initRepo(t, stores)
+	_, unreferenced := storePack(t, r, []byte("garbage while a backup runs"))
+	release, err := r.Lock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	h := r.writer
+	h.stop() // refreshed by hand below
+	<-h.done
+	refresh := func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		info := h.info
+		info.Refreshed = time.Now().UTC()
+		name, err := r.writeLock(ctx, info)
+		if err == nil {
+			err = r.deleteLock(ctx, LockWriter, h.name)
+		}
+		if err != nil {
+			t.Error(err)
+		}
+		h.info, h.name = info, name
+	}
+	// open returns a Repo that sees the refresh between its nth listing of
+	// locks/ and its reads.
+	open := func(nth int) *Repo {
+		hooked := slices.Clone(stores)
+		last := len(hooked) - 1
+		hooked[last] = listHook{Store: stores[last], prefix: "locks/", nth: nth, n: new(atomic.Int32), after: refresh}
+		other, err := Open(ctx, hooked, []byte("pw"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return other
+	}
+
+	locks, err := open(1).Locks(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.mu.Lock()
+	name := h.name
+	h.mu.Unlock()
+	if _, ok := locks[name]; !ok || len(locks) != 1 {
+		t.Fatalf("locks found during a refresh: %v, want only the refreshed %s", locks, name)
+	}
+
+	if rep, err := r.Prune(ctx, PruneOptions{}); err != nil || rep.Marked != 1 {
+		t.Fatalf("first prune: %+v %v", rep, err)
+	}
+	// The prune that would delete the marked pack but for the lock. It
+	// lists locks/ twice: for other prunes when it has taken its own lock,
+	// then for the writers.
+	rep, err := open(2).Prune(ctx, PruneOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Writers) != 1 || rep.HeldBack != 1 || len(rep.Deleted) != 0 {
+		t.Fatalf("prune that read the locks during a refresh: %+v (pack %s)", rep, unreferenced)
 	}
 }

@@ -698,14 +698,26 @@ func (r *Repo) getAny(ctx context.Context, name string, open func([]byte) error)
 // could stop every backup and prune with an object of its own under
 // plans/, deletions/ or locks/.
 func (r *Repo) loadEach(ctx context.Context, prefix string, open func(name string, b []byte) error) error {
+	_, err := r.loadNew(ctx, prefix, map[string]bool{}, open)
+	return err
+}
+
+// loadNew is loadEach for the names listed that are not in seen, which it
+// adds to seen. It reports whether any of them vanished between the
+// listing and the read.
+func (r *Repo) loadNew(ctx context.Context, prefix string, seen map[string]bool, open func(name string, b []byte) error) (vanished bool, err error) {
 	names, err := r.listAll(ctx, prefix)
 	if err != nil {
-		return err
+		return false, err
 	}
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
 	for _, name := range names {
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
 		g.Go(func() error {
 			err := r.getAny(gctx, name, func(b []byte) error {
 				mu.Lock()
@@ -714,9 +726,12 @@ func (r *Repo) loadEach(ctx context.Context, prefix string, open func(name strin
 			})
 			switch {
 			case errors.Is(err, objstore.ErrNotFound):
+				mu.Lock()
+				vanished = true
+				mu.Unlock()
 				return nil
 			case errors.Is(err, errStray):
-				if _, seen := r.skipped.Swap(name, err.Error()); !seen {
+				if _, warned := r.skipped.Swap(name, err.Error()); !warned {
 					slog.Warn("skipping an object that some targets lack and none has a valid copy of; ferry verify reports it", "object", name, "error", err)
 				}
 				return nil
@@ -724,7 +739,8 @@ func (r *Repo) loadEach(ctx context.Context, prefix string, open func(name strin
 			return err
 		})
 	}
-	return g.Wait()
+	err = g.Wait()
+	return vanished, err
 }
 
 // listAll returns the union of the names under prefix on every reachable target.
