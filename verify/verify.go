@@ -859,7 +859,8 @@ func (c *checker) readSegment(ctx context.Context, sg repo.Segment, off int64) (
 		}
 		p, e = repo.PackInfo{ID: f.pack, Length: c.packLen[f.pack]}, f.entry
 	}
-	return c.r.ReadSegmentFrom(ctx, sg, off, p, e)
+	exts, _, err := c.r.ReadSegmentFrom(ctx, sg, off, p, e)
+	return exts, err
 }
 
 // unreadable handles err, which kept the extents of snapshot s from being

@@ -170,7 +170,7 @@ func NewPlan(ctx context.Context, r *repo.Repo, s *repo.Snapshot, idx *repo.Inde
 	// Chunks that findUnindexed looks for, and the first extent of each.
 	want := map[chunk.ID]bool{}
 	var unindexed []repo.Extent
-	err := p.extents(ctx, func(exts []repo.Extent) error {
+	err := p.extents(ctx, func(exts []repo.Extent, _ []repo.ShardProblem) error {
 		if s.Segments == nil {
 			p.held = exts
 		}
@@ -230,16 +230,17 @@ func errUnindexed(missing []repo.Extent) error {
 }
 
 // extents calls fn with the snapshot's extents a window at a time: those
-// NewPlan kept, or each segment read from its pack. A manifest no target
-// holds a valid copy of, or a segment that cannot be read (in no index
-// object, or its pack short of k good shards), fails with ErrDataLost.
-func (p *Plan) extents(ctx context.Context, fn func([]repo.Extent) error) error {
+// NewPlan kept, or each segment read from its pack, with the shards of the
+// pack the read did without. A manifest no target holds a valid copy of,
+// or a segment that cannot be read (in no index object, or its pack short
+// of k good shards), fails with ErrDataLost.
+func (p *Plan) extents(ctx context.Context, fn func([]repo.Extent, []repo.ShardProblem) error) error {
 	if p.held != nil {
-		return fn(p.held)
+		return fn(p.held, nil)
 	}
 	var fnErr error
-	err := p.r.Extents(ctx, p.snap, func(exts []repo.Extent) error {
-		fnErr = fn(exts)
+	err := p.r.ExtentsWithProblems(ctx, p.snap, func(exts []repo.Extent, problems []repo.ShardProblem) error {
+		fnErr = fn(exts, problems)
 		return fnErr
 	})
 	if err != nil && fnErr == nil && (errors.Is(err, objstore.ErrNotFound) || errors.Is(err, repo.ErrNoValidCopy) || errors.Is(err, repo.ErrSegmentLost)) {
@@ -301,7 +302,7 @@ func newWindow(exts []repo.Extent, idx *repo.Index) (*window, error) {
 type Written struct {
 	BytesWritten int64
 	BytesFetched int64
-	Repaired     []repo.ShardProblem // shards done without (reconstructed from parity)
+	Repaired     []repo.ShardProblem // shards done without (reconstructed from parity), in packs of chunks or of segments
 }
 
 // Reads of a restore. Blobs next to each other in a pack are read together,
@@ -376,7 +377,8 @@ func (p *Plan) write(ctx context.Context, w io.WriterAt, opts Options, zero func
 	// ID and fails it.
 	digest := repo.NewVolumeDigest()
 	writers := make([]*packWriter, opts.Workers) // made as first needed, then kept
-	err := p.extents(ctx, func(exts []repo.Extent) error {
+	err := p.extents(ctx, func(exts []repo.Extent, problems []repo.ShardProblem) error {
+		done(problems, 0) // the shards this segment's read did without
 		win, err := newWindow(exts, p.idx)
 		if err != nil {
 			return err

@@ -15,6 +15,7 @@ import (
 	"github.com/ferrydr/ferry/agent/restore"
 	"github.com/ferrydr/ferry/chunk"
 	"github.com/ferrydr/ferry/testenv/volume"
+	"github.com/ferrydr/ferry/transport/erasure"
 	"github.com/ferrydr/ferry/transport/pack"
 	"github.com/ferrydr/ferry/transport/repo"
 )
@@ -346,12 +347,13 @@ func TestSegmentsShared(t *testing.T) {
 }
 
 // TestRestoreSegmentDamaged damages the pack of the second snapshot's first
-// new segment, which holds none of the first snapshot's: with one shard
-// gone (m = 1) the segment is rebuilt from the others; with one gone and
-// another corrupt, the segment is lost and the restore fails with
-// ErrDataLost before it writes anything, though windows before the lost
-// segment could be restored. The first snapshot, which does not use the
-// pack, still restores.
+// new segment, which holds none of the first snapshot's: with the shard
+// that holds the segment's blob corrupt there, or gone (m = 1), the
+// segment is rebuilt from the others, and the summary names that shard
+// once, as it does a chunk's; with one gone and another corrupt, the
+// segment is lost and the restore fails with ErrDataLost before it writes
+// anything, though windows before the lost segment could be restored. The
+// first snapshot, which does not use the pack, still restores.
 func TestRestoreSegmentDamaged(t *testing.T) {
 	s := setupChanged(t)
 	ctx := context.Background()
@@ -367,7 +369,7 @@ func TestRestoreSegmentDamaged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, _, ok := idx.Lookup(lost.ID)
+	info, entry, ok := idx.Lookup(lost.ID)
 	if !ok {
 		t.Fatalf("segment %s not in the index", lost.ID.Short())
 	}
@@ -378,26 +380,57 @@ func TestRestoreSegmentDamaged(t *testing.T) {
 	shard := func(i int) (*miniogo.Client, string) {
 		return s.raw(t, r.TargetOf(i).Index), "repo/" + repo.ShardName(victim, i)
 	}
+	put := func(cl *miniogo.Client, name string, b []byte) {
+		t.Helper()
+		if _, err := cl.PutObject(ctx, "ferry", name, bytes.NewReader(b), int64(len(b)), miniogo.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The data shard that holds the segment's blob (its start, should it
+	// span two), so that reading the blob's range meets the damage.
+	k := int64(r.Config.Erasure.K)
+	shardLen := (info.Length + k - 1) / k
+	held := int(int64(entry.Offset) / shardLen)
+	other := (held + 1) % r.Config.Erasure.Shards()
+	restored := func(what, reason string) {
+		t.Helper()
+		out, sum, err := restoreImage(t, s.open(t), s.snap2.ID)
+		if err != nil {
+			t.Fatalf("restore with shard %d of the segment's pack %s: %v", held, what, err)
+		}
+		assertSame(t, s.img, out)
+		want := repo.ShardProblem{Pack: victim, Shard: held, Target: r.TargetOf(held).Index + 1, Reason: reason}
+		if len(sum.Repaired) != 1 || sum.Repaired[0].Pack != want.Pack || sum.Repaired[0].Shard != want.Shard ||
+			sum.Repaired[0].Target != want.Target || !strings.Contains(sum.Repaired[0].Reason, reason) {
+			t.Fatalf("shard %d of the segment's pack %s: summary reports %v; want once: %s", held, what, sum.Repaired, want)
+		}
+		if len(sum.RepairedShards) != 1 || sum.RepairedShards[0] != sum.Repaired[0].String() {
+			t.Fatalf("reconstructed_shards %q; want %q", sum.RepairedShards, sum.Repaired[0])
+		}
+	}
 
-	// Data shard 0 gone: the segment is rebuilt from shard 1 and parity.
-	cl, name := shard(0)
+	// A byte of the blob flipped in its shard: the range does not
+	// authenticate, and the whole pack is rebuilt without that shard.
+	cl, name := shard(held)
+	orig := getRaw(t, cl, name)
+	b := bytes.Clone(orig)
+	b[erasure.HeaderSize+int64(entry.Offset)-int64(held)*shardLen] ^= 0xff
+	put(cl, name, b)
+	restored("corrupt", "crc")
+	put(cl, name, orig)
+
+	// The shard gone.
 	if err := cl.RemoveObject(ctx, "ferry", name, miniogo.RemoveObjectOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	out, _, err := restoreImage(t, s.open(t), s.snap2.ID)
-	if err != nil {
-		t.Fatalf("restore with a shard of the segment's pack gone: %v", err)
-	}
-	assertSame(t, s.img, out)
+	restored("gone", "missing")
 
-	// Shard 1 corrupt too: two of three shards bad, more than m.
-	cl, name = shard(1)
-	b := getRaw(t, cl, name)
+	// Another shard corrupt too: two of three shards bad, more than m.
+	cl, name = shard(other)
+	b = getRaw(t, cl, name)
 	b[len(b)/2] ^= 0xff
-	if _, err := cl.PutObject(ctx, "ferry", name, bytes.NewReader(b), int64(len(b)), miniogo.PutObjectOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	out, _, err = restoreImage(t, s.open(t), s.snap2.ID)
+	put(cl, name, b)
+	out, _, err := restoreImage(t, s.open(t), s.snap2.ID)
 	if !errors.Is(err, restore.ErrDataLost) {
 		t.Fatalf("want ErrDataLost, got %v", err)
 	}

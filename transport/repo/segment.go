@@ -180,11 +180,11 @@ func (r *Repo) lookupSegment(ctx context.Context, id chunk.ID) (PackInfo, pack.E
 }
 
 // readSegment reads segment sg, whose first extent is at off, from the
-// pack the index says.
-func (r *Repo) readSegment(ctx context.Context, sg Segment, off int64) ([]Extent, error) {
+// pack the index says, and returns the shards of that pack it did without.
+func (r *Repo) readSegment(ctx context.Context, sg Segment, off int64) ([]Extent, []ShardProblem, error) {
 	info, e, err := r.lookupSegment(ctx, sg.ID)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	return r.ReadSegmentFrom(ctx, sg, off, info, e)
 }
@@ -192,30 +192,31 @@ func (r *Repo) readSegment(ctx context.Context, sg Segment, off int64) ([]Extent
 // ReadSegmentFrom reads segment sg, whose first extent is at off, from
 // blob e of pack info: the blob's range from the shards that hold it, or,
 // when that does not authenticate, the whole pack, checked and rebuilt
-// from any k shards. A pack lost, or a blob that does not open as sg,
-// fails with ErrSegmentLost.
-func (r *Repo) ReadSegmentFrom(ctx context.Context, sg Segment, off int64, info PackInfo, e pack.Entry) ([]Extent, error) {
-	b, _, err := r.ReadRange(ctx, info.ID, info.Length, int64(e.Offset), int64(e.Length))
+// from any k shards. It returns the segment's extents and the shards of
+// the pack it did without (those of the read that served). A pack lost,
+// or a blob that does not open as sg, fails with ErrSegmentLost.
+func (r *Repo) ReadSegmentFrom(ctx context.Context, sg Segment, off int64, info PackInfo, e pack.Entry) ([]Extent, []ShardProblem, error) {
+	b, problems, err := r.ReadRange(ctx, info.ID, info.Length, int64(e.Offset), int64(e.Length))
 	if err == nil {
 		at := e
 		at.Offset = 0
 		var exts []Extent
 		if exts, err = r.OpenSegment(sg, off, b, at); err == nil {
-			return exts, nil
+			return exts, problems, nil
 		}
 	}
-	p, _, perr := r.ReadPack(ctx, info.ID)
+	p, problems, perr := r.ReadPack(ctx, info.ID)
 	if perr != nil {
 		if errors.Is(perr, ErrPackLost) {
-			return nil, fmt.Errorf("%w: segment %s in pack %s: %v", ErrSegmentLost, sg.ID.Short(), info.ID.Short(), perr)
+			return nil, nil, fmt.Errorf("%w: segment %s in pack %s: %v", ErrSegmentLost, sg.ID.Short(), info.ID.Short(), perr)
 		}
-		return nil, fmt.Errorf("segment %s: %w", sg.ID.Short(), perr)
+		return nil, nil, fmt.Errorf("segment %s: %w", sg.ID.Short(), perr)
 	}
 	exts, err := r.OpenSegment(sg, off, p, e)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrSegmentLost, err)
+		return nil, nil, fmt.Errorf("%w: %v", ErrSegmentLost, err)
 	}
-	return exts, nil
+	return exts, problems, nil
 }
 
 // Extents calls fn with the extents of snapshot s in volume order: a
@@ -223,16 +224,25 @@ func (r *Repo) ReadSegmentFrom(ctx context.Context, sg Segment, off int64, info 
 // reader that takes them this way holds one segment's extents at a time.
 // The slices are fn's to keep.
 func (r *Repo) Extents(ctx context.Context, s *Snapshot, fn func([]Extent) error) error {
+	return r.ExtentsWithProblems(ctx, s, func(exts []Extent, _ []ShardProblem) error { return fn(exts) })
+}
+
+// ExtentsWithProblems is Extents, handing fn with each segment's extents
+// the shards of its pack the read did without (none for a manifest that
+// holds its extents), for a reader that reports them, as a restore does.
+// A pack that holds several segments is read once for each, and may
+// report a shard each time.
+func (r *Repo) ExtentsWithProblems(ctx context.Context, s *Snapshot, fn func([]Extent, []ShardProblem) error) error {
 	if s.Segments == nil || s.Extents != nil {
 		s, err := r.WithExtents(ctx, s)
 		if err != nil {
 			return err
 		}
-		return fn(s.Extents)
+		return fn(s.Extents, nil)
 	}
 	var off int64
 	for i, sg := range s.Segments {
-		exts, err := r.readSegment(ctx, sg, off)
+		exts, problems, err := r.readSegment(ctx, sg, off)
 		if errors.Is(err, ErrSegmentLost) {
 			// Forgotten and pruned since it was listed, or a segment lost.
 			if _, lerr := r.loadSnapshot(ctx, s.ID); errors.Is(lerr, objstore.ErrNotFound) {
@@ -242,7 +252,7 @@ func (r *Repo) Extents(ctx context.Context, s *Snapshot, fn func([]Extent) error
 		if err != nil {
 			return fmt.Errorf("snapshot %s, segment %d of %d: %w", s.ID, i+1, len(s.Segments), err)
 		}
-		if err := fn(exts); err != nil {
+		if err := fn(exts, problems); err != nil {
 			return err
 		}
 		off += sg.Len
