@@ -286,25 +286,48 @@ func memoryPerChunk(b *testing.B, diskIndex bool) {
 // size) in index objects of 64Ki entries and packs of 40 chunks, on three
 // file:// targets: in memory (no Repo.IndexCache), and with the index in
 // runs on the local disk (cache=disk; a fresh cache each time, so every
-// index object is downloaded, as on a node's first backup). It also
-// reports the peak live heap during the load, sampled every 50 ms after a
-// forced GC, and the load's time (ns/op).
+// index object is downloaded, as on a node's first backup), from the
+// index the last load saved there (cache=saved: every backup after a
+// node's first, with one index object more than that load saw, as a
+// backup leaves), and from the copies of the index objects alone
+// (cache=copies: the first load after a prune, which rebuilds the index
+// without downloading). It also reports the peak live heap during the load,
+// sampled every 50 ms after a forced GC, and the load's time (ns/op).
 func BenchmarkIndexMemory(b *testing.B) {
-	for _, cache := range []string{"none", "disk"} {
+	for _, cache := range []string{"none", "disk", "saved", "copies"} {
 		for _, n := range []int{500_000, 1_500_000} {
 			b.Run(fmt.Sprintf("cache=%s/chunks=%d", cache, n), func(b *testing.B) {
 				dir := tempDir(b)
-				writeIndexObjects(b, newRepo(b, fileStores(b, dir), chunk.DefaultParams(benchPol), erasure.Scheme{K: 2, M: 1}), n)
-				for b.Loop() {
+				w := newRepo(b, fileStores(b, dir), chunk.DefaultParams(benchPol), erasure.Scheme{K: 2, M: 1})
+				writeIndexObjects(b, w, n, 0)
+				saved := filepath.Join(dir, "saved")
+				for i := uint64(1); b.Loop(); i++ {
 					b.StopTimer()
 					rr, err := repo.Open(context.Background(), fileStores(b, dir), []byte("bench"))
 					if err != nil {
 						b.Fatal(err)
 					}
-					if cache == "disk" {
+					switch cache {
+					case "disk":
 						rr.IndexCache, err = os.MkdirTemp(dir, "cache")
 						if err != nil {
 							b.Fatal(err)
+						}
+					case "saved", "copies":
+						rr.IndexCache = saved
+						if _, err := rr.LoadIndex(context.Background()); err != nil {
+							b.Fatal(err)
+						}
+						writeIndexObjects(b, w, 1000, i) // what one backup adds
+						if rr, err = repo.Open(context.Background(), fileStores(b, dir), []byte("bench")); err != nil {
+							b.Fatal(err)
+						}
+						rr.IndexCache = saved
+						if cache == "copies" {
+							states, _ := filepath.Glob(filepath.Join(saved, "*", "index-state"))
+							for _, s := range states {
+								os.Remove(s)
+							}
 						}
 					}
 					runtime.GC()
@@ -323,7 +346,7 @@ func BenchmarkIndexMemory(b *testing.B) {
 					b.ReportMetric((float64(after.HeapAlloc)-float64(before.HeapAlloc))/float64(x.Len()), "B/chunk")
 					b.ReportMetric(float64(peak)/(1<<20), "peak-live-MiB")
 					runtime.KeepAlive(x)
-					if rr.IndexCache != "" {
+					if cache == "disk" {
 						os.RemoveAll(rr.IndexCache)
 					}
 					b.StartTimer()
@@ -334,9 +357,10 @@ func BenchmarkIndexMemory(b *testing.B) {
 }
 
 // writeIndexObjects writes index objects for n random chunks in packs of
-// 40 (the packs themselves are not written: LoadIndex does not read them).
-func writeIndexObjects(b *testing.B, r *repo.Repo, n int) {
-	rng := rand.New(rand.NewPCG(1, 2))
+// 40 (the packs themselves are not written: LoadIndex does not read them),
+// the same for the same seed.
+func writeIndexObjects(b *testing.B, r *repo.Repo, n int, seed uint64) {
+	rng := rand.New(rand.NewPCG(1, 2+seed))
 	batch := &repo.IndexBatch{}
 	for i := 0; i < n; i += 40 {
 		var pi repo.PackInfo

@@ -9,7 +9,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -96,6 +100,10 @@ type Index struct {
 	spillAt int
 	runs    []*run // oldest first
 	loading bool   // LoadIndex is adding: spill without merging
+	keep    bool   // runs made now are kept for a saved state (indexbase.go)
+	// saved is how many entries came from a saved state: LoadIndex
+	// counts, tests look.
+	saved int
 }
 
 // NewIndex returns an empty index that lives in memory.
@@ -286,7 +294,7 @@ func (x *Index) writeRun() error {
 		}
 		return bytes.Compare(ids[a.i][:], ids[b.i][:])
 	})
-	w, err := newRunWriter(x.dir, len(ids))
+	w, err := newRunWriter(x.dir, len(ids), x.keep)
 	if err != nil {
 		return err
 	}
@@ -305,38 +313,55 @@ func (x *Index) writeRun() error {
 	return nil
 }
 
-// mergeFrom merges x.runs[i:] into one run.
+// mergeFrom merges x.runs[i:] into one run. The files of the runs it
+// merged that the load made are removed: no state names them.
 func (x *Index) mergeFrom(i int) error {
-	m, err := mergeRuns(x.dir, x.runs[i:], x.replaces)
+	m, err := mergeRuns(x.dir, x.runs[i:], x.keep, x.replaces)
 	if err != nil {
 		return err
 	}
 	for _, r := range x.runs[i:] {
 		r.f.Close()
+		if x.keep && r.name != "" && !r.adopted {
+			os.Remove(filepath.Join(x.dir, r.name))
+		}
 	}
 	x.runs = append(x.runs[:i], m)
 	return nil
 }
 
-// settle puts every entry of an index with a directory into one run, so
-// that lookups read one block. LoadIndex calls it at the end.
-func (x *Index) settle() {
+// settle ends LoadIndex for an index with a directory. An index that
+// started from a saved state's runs (the first from of x.runs) merges the
+// runs the load added into one, and then merges as the binary counter
+// does, so that a load rewrites the saved runs only once it has added as
+// many entries as they hold. Any other ends as one run, so that lookups
+// read one block.
+func (x *Index) settle(from int) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.loading = false
 	if x.dir == "" {
 		return
 	}
-	x.spill()
-	if x.dir != "" && len(x.runs) > 1 {
-		if err := x.mergeFrom(0); err != nil {
-			// The runs are still good, only more of them are read.
-			slog.Warn("merging the local index cache failed", "dir", x.dir, "error", err)
+	if len(x.chunks) > 0 {
+		if err := x.writeRun(); err != nil {
+			slog.Warn("the local index cache failed; keeping the index in memory", "dir", x.dir, "error", err)
+			x.dir = ""
+			return
 		}
 	}
-	if len(x.chunks) == 0 {
-		x.chunks = map[chunk.ID]loc{} // without the spilled map's room
+	var err error
+	if len(x.runs)-from > 1 {
+		err = x.mergeFrom(from)
 	}
+	for err == nil && len(x.runs) >= 2 && x.runs[len(x.runs)-2].n <= x.runs[len(x.runs)-1].n {
+		err = x.mergeFrom(len(x.runs) - 2)
+	}
+	if err != nil {
+		// The runs are still good, only more of them are read.
+		slog.Warn("merging the local index cache failed", "dir", x.dir, "error", err)
+	}
+	x.chunks = map[chunk.ID]loc{} // without the spilled map's room
 }
 
 // IndexBatch is the content of one index object.
@@ -568,6 +593,10 @@ func (r *Repo) openIndex(obj []byte) (*IndexBatch, error) {
 // that no target has a valid copy of (ErrNoValidCopy). An index object
 // deleted since the listing (a prune rewrote it, writing its replacement
 // first) makes it list again, so the replacement is read.
+//
+// With Repo.IndexCache, it starts from the index it saved there last time
+// and reads only the index objects listed since (indexbase.go), and saves
+// the result for the next load.
 func (r *Repo) LoadIndex(ctx context.Context) (*Index, error) {
 	recs, err := r.deletions(ctx)
 	if err != nil {
@@ -582,17 +611,43 @@ func (r *Repo) LoadIndex(ctx context.Context) (*Index, error) {
 	if err != nil {
 		slog.Warn("cannot use the local index cache; keeping the index in memory", "error", err)
 	}
+	marks := mergeMarks(plans)
+	basis := stateBasis(marks, gone)
 	x := NewIndex()
+	var state *indexState
 	if dir != "" {
-		x = newDiskIndex(dir, defaultSpillAt)
-		x.loading = true
+		x = newDiskIndex(dir, loadSpillAt)
+		x.loading, x.keep = true, true
+		if state, err = r.loadState(dir, basis); err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				slog.Info("rebuilding the local index", "dir", dir, "reason", err)
+			}
+			state = nil
+		}
 	}
-	x.marks = mergeMarks(plans)
-	read := map[string]bool{}
+	x.marks = marks
+	// read holds the objects read or skipped; covered, those the index
+	// holds (a state covers exactly these).
+	read, covered := map[string]bool{}, map[string]bool{}
+	from := 0          // x.runs[:from] are the saved state's
+	stateObjects := -1 // how many objects it covers; -1: no state used
 	for round := 1; ; round++ {
 		names, err := r.listAll(ctx, "index/")
 		if err != nil {
+			state.close()
 			return nil, err
+		}
+		if state != nil {
+			if x.adopt(state, names) {
+				from, stateObjects = len(x.runs), len(state.objects)
+				for _, o := range state.objects {
+					read[o], covered[o] = true, true
+				}
+			} else {
+				slog.Info("rebuilding the local index", "dir", dir, "reason", "an index object it covers is gone")
+				state.close()
+			}
+			state = nil
 		}
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(8)
@@ -633,6 +688,9 @@ func (r *Repo) LoadIndex(ctx context.Context) (*Index, error) {
 						x.AddPack(p, batch.Entries[i])
 					}
 				}
+				mu.Lock()
+				covered[name] = true
+				mu.Unlock()
 				return nil
 			})
 		}
@@ -646,7 +704,16 @@ func (r *Repo) LoadIndex(ctx context.Context) (*Index, error) {
 			break
 		}
 	}
-	x.settle()
+	if x.dir != "" {
+		x.settle(from)
+		x.keep = false
+		// Save unless the state was used as it is.
+		if x.dir != "" && (stateObjects < 0 || len(covered) > stateObjects) {
+			if err := r.saveState(dir, basis, x, slices.Collect(maps.Keys(covered))); err != nil {
+				slog.Warn("could not save the local index; the next command rebuilds it", "dir", dir, "error", err)
+			}
+		}
+	}
 	if dir != "" {
 		for name := range gone.Objects {
 			delete(read, name)
@@ -655,4 +722,33 @@ func (r *Repo) LoadIndex(ctx context.Context) (*Index, error) {
 	}
 	r.loaded.Store(x)
 	return x, nil
+}
+
+// loadSpillAt is the spillAt of the indexes LoadIndex makes; tests lower it.
+var loadSpillAt = defaultSpillAt
+
+// adopt starts x, empty, from state, if every index object the state
+// covers is among names.
+func (x *Index) adopt(state *indexState, names []string) bool {
+	listed := make(map[string]bool, len(names))
+	for _, n := range names {
+		listed[n] = true
+	}
+	for _, o := range state.objects {
+		if !listed[o] {
+			return false
+		}
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.packs = state.packs
+	for i, p := range x.packs {
+		x.byPack[p.ID] = int32(i)
+	}
+	x.runs = state.runs
+	for _, r := range x.runs {
+		r.adopted = true
+		x.saved += r.n
+	}
+	return true
 }

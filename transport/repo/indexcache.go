@@ -14,7 +14,11 @@ import (
 // <IndexCache>/<repository ID>/:
 //
 //	index/<id>        copies of the sealed index objects LoadIndex read
-//	index-run-*       the runs of the indexes in use, unlinked at creation
+//	index-state       the index LoadIndex saved last (indexbase.go)
+//	index-run-*       its runs; the runs a process adds later are
+//	                  unlinked at creation
+//	used              its mtime: when a process last used the directory
+//	                  (cachegc.go)
 //
 // A copy is used only when its SHA-256 is its name, which makes it the
 // object the targets hold (index objects are never rewritten), and it is
@@ -32,6 +36,7 @@ func (r *Repo) indexDir() (string, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "index"), 0o700); err != nil {
 		return "", err
 	}
+	useCacheDir(r.IndexCache, r.Config.ID)
 	return dir, nil
 }
 
@@ -75,22 +80,30 @@ func keepIndex(dir, name string, b []byte) {
 	if dir == "" || !isIndexName(name) || !contentNamed(name, b) {
 		return
 	}
-	f, err := os.CreateTemp(filepath.Join(dir, "index"), ".tmp-*")
-	if err != nil {
+	if err := writeRenamed(filepath.Join(dir, name), ".tmp-*", b); err != nil {
 		slog.Debug("caching an index object", "object", name, "error", err)
-		return
+	}
+}
+
+// writeRenamed writes b to a new file in path's directory, named by
+// pattern, and renames it to path: a reader finds the old file or the
+// whole new one.
+func writeRenamed(path, pattern string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), pattern)
+	if err != nil {
+		return err
 	}
 	_, err = f.Write(b)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(f.Name(), filepath.Join(dir, name))
+		err = os.Rename(f.Name(), path)
 	}
 	if err != nil {
 		os.Remove(f.Name())
-		slog.Debug("caching an index object", "object", name, "error", err)
 	}
+	return err
 }
 
 // uncache removes the cached copies of index objects that are not in

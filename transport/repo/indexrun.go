@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"container/heap"
+	"crypto/sha256"
 	"encoding/binary"
+	"hash"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 
@@ -47,6 +50,13 @@ type run struct {
 	n      int
 	firsts []chunk.ID // first ID of each block
 	filter []uint64   // a Bloom filter of its IDs (see filterBits)
+	// name is the file's name in the cache directory when the run is
+	// kept there for later processes (indexbase.go), "" when unlinked;
+	// sum is then the SHA-256 of its records. adopted means it came from
+	// a saved state.
+	name    string
+	sum     [32]byte
+	adopted bool
 }
 
 // A run's Bloom filter spares the read of a block for most chunks it does
@@ -97,20 +107,26 @@ func getRec(b []byte) (id chunk.ID, l loc) {
 type runWriter struct {
 	r   *run
 	w   *bufio.Writer
+	h   hash.Hash // of the records, for a kept run
 	rec [recSize]byte
 }
 
-// newRunWriter starts a run of at most n records.
-func newRunWriter(dir string, n int) (*runWriter, error) {
-	f, err := os.CreateTemp(dir, "index-run-*")
+// newRunWriter starts a run of at most n records. A kept run's file stays
+// in dir under its name (runPrefix); any other is unlinked at once.
+func newRunWriter(dir string, n int, keep bool) (*runWriter, error) {
+	f, err := os.CreateTemp(dir, runPrefix+"*")
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Remove(f.Name()); err != nil {
+	w := &runWriter{r: &run{f: f, filter: newFilter(n)}, w: bufio.NewWriterSize(f, 256<<10)}
+	if keep {
+		w.r.name = filepath.Base(f.Name())
+		w.h = sha256.New()
+	} else if err := os.Remove(f.Name()); err != nil {
 		f.Close()
 		return nil, err
 	}
-	return &runWriter{r: &run{f: f, filter: newFilter(n)}, w: bufio.NewWriterSize(f, 256<<10)}, nil
+	return w, nil
 }
 
 func (w *runWriter) add(id chunk.ID, l loc) error {
@@ -120,19 +136,30 @@ func (w *runWriter) add(id chunk.ID, l loc) error {
 	w.r.n++
 	filterProbe(w.r.filter, id, true)
 	putRec(w.rec[:], id, l)
+	if w.h != nil {
+		w.h.Write(w.rec[:])
+	}
 	_, err := w.w.Write(w.rec[:])
 	return err
 }
 
 func (w *runWriter) finish() (*run, error) {
 	if err := w.w.Flush(); err != nil {
-		w.r.f.Close()
+		w.abort()
 		return nil, err
+	}
+	if w.h != nil {
+		w.h.Sum(w.r.sum[:0])
 	}
 	return w.r, nil
 }
 
-func (w *runWriter) abort() { w.r.f.Close() }
+func (w *runWriter) abort() {
+	w.r.f.Close()
+	if w.r.name != "" {
+		os.Remove(w.r.f.Name())
+	}
+}
 
 var blockPool = sync.Pool{New: func() any { return new([blockSize]byte) }}
 
@@ -187,7 +214,7 @@ func (rr *runReader) next() (bool, error) {
 // mergeRuns writes the records of runs, given oldest first, into one new
 // run in dir. Of records with the same ID it keeps the oldest, unless
 // replaces(kept, later) says a later one is better.
-func mergeRuns(dir string, runs []*run, replaces func(kept, later loc) bool) (*run, error) {
+func mergeRuns(dir string, runs []*run, keep bool, replaces func(kept, later loc) bool) (*run, error) {
 	h := &mergeHeap{}
 	for i, r := range runs {
 		rr := &runReader{r: bufio.NewReaderSize(io.NewSectionReader(r.f, 0, int64(r.n)*recSize), 64<<10), left: r.n, age: i}
@@ -204,7 +231,7 @@ func mergeRuns(dir string, runs []*run, replaces func(kept, later loc) bool) (*r
 	for _, r := range runs {
 		n += r.n
 	}
-	w, err := newRunWriter(dir, n)
+	w, err := newRunWriter(dir, n, keep)
 	if err != nil {
 		return nil, err
 	}
