@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 
 	"github.com/ferrydr/ferry/chunk"
@@ -297,12 +298,15 @@ func (r *Repo) NewSnapshotWriter() (*SnapshotWriter, error) {
 	dir, err := r.indexDir()
 	if err == nil && dir != "" {
 		f, err := os.CreateTemp(dir, "extents-*")
-		if err != nil {
-			return nil, fmt.Errorf("spool the snapshot's extents: %w", err)
+		if err == nil {
+			if err = os.Remove(f.Name()); err != nil {
+				f.Close()
+			}
 		}
-		if err := os.Remove(f.Name()); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("spool the snapshot's extents: %w", err)
+		if err != nil {
+			// As the index does, the extents go to memory instead.
+			slog.Warn("cannot spool the snapshot's extents in the local cache; keeping them in memory", "dir", dir, "error", err)
+			return w, nil
 		}
 		w.f, w.bw = f, bufio.NewWriterSize(f, 64<<10)
 	}

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -110,13 +113,27 @@ func segmentBlobs(t *testing.T, r *Repo, ids ...string) (named, indexed int) {
 // and nothing is written under the prefix of the replicated segments of
 // an earlier format.
 func TestSegmentedSnapshot(t *testing.T) {
-	for _, cache := range []bool{true, false} {
-		t.Run(fmt.Sprintf("cache=%v", cache), func(t *testing.T) {
+	for _, cache := range []string{"disk", "memory", "unwritable"} {
+		t.Run("cache="+cache, func(t *testing.T) {
 			ctx := context.Background()
 			stores := memStores(3)
 			r := initRepo(t, stores)
-			if cache {
+			switch cache {
+			case "disk":
 				r.IndexCache = t.TempDir()
+			case "unwritable":
+				// The repository's cache directory takes no new file
+				// (immutable, which binds root too): the extents are
+				// spooled in memory.
+				r.IndexCache = t.TempDir()
+				dir := filepath.Join(r.IndexCache, r.Config.ID)
+				if err := os.MkdirAll(filepath.Join(dir, "index"), 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if out, err := exec.Command("chattr", "+i", dir).CombinedOutput(); err != nil {
+					t.Fatalf("chattr +i %s (needs root and a filesystem with the attribute): %v: %s", dir, err, out)
+				}
+				t.Cleanup(func() { exec.Command("chattr", "-i", dir).Run() })
 			}
 			r.SegmentExtents = 4 // segments of 1 to 16 extents
 			ids := manyChunks(t, r, 150)
