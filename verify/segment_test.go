@@ -3,17 +3,20 @@ package verify_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/ferrydr/ferry/agent/backup"
 	"github.com/ferrydr/ferry/agent/restore"
 	"github.com/ferrydr/ferry/chunk"
 	"github.com/ferrydr/ferry/testenv/volume"
+	"github.com/ferrydr/ferry/transport/objstore"
 	"github.com/ferrydr/ferry/transport/pack"
 	"github.com/ferrydr/ferry/transport/repo"
 	"github.com/ferrydr/ferry/verify"
@@ -70,9 +73,32 @@ func TestSegmentedSnapshots(t *testing.T) {
 			all[sg.ID] = true
 		}
 	}
-	rep := f.run(t, verify.Options{})
+	// Each segment is read once, however many snapshots share it.
+	logged := rangeLog{reads: map[string]int{}, mu: &sync.Mutex{}}
+	var stores []objstore.Store
+	for _, st := range f.Stores(t) {
+		l := logged
+		l.Store = st
+		stores = append(stores, l)
+	}
+	lr, err := repo.Open(ctx, stores, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := verify.Run(ctx, lr, verify.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if rep.Status != verify.OK || len(rep.Problems) != 0 || rep.Segments != len(all) {
 		t.Fatalf("segmented snapshots: %s, %d segments, want %d: %v", rep.Status, rep.Segments, len(all), rep.Problems)
+	}
+	if len(logged.reads) == 0 {
+		t.Fatal("verify read no segment")
+	}
+	for r, n := range logged.reads {
+		if n > 1 {
+			t.Fatalf("verify read %s %d times (%d segments, %d of them in both db snapshots)", r, n, len(all), len(shared))
+		}
 	}
 	// The pack of a segment both db snapshots name, and the one of logs' segments.
 	victim, logsPack := f.packHolding(t, shared[len(shared)/2].ID), f.packHolding(t, logs.Segments[0].ID)
@@ -276,4 +302,20 @@ func (f *fixture) packHolding(t *testing.T, id chunk.ID) pack.ID {
 		t.Fatalf("%s not indexed", id.Short())
 	}
 	return p.ID
+}
+
+// rangeLog counts the reads of each range of data/ objects.
+type rangeLog struct {
+	objstore.Store
+	mu    *sync.Mutex
+	reads map[string]int
+}
+
+func (s rangeLog) GetRange(ctx context.Context, name string, off, length int64) ([]byte, error) {
+	if strings.HasPrefix(name, "data/") {
+		s.mu.Lock()
+		s.reads[fmt.Sprintf("%s [%d,+%d)", name, off, length)]++
+		s.mu.Unlock()
+	}
+	return s.Store.GetRange(ctx, name, off, length)
 }

@@ -758,8 +758,9 @@ func (c *checker) recoverUnindexed(ctx context.Context) error {
 	}
 	chunks, missing := map[chunk.ID]bool{}, map[chunk.ID]bool{}
 	readable := c.snaps[:0]
+	once := map[chunk.ID]error{}
 	for _, s := range c.snaps {
-		ok, err := c.extents(ctx, s, func(exts []repo.Extent) {
+		ok, err := c.extents(ctx, s, once, func(exts []repo.Extent) {
 			for _, e := range exts {
 				if e.Zero {
 					continue
@@ -827,18 +828,32 @@ func (c *checker) findUnindexed(ctx context.Context, strays []pack.ID, missing m
 // snapshot whose segments it cannot read: one forgotten since it was
 // listed (a prune may have deleted its segments meanwhile), or one with a
 // segment lost, which it reports.
-func (c *checker) extents(ctx context.Context, s *repo.Snapshot, fn func([]repo.Extent)) (bool, error) {
+//
+// With once, it reads each segment once over all the calls that share
+// once: fn does not get again the extents of a segment an earlier snapshot
+// had (snapshots of one volume share most), and a segment that did not
+// read makes each snapshot that has it unreadable without a new attempt.
+func (c *checker) extents(ctx context.Context, s *repo.Snapshot, once map[chunk.ID]error, fn func([]repo.Extent)) (bool, error) {
 	if s.Segments == nil {
 		fn(s.Extents)
 		return true, nil
 	}
 	var off int64
 	for i, sg := range s.Segments {
-		exts, err := c.readSegment(ctx, sg, off)
+		err, seen := once[sg.ID]
+		var exts []repo.Extent
+		if !seen {
+			exts, err = c.readSegment(ctx, sg, off)
+			if once != nil {
+				once[sg.ID] = err
+			}
+		}
 		if err != nil {
 			return false, c.unreadable(ctx, s, fmt.Errorf("segment %d of %d (%s): %w", i+1, len(s.Segments), sg.ID.Short(), err))
 		}
-		fn(exts)
+		if !seen {
+			fn(exts)
+		}
 		off += sg.Len
 	}
 	return true, nil
@@ -1111,7 +1126,7 @@ func (c *checker) attribute(ctx context.Context) error {
 		}
 		// With a segment lost, the snapshot is, and its extents may not read.
 		if len(lost) == 0 {
-			ok, err := c.extents(ctx, s, func(exts []repo.Extent) {
+			ok, err := c.extents(ctx, s, nil, func(exts []repo.Extent) {
 				for _, e := range exts {
 					if e.Zero {
 						continue
