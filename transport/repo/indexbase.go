@@ -165,7 +165,7 @@ func parseState(b []byte) (*indexState, error) {
 		if r.err != nil {
 			break
 		}
-		if !strings.HasPrefix(run.name, runPrefix) || filepath.Base(run.name) != run.name || nw != uint64(len(newFilter(run.n))) {
+		if !strings.HasPrefix(run.name, runPrefix) || filepath.Base(run.name) != run.name || nw != uint64(filterWords(run.n)) {
 			return nil, errStateFormat
 		}
 		run.filter = make([]uint64, nw)

@@ -69,7 +69,10 @@ const (
 	filterProbes = 7
 )
 
-func newFilter(n int) []uint64 { return make([]uint64, max(1, (n*filterBits+63)/64)) }
+func newFilter(n int) []uint64 { return make([]uint64, filterWords(n)) }
+
+// filterWords is the length of the filter of a run of n records.
+func filterWords(n int) int { return max(1, (n*filterBits+63)/64) }
 
 func filterProbe(f []uint64, id chunk.ID, set bool) bool {
 	m := uint64(len(f)) * 64
