@@ -52,6 +52,7 @@ type DrillResult struct {
 // Memory: Workers packs and their shards at once, as restore.
 func Drill(ctx context.Context, r *repo.Repo, s *repo.Snapshot, w io.WriterAt, opts DrillOptions) (*DrillResult, error) {
 	start := time.Now()
+	ctx = repo.FromTargets(ctx) // not the local copies of its segments
 	plan, err := restore.NewPlan(ctx, r, s, opts.Index)
 	if err != nil {
 		return nil, fmt.Errorf("drill %s: %w", s.ID[:12], err)

@@ -719,6 +719,7 @@ func (r *Repo) LoadIndex(ctx context.Context) (*Index, error) {
 			delete(read, name)
 		}
 		uncache(dir, read)
+		uncacheSegments(dir, x)
 	}
 	r.loaded.Store(x)
 	return x, nil

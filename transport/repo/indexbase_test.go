@@ -52,7 +52,7 @@ func TestLoadIndexState(t *testing.T) {
 	var gets atomic.Int64
 	counted := make([]objstore.Store, len(stores))
 	for i, s := range stores {
-		counted[i] = countingStore{s, &gets}
+		counted[i] = countingStore{s, "index/", &gets}
 	}
 	cache := t.TempDir()
 	var dir string

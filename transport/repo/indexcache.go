@@ -19,6 +19,7 @@ import (
 //	                  unlinked at creation
 //	used              its mtime: when a process last used the directory
 //	                  (cachegc.go)
+//	segments/<id>     the plaintext of segments (segmentcache.go)
 //
 // A copy is used only when its SHA-256 is its name, which makes it the
 // object the targets hold (index objects are never rewritten), and it is

@@ -125,17 +125,26 @@ func TestDiskIndexMatchesMemory(t *testing.T) {
 	}
 }
 
-// countingStore counts the objects read under index/.
+// countingStore counts the reads, whole or of a range, of objects under
+// prefix.
 type countingStore struct {
 	objstore.Store
-	indexGets *atomic.Int64
+	prefix string
+	n      *atomic.Int64
 }
 
 func (c countingStore) Get(ctx context.Context, name string) ([]byte, error) {
-	if strings.HasPrefix(name, "index/") {
-		c.indexGets.Add(1)
+	if strings.HasPrefix(name, c.prefix) {
+		c.n.Add(1)
 	}
 	return c.Store.Get(ctx, name)
+}
+
+func (c countingStore) GetRange(ctx context.Context, name string, off, length int64) ([]byte, error) {
+	if strings.HasPrefix(name, c.prefix) {
+		c.n.Add(1)
+	}
+	return c.Store.GetRange(ctx, name, off, length)
 }
 
 // TestLoadIndexCache: LoadIndex with Repo.IndexCache keeps the index
@@ -154,7 +163,7 @@ func TestLoadIndexCache(t *testing.T) {
 	var gets atomic.Int64
 	counted := make([]objstore.Store, len(stores))
 	for i, s := range stores {
-		counted[i] = countingStore{s, &gets}
+		counted[i] = countingStore{s, "index/", &gets}
 	}
 	open := func() *Repo {
 		r, err := Open(ctx, counted, []byte("pw"))
@@ -227,7 +236,7 @@ func TestLoadIndexCache(t *testing.T) {
 	}
 	left, _ := os.ReadDir(filepath.Join(cache, r.Config.ID))
 	for _, e := range left {
-		if n := e.Name(); n != "index" && n != stateName && n != usedMarker && !strings.HasPrefix(n, runPrefix) {
+		if n := e.Name(); n != "index" && n != "segments" && n != stateName && n != usedMarker && !strings.HasPrefix(n, runPrefix) {
 			t.Fatalf("cache directory holds %s", n)
 		}
 	}

@@ -139,18 +139,24 @@ func parseSegment(b []byte, sg Segment, off int64) ([]Extent, error) {
 // with the key, hash to the segment's ID, and hold the extents the manifest
 // says, from off.
 func (r *Repo) OpenSegment(sg Segment, off int64, p []byte, e pack.Entry) ([]Extent, error) {
+	exts, _, err := r.openSegment(sg, off, p, e)
+	return exts, err
+}
+
+// openSegment is OpenSegment, also returning the segment's plaintext.
+func (r *Repo) openSegment(sg Segment, off int64, p []byte, e pack.Entry) ([]Extent, []byte, error) {
 	plain, err := r.Codec.OpenBlob(nil, p, e)
 	if err != nil {
-		return nil, fmt.Errorf("segment %s: %w", sg.ID.Short(), err)
+		return nil, nil, fmt.Errorf("segment %s: %w", sg.ID.Short(), err)
 	}
 	if r.IDKey.Sum(plain) != sg.ID {
-		return nil, fmt.Errorf("segment %s: content does not match its ID", sg.ID.Short())
+		return nil, nil, fmt.Errorf("segment %s: content does not match its ID", sg.ID.Short())
 	}
 	exts, err := parseSegment(plain, sg, off)
 	if err != nil {
-		return nil, fmt.Errorf("segment %s: %w", sg.ID.Short(), err)
+		return nil, nil, fmt.Errorf("segment %s: %w", sg.ID.Short(), err)
 	}
-	return exts, nil
+	return exts, plain, nil
 }
 
 // lookupSegment finds segment id in the index LoadIndex last read, or in
@@ -182,12 +188,25 @@ func (r *Repo) lookupSegment(ctx context.Context, id chunk.ID) (PackInfo, pack.E
 
 // readSegment reads segment sg, whose first extent is at off, from the
 // pack the index says, and returns the shards of that pack it did without.
+// A copy in the local cache (segmentcache.go) spares the read; one read
+// from the targets is kept there.
 func (r *Repo) readSegment(ctx context.Context, sg Segment, off int64) ([]Extent, []ShardProblem, error) {
+	if !fromTargets(ctx) {
+		if plain := r.cachedSegment(sg.ID); plain != nil {
+			if exts, err := parseSegment(plain, sg, off); err == nil {
+				return exts, nil, nil
+			}
+		}
+	}
 	info, e, err := r.lookupSegment(ctx, sg.ID)
 	if err != nil {
 		return nil, nil, err
 	}
-	return r.ReadSegmentFrom(ctx, sg, off, info, e)
+	exts, plain, problems, err := r.readSegmentFrom(ctx, sg, off, info, e)
+	if err == nil {
+		r.keepSegment(sg.ID, plain)
+	}
+	return exts, problems, err
 }
 
 // ReadSegmentFrom reads segment sg, whose first extent is at off, from
@@ -197,27 +216,34 @@ func (r *Repo) readSegment(ctx context.Context, sg Segment, off int64) ([]Extent
 // the pack it did without (those of the read that served). A pack lost,
 // or a blob that does not open as sg, fails with ErrSegmentLost.
 func (r *Repo) ReadSegmentFrom(ctx context.Context, sg Segment, off int64, info PackInfo, e pack.Entry) ([]Extent, []ShardProblem, error) {
+	exts, _, problems, err := r.readSegmentFrom(ctx, sg, off, info, e)
+	return exts, problems, err
+}
+
+// readSegmentFrom is ReadSegmentFrom, also returning the segment's
+// plaintext.
+func (r *Repo) readSegmentFrom(ctx context.Context, sg Segment, off int64, info PackInfo, e pack.Entry) ([]Extent, []byte, []ShardProblem, error) {
 	b, problems, err := r.ReadRange(ctx, info.ID, info.Length, int64(e.Offset), int64(e.Length))
 	if err == nil {
 		at := e
 		at.Offset = 0
-		var exts []Extent
-		if exts, err = r.OpenSegment(sg, off, b, at); err == nil {
-			return exts, problems, nil
+		exts, plain, err := r.openSegment(sg, off, b, at)
+		if err == nil {
+			return exts, plain, problems, nil
 		}
 	}
 	p, problems, perr := r.ReadPack(ctx, info.ID)
 	if perr != nil {
 		if errors.Is(perr, ErrPackLost) {
-			return nil, nil, fmt.Errorf("%w: segment %s in pack %s: %v", ErrSegmentLost, sg.ID.Short(), info.ID.Short(), perr)
+			return nil, nil, nil, fmt.Errorf("%w: segment %s in pack %s: %v", ErrSegmentLost, sg.ID.Short(), info.ID.Short(), perr)
 		}
-		return nil, nil, fmt.Errorf("segment %s: %w", sg.ID.Short(), perr)
+		return nil, nil, nil, fmt.Errorf("segment %s: %w", sg.ID.Short(), perr)
 	}
-	exts, err := r.OpenSegment(sg, off, p, e)
+	exts, plain, err := r.openSegment(sg, off, p, e)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", ErrSegmentLost, err)
+		return nil, nil, nil, fmt.Errorf("%w: %v", ErrSegmentLost, err)
 	}
-	return exts, problems, nil
+	return exts, plain, problems, nil
 }
 
 // Extents calls fn with the extents of snapshot s in volume order: a
@@ -508,6 +534,9 @@ func (w *SnapshotWriter) writeSegments(ctx context.Context, m *Manifest) (int64,
 		plain := segmentPlain(enc, sg.first, sg.n)
 		id := r.IDKey.Sum(plain)
 		m.Segments[i] = Segment{ID: id, Extents: sg.n, Len: end - sg.first}
+		// The next backup of the volume reads its parent's segments
+		// from here instead of from the targets.
+		r.keepSegment(id, plain)
 		if seen[id] || x.Has(id) {
 			continue
 		}
