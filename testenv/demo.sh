@@ -14,6 +14,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
 export FERRY_PASSWORD="demo-only-password"
+export FERRY_CACHE_DIR="$work/cache" # the local index cache goes with the rest
 export FERRY_REPO="file://$work/zone-a,file://$work/zone-b,file://$work/zone-c"
 mkdir zone-a zone-b zone-c
 
@@ -29,10 +30,10 @@ step "First backup"
 run "$FERRY" backup --name demo --json vol.img | tee b1.json
 cp --sparse=always vol.img v1.img
 
-step "Change the volume: add a 24 MiB file and remove a directory (debugfs, no mount needed)"
+step "Change the volume: add a 24 MiB file and remove a file (debugfs, no mount needed)"
 head -c $((24 << 20)) /dev/urandom > new.bin
 debugfs -w -R "write new.bin /new.bin" vol.img >/dev/null 2>&1
-debugfs -w -R "rmdir /cmd/vendor" vol.img >/dev/null 2>&1 || true
+debugfs -w -R "rm /cmd/go/alldocs.go" vol.img >/dev/null 2>&1
 
 step "Second backup: only what changed is stored"
 run "$FERRY" backup --name demo --json vol.img | tee b2.json

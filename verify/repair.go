@@ -33,6 +33,13 @@ type Repaired struct {
 // is non-nil when something could not be repaired.
 func Repair(ctx context.Context, r *repo.Repo, rep *Report) (*Repaired, error) {
 	out := &Repaired{}
+	// Nothing is written to a target that cannot be reached: it must be
+	// made reachable first (a bucket or directory recreated, empty).
+	for _, t := range rep.Targets {
+		if !t.Reachable {
+			out.Failed = append(out.Failed, fmt.Sprintf("target %d (%s) unreachable (%s): make it reachable, recreated empty if it is gone, then run repair again", t.Target, t.Location, t.Error))
+		}
+	}
 	var damaged, unindexed []pack.ID
 	var corrupt []repo.CopyRef
 	metadata := false

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	miniogo "github.com/minio/minio-go/v7"
@@ -36,12 +37,18 @@ func (f *fixture) repairAndCheck(t *testing.T, without int) *verify.Repaired {
 }
 
 // TestRepairBucketRecreated: target 2's bucket is deleted with everything
-// in it and recreated empty; repair refills it from the others.
+// in it. While it is gone, repair says that target must be made reachable
+// first; once it is recreated empty, repair refills it from the others.
 func TestRepairBucketRecreated(t *testing.T) {
 	f := setup(t)
 	f.Servers[1].DeleteBucket(t, "ferry")
+	rep := f.run(t, verify.Options{})
+	done, err := verify.Repair(context.Background(), f.open(t), rep)
+	if err == nil || len(done.Failed) == 0 || !strings.Contains(done.Failed[0], "target 2") || !strings.Contains(done.Failed[0], "unreachable") {
+		t.Fatalf("repair with target 2's bucket gone: %v, failed %q; want target 2 named unreachable", err, done.Failed)
+	}
 	f.Servers[1].CreateBucket(t, "ferry")
-	done := f.repairAndCheck(t, 0)
+	done = f.repairAndCheck(t, 0)
 	if len(done.Shards) < 4 || len(done.Copied) < 4 {
 		t.Fatalf("repair rebuilt %d shards and copied %d objects; want every shard and the metadata of target 2", len(done.Shards), len(done.Copied))
 	}

@@ -28,7 +28,11 @@ func agentCmds() []*cobra.Command {
 			},
 		}
 		f := cmd.Flags()
-		f.StringVar(&cfg.CSIListen, "csi-listen", "", "socket the hook serves CSI on: unix:///path (what kubelet and the sidecars dial); with --kube, a node agent may have none")
+		listenHelp := "socket the hook serves CSI on: unix:///path (what kubelet and the sidecars dial)"
+		if !hookOnly {
+			listenHelp += "; with --kube, a node agent may have none"
+		}
+		f.StringVar(&cfg.CSIListen, "csi-listen", "", listenHelp)
 		f.StringVar(&cfg.CSIDriver, "csi-driver", "", "the CSI driver's own socket: unix:///path")
 		f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/ferry", "durable job queue and working paths")
 		f.StringVar(&cfg.SecretsDir, "secrets-dir", "/etc/ferry/secrets", "repository Secrets, as DIR/NAMESPACE/NAME/KEY files (without --kube)")

@@ -100,9 +100,9 @@ func newRoot() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.repo, "repo", os.Getenv("FERRY_REPO"), "comma-separated targets: s3://host:port/bucket[/prefix], s3+http://..., file:///path (env FERRY_REPO)")
-	pf.StringVar(&g.passwordFile, "password-file", os.Getenv("FERRY_PASSWORD_FILE"), "file holding the repository password (else env FERRY_PASSWORD)")
+	pf.StringVar(&g.passwordFile, "password-file", os.Getenv("FERRY_PASSWORD_FILE"), "file holding the repository password (env FERRY_PASSWORD_FILE; else env FERRY_PASSWORD)")
 	pf.StringVar(&g.cacheDir, "cache-dir", defaultCacheDir(), "local directory for the repository index (copies of its index objects, and the index itself instead of memory); empty keeps it in memory (env FERRY_CACHE_DIR)")
-	pf.StringVar(&g.logLevel, "log-level", envOr("FERRY_LOG_LEVEL", "warn"), "log level: debug, info, warn, error")
+	pf.StringVar(&g.logLevel, "log-level", envOr("FERRY_LOG_LEVEL", "warn"), "log level: debug, info, warn, error (env FERRY_LOG_LEVEL)")
 	root.AddCommand(initCmd(g), backupCmd(g), snapshotsCmd(g), restoreCmd(g), verifyCmd(g), repairCmd(g), forgetCmd(g), pruneCmd(g), restoreToClusterCmd(g), benchCmd())
 	root.AddCommand(agentCmds()...)
 	return root

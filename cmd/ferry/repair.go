@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -69,6 +70,9 @@ verify.`,
 				return err
 			}
 			after.WriteText(out)
+			if err := after.Err(); err != nil && len(done.Failed) > 0 && errors.Is(err, verify.ErrDegraded) {
+				return fmt.Errorf("%w: %d repair(s) could not be done (see above)", verify.ErrDegraded, len(done.Failed))
+			}
 			return after.Err()
 		},
 	}

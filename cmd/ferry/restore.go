@@ -54,7 +54,7 @@ device is overwritten in place, holes written as zeros.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&target, "target", "", "file or block device to restore into")
+	cmd.Flags().StringVar(&target, "target", "", "file or block device to restore into (an existing file is overwritten in place)")
 	cmd.Flags().StringVar(&name, "name", "", "with latest: the latest snapshot of this name")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON summary")
 	return cmd

@@ -40,7 +40,7 @@ var (
 	// existing object is unchanged.
 	ErrExists = errors.New("object already exists")
 	// ErrNoBucket: S3 NoSuchBucket, or the file:// root directory is missing.
-	ErrNoBucket = errors.New("bucket does not exist")
+	ErrNoBucket = errors.New("bucket (or file:// directory) does not exist")
 	// ErrPermission: bad credentials or access denied (HTTP 403, EACCES).
 	ErrPermission = errors.New("access denied")
 )
