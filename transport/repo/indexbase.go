@@ -42,10 +42,12 @@ import (
 // that out. After a prune, each machine therefore rebuilds once.
 //
 // Files are never rewritten: a new state is written beside the old one and
-// renamed over it, and its runs are new files. A process that opened the
-// old runs keeps reading them after they are removed. Runs no state names
-// are removed once they are an hour old (before that, they may belong to
-// a state about to be written).
+// renamed over it, and its runs are new files. The runs of the state it
+// replaced that it does not keep are removed then; a process that opened
+// them keeps reading them, and one about to open them rebuilds. Other runs
+// no state names (a process stopped before it saved, or whose state was
+// replaced) are removed once they are an hour old: younger, they may
+// belong to a state about to be written.
 const (
 	stateName   = "index-state"
 	runPrefix   = "index-run-"
@@ -61,7 +63,7 @@ type indexState struct {
 	basis   [32]byte
 	objects []string // index object names, sorted
 	packs   []PackInfo
-	runs    []*run // files not open
+	runs    []*run // open only once loadState checked them
 }
 
 // stateBasis digests what decides how an index is built besides its
