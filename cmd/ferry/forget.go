@@ -166,7 +166,12 @@ func printForget(cmd *cobra.Command, ds []retention.Decision, p retention.Policy
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "%s %d snapshot(s), kept %d\n", verb, forgotten, len(ds)-forgotten)
+	if p.IsZero() {
+		// By ID: the snapshots not named were not looked at.
+		fmt.Fprintf(out, "%s %d snapshot(s)\n", verb, forgotten)
+	} else {
+		fmt.Fprintf(out, "%s %d snapshot(s), kept %d\n", verb, forgotten, len(ds)-forgotten)
+	}
 	if forgotten > 0 && !dryRun {
 		fmt.Fprintln(out, "run ferry prune to delete the data only they referred to")
 	}

@@ -62,7 +62,9 @@ func TestCLIForgetPrune(t *testing.T) {
 	if !strings.Contains(out, "forgot 2 snapshot(s), kept 1") || !strings.Contains(out, "keep    "+ids[3][:12]) {
 		t.Fatalf("forget:\n%s", out)
 	}
-	mustFerry(t, env, "forget", ids[2][:8])
+	if out := mustFerry(t, env, "forget", ids[2][:8]); !strings.Contains(out, "forgot 1 snapshot(s)\n") {
+		t.Fatalf("forget by ID:\n%s", out)
+	}
 	if n := strings.Count(mustFerry(t, env, "snapshots"), "\n"); n != 2 {
 		t.Fatalf("%d lines of snapshots, want the header and one", n)
 	}
