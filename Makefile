@@ -6,10 +6,18 @@ BIN     := bin/ferry
 # with a spurious "context deadline exceeded" (golang/go#75804).
 FUZZTIME ?= 50000x
 
-.PHONY: build demo test testenv vet unit fuzz bench
+.PHONY: build demo test testenv vet unit fuzz bench image
+
+# The container image deploy/ runs (Dockerfile); IMAGE names it, and
+# DOCKER may be podman.
+IMAGE  ?= ghcr.io/ferrydr/ferry:latest
+DOCKER ?= docker
 
 build:
 	$(GO) build -o $(BIN) ./cmd/ferry
+
+image:
+	$(DOCKER) build -t $(IMAGE) .
 
 # Runs Ferry end to end on a local three-directory repository, no server needed.
 demo: build
@@ -26,6 +34,7 @@ testenv:
 
 vet:
 	$(GO) vet ./...
+	CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/ferry # as the Dockerfile builds it: static
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 
