@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"os"
 
@@ -267,9 +268,10 @@ func (r *Repo) ExtentsWithProblems(ctx context.Context, s *Snapshot, fn func([]E
 		}
 		return fn(s.Extents, nil)
 	}
-	var off int64
-	for i, sg := range s.Segments {
-		exts, problems, err := r.readSegment(ctx, sg, off)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for i, res := range r.readSegments(ctx, s.Segments) {
+		exts, problems, err := res.exts, res.problems, res.err
 		if errors.Is(err, ErrSegmentLost) {
 			// Forgotten and pruned since it was listed, or a segment lost.
 			if _, lerr := r.loadSnapshot(ctx, s.ID); errors.Is(lerr, objstore.ErrNotFound) {
@@ -282,9 +284,57 @@ func (r *Repo) ExtentsWithProblems(ctx context.Context, s *Snapshot, fn func([]E
 		if err := fn(exts, problems); err != nil {
 			return err
 		}
-		off += sg.Len
 	}
 	return nil
+}
+
+// segmentsAhead is how many segments a reader of a snapshot's extents
+// reads ahead of the one it hands on: each read from a target waits a
+// round trip, and a pass over a large volume's extents reads hundreds.
+// The extents held are those of segmentsAhead+2 segments at most.
+const segmentsAhead = 4
+
+type segmentRead struct {
+	exts     []Extent
+	problems []ShardProblem
+	err      error
+}
+
+// readSegments yields, in order, the reads of segs (the first at offset
+// 0), segmentsAhead of them under way ahead of the one yielded. ctx must
+// be cancelled when the caller stops early, to stop the reads ahead.
+func (r *Repo) readSegments(ctx context.Context, segs []Segment) iter.Seq2[int, segmentRead] {
+	return func(yield func(int, segmentRead) bool) {
+		pending := make(chan chan segmentRead, segmentsAhead)
+		go func() {
+			defer close(pending)
+			var off int64
+			for _, sg := range segs {
+				ch := make(chan segmentRead, 1)
+				go func(sg Segment, off int64) {
+					exts, problems, err := r.readSegment(ctx, sg, off)
+					ch <- segmentRead{exts, problems, err}
+				}(sg, off)
+				select {
+				case pending <- ch:
+				case <-ctx.Done():
+					return
+				}
+				off += sg.Len
+			}
+		}()
+		i := 0
+		for ch := range pending {
+			res := <-ch
+			if !yield(i, res) || res.err != nil {
+				return
+			}
+			i++
+		}
+		if i < len(segs) { // the reads ahead stopped: ctx is done
+			yield(i, segmentRead{err: ctx.Err()})
+		}
+	}
 }
 
 // SnapshotWriter takes a backup's extents in volume order and commits them

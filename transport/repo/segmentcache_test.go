@@ -2,6 +2,7 @@ package repo
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -124,5 +125,54 @@ func TestSegmentCache(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(dir); len(left) != len(distinct)+1 {
 		t.Fatalf("%d files left in the cache, want the %d segments and the temporary file", len(left), len(distinct))
+	}
+}
+
+// TestExtentsReadAhead: Extents reads segments ahead of the one it hands
+// on, and still hands them on in order, stops when fn fails (with fn's
+// error, after exactly the calls made), and reports a cancelled context.
+func TestExtentsReadAhead(t *testing.T) {
+	ctx := context.Background()
+	r := initRepo(t, memStores(3))
+	r.SegmentExtents = 4
+	ids := manyChunks(t, r, 150)
+	in, want := testExtents(ids, 150)
+	id, err := writeSnapshot(t, r, "db", in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := r.FindSnapshot(ctx, id, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Segments) < 3*segmentsAhead {
+		t.Fatalf("%d segments, want more than the reads ahead", len(s.Segments))
+	}
+	var got []Extent
+	if err := r.Extents(ctx, s, func(exts []Extent) error { got = append(got, exts...); return nil }); err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("extents in order: %v", err)
+	}
+	stop := errors.New("stop")
+	calls := 0
+	err = r.Extents(ctx, s, func([]Extent) error {
+		calls++
+		if calls == 3 {
+			return stop
+		}
+		return nil
+	})
+	if !errors.Is(err, stop) || calls != 3 {
+		t.Fatalf("fn failing at its third call: %v after %d calls", err, calls)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	calls = 0
+	err = r.Extents(cctx, s, func([]Extent) error {
+		if calls++; calls == 2 {
+			cancel()
+		}
+		return nil
+	})
+	if !errors.Is(err, context.Canceled) || calls >= len(s.Segments) {
+		t.Fatalf("context cancelled at the second segment: %v after %d calls of %d", err, calls, len(s.Segments))
 	}
 }
