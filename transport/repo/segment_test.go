@@ -374,9 +374,20 @@ func segmentedSnapshot(t *testing.T) ([]objstore.Store, *Repo, *Snapshot, []Exte
 	t.Helper()
 	stores := memStores(3)
 	r := initRepo(t, stores)
+	s, want := commitSegmented(t, r, 150)
+	if len(s.Segments) < 3 {
+		t.Fatalf("%d segments, want several", len(s.Segments))
+	}
+	return stores, r, s, want
+}
+
+// commitSegmented commits, in segments of about 4 extents, n data
+// extents of distinct chunks and runs of zeros (testExtents), and returns
+// the snapshot and the extents it must read back.
+func commitSegmented(t *testing.T, r *Repo, n int) (*Snapshot, []Extent) {
+	t.Helper()
 	r.SegmentExtents = 4
-	ids := manyChunks(t, r, 150)
-	in, want := testExtents(ids, 150)
+	in, want := testExtents(manyChunks(t, r, n), n)
 	id, err := writeSnapshot(t, r, "db", in)
 	if err != nil {
 		t.Fatal(err)
@@ -385,10 +396,7 @@ func segmentedSnapshot(t *testing.T) ([]objstore.Store, *Repo, *Snapshot, []Exte
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(s.Segments) < 3 {
-		t.Fatalf("%d segments, want several", len(s.Segments))
-	}
-	return stores, r, s, want
+	return s, want
 }
 
 // TestSnapshotWriterRefuses: extents out of order, a size they do not

@@ -26,13 +26,8 @@ func TestSegmentCache(t *testing.T) {
 	stores := memStores(3)
 	w := initRepo(t, stores)
 	w.IndexCache = t.TempDir()
-	w.SegmentExtents = 4
-	ids := manyChunks(t, w, 120)
-	in, want := testExtents(ids, 120)
-	id, err := writeSnapshot(t, w, "db", in)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, want := commitSegmented(t, w, 120)
+	id := s.ID
 	dir := filepath.Join(w.IndexCache, w.Config.ID, "segments")
 	var reads atomic.Int64
 	counted := make([]objstore.Store, len(stores))
@@ -61,10 +56,6 @@ func TestSegmentCache(t *testing.T) {
 			t.Fatalf("%s: extents differ", stage)
 		}
 		return reads.Load()
-	}
-	s, err := w.FindSnapshot(ctx, id, "")
-	if err != nil {
-		t.Fatal(err)
 	}
 	distinct := map[chunk.ID]bool{}
 	for _, sg := range s.Segments {
@@ -133,18 +124,7 @@ func TestSegmentCache(t *testing.T) {
 // error, after exactly the calls made), and reports a cancelled context.
 func TestExtentsReadAhead(t *testing.T) {
 	ctx := context.Background()
-	r := initRepo(t, memStores(3))
-	r.SegmentExtents = 4
-	ids := manyChunks(t, r, 150)
-	in, want := testExtents(ids, 150)
-	id, err := writeSnapshot(t, r, "db", in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := r.FindSnapshot(ctx, id, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, r, s, want := segmentedSnapshot(t)
 	if len(s.Segments) < 3*segmentsAhead {
 		t.Fatalf("%d segments, want more than the reads ahead", len(s.Segments))
 	}
@@ -154,7 +134,7 @@ func TestExtentsReadAhead(t *testing.T) {
 	}
 	stop := errors.New("stop")
 	calls := 0
-	err = r.Extents(ctx, s, func([]Extent) error {
+	err := r.Extents(ctx, s, func([]Extent) error {
 		calls++
 		if calls == 3 {
 			return stop
