@@ -161,20 +161,10 @@ func TestPruneSegments(t *testing.T) {
 	if err := r.MarkForTest(ctx, time.Now().Add(-time.Hour), slices.Collect(maps.Keys(dPacks))...); err != nil {
 		t.Fatal(err)
 	}
-	gate := gatedStore{prefix: "snapshots/", reached: make(chan struct{}), open: make(chan struct{}), once: &sync.Once{}}
+	cw, gate := p.openGated(t, "snapshots/")
 	var released sync.Once
 	openGate := func() { released.Do(func() { close(gate.open) }) }
 	defer openGate()
-	var gated []objstore.Store
-	for _, s := range p.stores(t) {
-		g := gate
-		g.Store = s
-		gated = append(gated, g)
-	}
-	cw, err := repo.Open(ctx, gated, prunePassword)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cw.SegmentExtents = 5
 	done := make(chan error, 1)
 	var sum *backup.Summary

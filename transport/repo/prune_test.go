@@ -298,6 +298,24 @@ type gatedStore struct {
 	once    *sync.Once
 }
 
+// openGated opens p's repository through a gatedStore over each target,
+// all sharing one gate on prefix.
+func (p *pruneRepo) openGated(t *testing.T, prefix string) (*repo.Repo, gatedStore) {
+	t.Helper()
+	gate := gatedStore{prefix: prefix, reached: make(chan struct{}), open: make(chan struct{}), once: &sync.Once{}}
+	var gated []objstore.Store
+	for _, s := range p.stores(t) {
+		g := gate
+		g.Store = s
+		gated = append(gated, g)
+	}
+	r, err := repo.Open(context.Background(), gated, prunePassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, gate
+}
+
 func (s gatedStore) Create(ctx context.Context, name string, data []byte) error {
 	if strings.HasPrefix(name, s.prefix) {
 		s.once.Do(func() { close(s.reached) })
@@ -356,17 +374,7 @@ func TestPruneDuringBackup(t *testing.T) {
 			if err := os.WriteFile(bigImg, big, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			gate := gatedStore{prefix: "index/", reached: make(chan struct{}), open: make(chan struct{}), once: &sync.Once{}}
-			var gated []objstore.Store
-			for _, s := range p.stores(t) {
-				g := gate
-				g.Store = s
-				gated = append(gated, g)
-			}
-			w, err := repo.Open(ctx, gated, prunePassword)
-			if err != nil {
-				t.Fatal(err)
-			}
+			w, gate := p.openGated(t, "index/")
 			done := make(chan error, 1)
 			var sum *backup.Summary
 			go func() {
@@ -418,7 +426,7 @@ func TestPruneDuringBackup(t *testing.T) {
 			}
 
 			close(gate.open)
-			err = <-done
+			err := <-done
 			if !locked {
 				if !errors.Is(err, repo.ErrConflict) {
 					t.Fatalf("a lockless backup whose data was pruned: %v", err)
