@@ -132,9 +132,11 @@ func BenchmarkChunkSizeImages(b *testing.B) {
 				}
 				os.Remove(out)
 				t2 := time.Now()
+				stopTrace := startTrace(b)
 				if _, err := restore.Run(ctx, r, snap, out, restore.Options{}); err != nil {
 					b.Fatal(err)
 				}
+				stopTrace()
 				rest = append(rest, time.Since(t2).Seconds())
 				os.Remove(out)
 			}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 	"testing"
 	"time"
@@ -154,6 +155,7 @@ func BenchmarkIncrementalCSI(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		stopTrace := startTrace(b)
 		inc = run("incremental", r, s2, func() backup.Options {
 			delta, err := metadata.Delta(ctx, conn, s1, s2)
 			if err != nil {
@@ -161,6 +163,7 @@ func BenchmarkIncrementalCSI(b *testing.B) {
 			}
 			return backup.Options{Parent: parent, Changed: delta.Ranges}
 		})
+		stopTrace()
 		reread = run("reread", r, s2, func() backup.Options { return backup.Options{Holes: holesOf(s2), Basis: parent} })
 		b.Logf("iteration %d: full %s, incremental %s, reread %s", i, full, inc, reread)
 	}
@@ -335,4 +338,28 @@ func writeChangedBlocks(b *testing.B, dev *os.File, base, changed string) int64 
 		}
 	}
 	return n
+}
+
+// startTrace starts an execution trace into the file FERRY_BENCH_TRACE
+// names, for go tool trace (the last iteration's is kept): of the
+// incremental backup in BenchmarkIncrementalCSI, of the restore in
+// BenchmarkChunkSizeImages. Without it, it does nothing.
+func startTrace(b *testing.B) (stop func()) {
+	path := os.Getenv("FERRY_BENCH_TRACE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := trace.Start(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		trace.Stop()
+		if err := f.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -70,8 +70,12 @@ func TestBlockDevices(t *testing.T) {
 	if err := os.WriteFile(full, bytes.Repeat([]byte{0xEE}, size), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := restore.Run(ctx, r, snap, loop.Attach(t, full, false), restore.Options{}); err != nil {
+	rs, err := restore.Run(ctx, r, snap, loop.Attach(t, full, false), restore.Options{})
+	if err != nil {
 		t.Fatal(err)
 	}
 	assertSame(t, img, full)
+	if d := restore.DirectBytes(rs); d < rs.BytesWritten/2 {
+		t.Errorf("%d of %d bytes written to the device direct, want most", d, rs.BytesWritten)
+	}
 }
