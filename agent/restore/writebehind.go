@@ -56,7 +56,9 @@ type writeBehind struct {
 }
 
 // directMin is the least a write must hold in whole pages to go out
-// direct: below it, the saving does not pay for the device's latency.
+// direct. Smaller writes (a repeated chunk, a short run of chunks) go
+// through the page cache, where write-behind gathers them; the figure is
+// a choice, not a measurement.
 const directMin = 64 << 10
 
 // newWriteBehind writes into f, and into direct, f opened with O_DIRECT
