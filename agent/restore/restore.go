@@ -475,7 +475,8 @@ type packWriter struct {
 }
 
 // batchAlign is the alignment a packWriter's batch keeps with the volume:
-// a page, the most any device here needs for direct writes.
+// a page, which covers the 512 or 4096 bytes disks need for direct writes.
+// A target that needs more gets every write through the page cache.
 var batchAlign = max(os.Getpagesize(), 4096)
 
 // pageAligned returns n bytes starting at a multiple of batchAlign in
