@@ -67,20 +67,8 @@ func TestWriteBehindRounds(t *testing.T) {
 // phase and writes too small go through the page cache; every byte lands
 // where it was written. On XFS, which takes direct I/O.
 func TestWriteBehindDirect(t *testing.T) {
-	path := filepath.Join(xfs.Mount(t, xfs.MinSize), "out")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	const size = 24 << 20
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	w := newWriteBehind(f, true, openDirect(path))
-	if w.direct == nil {
-		t.Fatal("XFS took no direct I/O")
-	}
+	path, w := directTarget(t, size)
 	if w.align != int64(batchAlign) {
 		t.Fatalf("direct writes aligned to %d, batches to %d", w.align, batchAlign)
 	}
@@ -152,16 +140,7 @@ func TestWriteBehindDirect(t *testing.T) {
 // misaligned, XFS needs 512-byte alignment and is told 1) is written
 // through the page cache instead, and so is every write after it.
 func TestWriteBehindDirectRefused(t *testing.T) {
-	path := filepath.Join(xfs.Mount(t, xfs.MinSize), "out")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	w := newWriteBehind(f, true, openDirect(path))
-	if w.direct == nil {
-		t.Fatal("XFS took no direct I/O")
-	}
+	path, w := directTarget(t, 0)
 	w.align = 1
 	want := bytes.Repeat([]byte("refused "), 48<<10)
 	if n, err := w.WriteAt(want[:len(want)/2], 1001); err != nil || n != len(want)/2 {
@@ -189,4 +168,25 @@ func TestWriteBehindDirectRefused(t *testing.T) {
 	if !bytes.Equal(got[1001:], want) || !bytes.Equal(got[:1001], make([]byte, 1001)) {
 		t.Fatal("the file holds other bytes than were written")
 	}
+}
+
+// directTarget makes a file of size bytes on XFS, which takes direct I/O,
+// and a writeBehind into it with direct writes on, serialized as for a
+// regular file.
+func directTarget(t *testing.T, size int64) (string, *writeBehind) {
+	t.Helper()
+	path := filepath.Join(xfs.Mount(t, xfs.MinSize), "out")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	w := newWriteBehind(f, true, openDirect(path))
+	if w.direct == nil {
+		t.Fatal("XFS took no direct I/O")
+	}
+	return path, w
 }
