@@ -176,12 +176,7 @@ func diffBlocks(b *testing.B, pa, pb string, bs int) []chunk.Range {
 			if bytes.Equal(ba[min(i, na):ea], bb[min(i, nb):eb]) {
 				continue
 			}
-			at := off + int64(i)
-			if n := len(out); n > 0 && out[n-1].End() == at {
-				out[n-1].Len += int64(bs)
-			} else {
-				out = append(out, chunk.Range{Off: at, Len: int64(bs)})
-			}
+			out = appendRange(out, chunk.Range{Off: off + int64(i), Len: int64(bs)})
 		}
 		if erra != nil || errb != nil {
 			return out

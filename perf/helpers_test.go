@@ -91,3 +91,13 @@ func tempDir(b *testing.B) string {
 	b.Cleanup(func() { os.RemoveAll(d) })
 	return d
 }
+
+// appendRange appends r to rs, sorted and disjoint, merging it into the
+// last range when it follows on.
+func appendRange(rs []chunk.Range, r chunk.Range) []chunk.Range {
+	if n := len(rs); n > 0 && rs[n-1].End() == r.Off {
+		rs[n-1].Len += r.Len
+		return rs
+	}
+	return append(rs, r)
+}

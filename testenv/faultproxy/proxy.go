@@ -1,11 +1,13 @@
 // Package faultproxy is a TCP proxy for tests that stands between Ferry and
 // one object store and misbehaves on demand: it refuses connections, resets
 // them, answers slowly, or accepts and then says nothing, the ways a
-// target in another region fails. Faults switch at any time, also in the
-// middle of a transfer, and apply to open connections as well as new ones.
+// target in another region fails; or it stands for the distance itself
+// (Distant). Faults switch at any time, also in the middle of a transfer,
+// and apply to open connections as well as new ones.
 package faultproxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // Mode is how the proxy treats traffic.
@@ -33,18 +37,33 @@ const (
 	// Hang accepts connections and forwards nothing in either direction,
 	// as a black-holed route does.
 	Hang
+	// Distant forwards everything as a path to another region does: each
+	// chunk arrives Latency after it was sent, chunks follow each other
+	// without waiting for the ones before (unlike Slow), at most
+	// BytesPerSecond each way per connection, and at most Window bytes of
+	// a direction are unacknowledged (on their way, or their
+	// acknowledgement another Latency on its way back), as TCP's window
+	// bounds one connection over a long path: Window/(2*Latency) per
+	// connection at most.
+	Distant
 )
 
 func (m Mode) String() string {
-	return [...]string{"pass", "refuse", "reset", "slow", "hang"}[m]
+	return [...]string{"pass", "refuse", "reset", "slow", "hang", "distant"}[m]
 }
 
 // Fault is the proxy's behaviour.
 type Fault struct {
 	Mode           Mode
-	Latency        time.Duration // Slow: before every chunk forwarded
-	BytesPerSecond int           // Slow: per connection and direction; 0 means no limit
+	Latency        time.Duration // Slow: before every chunk forwarded; Distant: one way
+	BytesPerSecond int           // Slow, Distant: per connection and direction; 0 means no limit
+	Window         int           // Distant: bytes unacknowledged per connection and direction; 0 means DefaultWindow
 }
+
+// DefaultWindow is a Distant connection's window when Fault.Window is 0:
+// what Linux's receive buffer autotuning reaches by default (tcp_rmem's
+// maximum is 6 MiB, of which it offers about two thirds).
+const DefaultWindow = 4 << 20
 
 // Proxy forwards connections from Addr to a target.
 type Proxy struct {
@@ -178,6 +197,12 @@ func (p *Proxy) serve(client *net.TCPConn) {
 		return
 	}
 	l := &link{client, server.(*net.TCPConn)}
+	if f.Mode == Distant {
+		// What the proxy has read is on the path: small receive buffers,
+		// so that the window, not the buffers, bounds what is.
+		client.SetReadBuffer(64 << 10)
+		l.server.SetReadBuffer(64 << 10)
+	}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -198,16 +223,44 @@ func (p *Proxy) serve(client *net.TCPConn) {
 	server.Close()
 }
 
+// chunkSize is the most a pipe reads, and forwards, at once.
+const chunkSize = 32 << 10
+
 // pipe copies src to dst chunk by chunk, applying the fault in force when
-// each chunk arrives.
+// each chunk arrives. From the first chunk that arrives while the fault
+// is Distant on, every chunk of the direction goes through a delay line,
+// so that none overtakes another when the fault changes.
 func (p *Proxy) pipe(dst, src *net.TCPConn) {
-	buf := make([]byte, 32<<10)
+	var line *delayLine
+	defer func() {
+		if line != nil {
+			line.stop()
+		}
+	}()
+	buf := make([]byte, chunkSize)
 	for {
 		n, err := src.Read(buf)
-		if n > 0 && !p.forward(dst, buf[:n]) {
-			return
+		if n > 0 {
+			p.mu.Lock()
+			f := p.fault
+			p.mu.Unlock()
+			if line == nil && f.Mode == Distant {
+				line = p.newDelayLine(dst)
+			}
+			ok := false
+			if line != nil {
+				ok = line.send(buf[:n], f)
+			} else {
+				ok = p.forward(dst, buf[:n])
+			}
+			if !ok {
+				return
+			}
 		}
 		if err != nil {
+			if line != nil && errors.Is(err, io.EOF) {
+				line.drain() // what is on its way arrives before the end
+			}
 			if errors.Is(err, io.EOF) {
 				dst.CloseWrite()
 			} else {
@@ -215,6 +268,141 @@ func (p *Proxy) pipe(dst, src *net.TCPConn) {
 			}
 			return
 		}
+	}
+}
+
+// delayLine is one direction of a connection while it is (or has been)
+// Distant: chunks wait in it until they are due, and a window bounds the
+// bytes not yet acknowledged.
+type delayLine struct {
+	p      *Proxy
+	dst    *net.TCPConn
+	q      chan timed
+	done   chan struct{} // closed when the writer has stopped
+	failed chan struct{} // closed when a write failed or the proxy stopped
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu     sync.Mutex
+	window *semaphore.Weighted
+	size   int       // the window's size
+	sent   time.Time // when the last chunk queued has left the sender, at the rate
+}
+
+// timed is a chunk and when it arrives.
+type timed struct {
+	b       []byte
+	due     time.Time
+	latency time.Duration // one way: the acknowledgement takes as long
+	window  *semaphore.Weighted
+}
+
+var chunkPool = sync.Pool{New: func() any { return make([]byte, chunkSize) }}
+
+func (p *Proxy) newDelayLine(dst *net.TCPConn) *delayLine {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &delayLine{p: p, dst: dst, q: make(chan timed, 4096), done: make(chan struct{}), failed: make(chan struct{}), ctx: ctx, cancel: cancel}
+	go func() {
+		select {
+		case <-p.stopped:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	go l.write()
+	return l
+}
+
+// send queues b (copied) to arrive when f says, once the window has room
+// for it; false when the connection or the proxy is gone.
+func (l *delayLine) send(b []byte, f Fault) bool {
+	now := time.Now()
+	c := timed{b: chunkPool.Get().([]byte)[:len(b)], due: now}
+	copy(c.b, b)
+	if f.Mode == Distant {
+		l.mu.Lock()
+		size := f.Window
+		if size <= 0 {
+			size = DefaultWindow
+		}
+		size = max(size, chunkSize)
+		if l.window == nil || l.size != size {
+			// A new window size takes effect for the chunks sent from
+			// now on; those under the old one release into it.
+			l.window, l.size = semaphore.NewWeighted(int64(size)), size
+		}
+		w := l.window
+		l.mu.Unlock()
+		if err := w.Acquire(l.ctx, int64(len(b))); err != nil {
+			chunkPool.Put(c.b[:chunkSize])
+			return false
+		}
+		now = time.Now()
+		l.mu.Lock()
+		sent := now
+		if l.sent.After(sent) {
+			sent = l.sent // behind the chunks before it on the wire
+		}
+		if f.BytesPerSecond > 0 {
+			sent = sent.Add(time.Duration(len(b)) * time.Second / time.Duration(f.BytesPerSecond))
+		}
+		l.sent = sent
+		l.mu.Unlock()
+		c.due, c.latency, c.window = sent.Add(f.Latency), f.Latency, w
+	}
+	select {
+	case l.q <- c:
+		return true
+	case <-l.ctx.Done():
+		chunkPool.Put(c.b[:chunkSize])
+		return false
+	}
+}
+
+// write forwards the chunks when they are due, under the fault in force
+// then (Hang holds them, Slow delays them further), and gives their bytes
+// back to the window one latency later, when the acknowledgement would
+// reach the sender.
+func (l *delayLine) write() {
+	defer close(l.done)
+	for c := range l.q {
+		if d := time.Until(c.due); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-l.ctx.Done():
+			}
+		}
+		ok := l.ctx.Err() == nil && l.p.forward(l.dst, c.b)
+		n := int64(len(c.b))
+		chunkPool.Put(c.b[:chunkSize])
+		if c.window != nil {
+			w := c.window
+			time.AfterFunc(c.latency, func() { w.Release(n) })
+		}
+		if !ok {
+			l.cancel()
+			for c := range l.q { // free what is left; send sees ctx done
+				chunkPool.Put(c.b[:chunkSize])
+			}
+			return
+		}
+	}
+}
+
+// drain waits until every chunk queued has been forwarded (or the
+// connection is gone).
+func (l *delayLine) drain() {
+	close(l.q)
+	<-l.done
+	l.q = nil
+}
+
+// stop ends the line: chunks not yet forwarded are dropped.
+func (l *delayLine) stop() {
+	l.cancel()
+	if l.q != nil {
+		close(l.q)
+		<-l.done
 	}
 }
 

@@ -113,3 +113,93 @@ func errTimeout(err error) error {
 	}
 	return errors.New("not a timeout")
 }
+
+// TestDistant: a Distant proxy delays each direction by its latency, lets
+// chunks follow each other without waiting (a transfer takes about one
+// latency, not one per chunk), bounds a connection by its window, and
+// keeps every byte in order when the fault changes mid-transfer.
+func TestDistant(t *testing.T) {
+	const latency = 20 * time.Millisecond
+	p := Start(t, echo(t))
+	if err := p.Set(Fault{Mode: Distant, Latency: latency}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", p.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msg := []byte("ferry")
+	start := time.Now()
+	if got, err := roundTrip(c, msg); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("round trip: %q, %v", got, err)
+	}
+	if rtt := time.Since(start); rtt < 2*latency {
+		t.Errorf("round trip took %v, less than twice the latency %v", rtt, latency)
+	}
+
+	// 8 MiB each way: chunk by chunk, one latency each, it would take 256
+	// latencies (over 5 s); pipelined, under the default window, about
+	// 8 MiB / (4 MiB per 40 ms) plus a round trip.
+	big := make([]byte, 8<<20)
+	for i := range big {
+		big[i] = byte(i * 7 / 5)
+	}
+	start = time.Now()
+	got, err := echoBig(c, big, nil)
+	if err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("8 MiB through a distant proxy: %v (equal %v)", err, bytes.Equal(got, big))
+	}
+	d := time.Since(start)
+	t.Logf("8 MiB each way, default window: %v", d)
+	if d > 2*time.Second {
+		t.Errorf("8 MiB took %v: chunks waited for each other", d)
+	}
+
+	// A 256 KiB window: 8 MiB needs at least 32 windows, each held for a
+	// round trip (40 ms).
+	if err := p.Set(Fault{Mode: Distant, Latency: latency, Window: 256 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	if got, err = echoBig(c, big, nil); err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("8 MiB, small window: %v", err)
+	}
+	d = time.Since(start)
+	t.Logf("8 MiB each way, 256 KiB window: %v", d)
+	if least := 32 * 2 * latency; d < least {
+		t.Errorf("8 MiB through a 256 KiB window took %v, less than %v", d, least)
+	}
+
+	// Back to Pass in the middle of a transfer: what is on its way still
+	// arrives first.
+	got, err = echoBig(c, big, func() { p.Set(Fault{Mode: Pass}) })
+	if err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("switching to pass mid-transfer: %v (equal %v)", err, bytes.Equal(got, big))
+	}
+}
+
+// echoBig writes msg to an echo connection while reading it back, calling
+// midway (if not nil) once half of msg is written.
+func echoBig(c net.Conn, msg []byte, midway func()) ([]byte, error) {
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	errc := make(chan error, 1)
+	go func() {
+		half := len(msg) / 2
+		if _, err := c.Write(msg[:half]); err != nil {
+			errc <- err
+			return
+		}
+		if midway != nil {
+			midway()
+		}
+		_, err := c.Write(msg[half:])
+		errc <- err
+	}()
+	got := make([]byte, len(msg))
+	_, err := io.ReadFull(c, got)
+	if werr := <-errc; err == nil {
+		err = werr
+	}
+	return got, err
+}
