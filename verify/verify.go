@@ -507,9 +507,15 @@ func (c *checker) fetchReplicated(ctx context.Context, dir, id string, sizes fun
 		target int
 		why    string
 	}
-	var bad []badCopy
-	var good []byte
-	goodAt := -1
+	// The copies are read at once (a round trip each to a target in
+	// another region) and judged in target order.
+	type read struct {
+		listed bool
+		b      []byte
+		err    error
+	}
+	copies := make([]read, len(c.listings))
+	var wg sync.WaitGroup
 	for t, l := range c.listings {
 		if l.err != nil {
 			continue
@@ -517,10 +523,21 @@ func (c *checker) fetchReplicated(ctx context.Context, dir, id string, sizes fun
 		if _, ok := sizes(l)[id]; !ok {
 			continue
 		}
-		b, err := c.r.Targets[t].Store.Get(ctx, dir+id)
-		if ctx.Err() != nil {
-			return false, nil, ctx.Err()
+		copies[t].listed = true
+		wg.Go(func() { copies[t].b, copies[t].err = c.r.Targets[t].Store.Get(ctx, dir+id) })
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return false, nil, ctx.Err()
+	}
+	var bad []badCopy
+	var good []byte
+	goodAt := -1
+	for t, cp := range copies {
+		if !cp.listed {
+			continue
 		}
+		b, err := cp.b, cp.err
 		switch {
 		case err != nil:
 			bad = append(bad, badCopy{t, err.Error()})
@@ -599,14 +616,23 @@ func (c *checker) checkKeysAndConfig(ctx context.Context, password []byte) error
 		c.add(Problem{Severity: Degraded, Kind: KindObjectForeign, Object: "keys/",
 			Detail: "no key object on the reachable targets opens with this password to the repository's master key"})
 	}
+	configs := make([][]byte, len(c.listings))
+	errs := make([]error, len(c.listings))
+	var wg sync.WaitGroup
+	for t, l := range c.listings {
+		if l.err == nil && l.config {
+			wg.Go(func() { configs[t], errs[t] = c.r.Targets[t].Store.Get(ctx, "config") })
+		}
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
 	for t, l := range c.listings {
 		if l.err != nil || !l.config {
 			continue
 		}
-		b, err := c.r.Targets[t].Store.Get(ctx, "config")
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+		b, err := configs[t], errs[t]
 		if err == nil {
 			err = c.r.CheckConfig(t, b)
 		}

@@ -330,18 +330,19 @@ const batchSize = 4 << 20
 // read as zeros there.
 //
 // A worker reads only the blobs the window uses, a range of at most
-// rangeMax at a time (repo.ReadRange: where a data shard's target is down,
-// the range is rebuilt from the same range of the other shards). Should a
+// rangeMax at a time, the next one while it writes one (repo.ReadRange:
+// where a data shard's target is down, the range is rebuilt from the same
+// range of the other shards). Should a
 // range not be read or a blob in it not authenticate, it reads the whole
 // pack instead (repo.FetchPack), whose shards are checked one by one and
 // replaced from parity where bad, and goes on from there. A pack that
 // serves several windows is read again for each, the ranges that window
 // needs.
 //
-// Memory: a range, a compressed chunk and a 4 MiB batch of opened chunks
-// per worker, kept from window to window; the window's extents and a place
-// per data extent; a record per pack the window reads from, and per shard
-// done without.
+// Memory: two ranges (one read ahead), a compressed chunk and a 4 MiB
+// batch of opened chunks per worker, the batch kept from window to window;
+// the window's extents and a place per data extent; a record per pack the
+// window reads from, and per shard done without.
 func (p *Plan) WriteTo(ctx context.Context, w io.WriterAt, opts Options) (*Written, error) {
 	return p.write(ctx, w, opts, nil)
 }
@@ -515,11 +516,16 @@ func (wk *packWriter) restore(ctx context.Context, pp *packPlaces) ([]repo.Shard
 	return problems, fetched + wk.d.Len(), err
 }
 
-// byRanges reads the blobs of pp's places in ranges and writes them.
+// byRanges reads the blobs of pp's places in ranges and writes them,
+// reading the next range while it writes one: a target in another region
+// takes a round trip to answer each, which the writes then hide.
 func (wk *packWriter) byRanges(ctx context.Context, pp *packPlaces) ([]repo.ShardProblem, int64, error) {
 	places := pp.places
-	var problems []repo.ShardProblem
-	var fetched int64
+	type span struct {
+		lo, hi     int // places
+		start, end int64
+	}
+	var spans []span
 	for i := 0; i < len(places); {
 		start := int64(places[i].offset)
 		end := start + int64(places[i].length)
@@ -531,22 +537,56 @@ func (wk *packWriter) byRanges(ctx context.Context, pp *packPlaces) ([]repo.Shar
 			}
 			end = max(end, int64(pl.offset+pl.length))
 		}
-		b, ps, err := wk.r.ReadRange(ctx, pp.id, pp.length, start, end-start)
-		if err != nil {
+		spans = append(spans, span{i, j, start, end})
+		i = j
+	}
+	type read struct {
+		b        []byte
+		problems []repo.ShardProblem
+		err      error
+	}
+	readSpan := func(s span) <-chan read {
+		c := make(chan read, 1)
+		go func() {
+			b, ps, err := wk.r.ReadRange(ctx, pp.id, pp.length, s.start, s.end-s.start)
+			c <- read{b, ps, err}
+		}()
+		return c
+	}
+	var next <-chan read // the read ahead, when one is under way
+	// A read ahead is waited for, not cancelled, when byRanges fails: a
+	// request cut off might pass for a target failing, and the whole pack
+	// is read next.
+	defer func() {
+		if next != nil {
+			<-next
+		}
+	}()
+	var problems []repo.ShardProblem
+	var fetched int64
+	if len(spans) > 0 {
+		next = readSpan(spans[0])
+	}
+	for k, s := range spans {
+		rd := <-next
+		next = nil
+		if rd.err != nil {
 			if ctx.Err() != nil {
 				return nil, fetched, ctx.Err()
 			}
-			return nil, fetched, fmt.Errorf("%w: %v", errReadAgain, err)
+			return nil, fetched, fmt.Errorf("%w: %v", errReadAgain, rd.err)
 		}
-		fetched += end - start
-		problems = append(problems, ps...)
-		err = wk.write(pp, i, j, func(e pack.Entry) ([]byte, error) {
-			return b[int64(e.Offset)-start : int64(e.Offset+e.Length)-start], nil
+		if k+1 < len(spans) {
+			next = readSpan(spans[k+1])
+		}
+		fetched += s.end - s.start
+		problems = append(problems, rd.problems...)
+		err := wk.write(pp, s.lo, s.hi, func(e pack.Entry) ([]byte, error) {
+			return rd.b[int64(e.Offset)-s.start : int64(e.Offset+e.Length)-s.start], nil
 		})
 		if err != nil {
 			return nil, fetched, err
 		}
-		i = j
 	}
 	return problems, fetched, nil
 }

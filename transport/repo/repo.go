@@ -271,6 +271,31 @@ func newRepo(targets []*Target, key *crypt.Key, cfg Config) (*Repo, error) {
 // shows that it belongs to another repository or sits at another position.
 func Open(ctx context.Context, stores []objstore.Store, password []byte) (*Repo, error) {
 	targets := newTargets(stores)
+	// Each target's key object names and config are asked for at once, as
+	// a target in another region costs a round trip per request; only
+	// the key objects of the first target with any are read and opened
+	// (scrypt), the others' need only be there.
+	type found struct {
+		keys           []string
+		keysErr        error
+		config         []byte
+		configErr      error
+		askedForConfig bool
+	}
+	per := make([]found, len(targets))
+	var wg sync.WaitGroup
+	for _, t := range targets {
+		wg.Go(func() {
+			f := &per[t.Index]
+			f.keys, f.keysErr = listKeys(ctx, t.Store)
+			if f.keysErr != nil && !errors.Is(f.keysErr, ErrNotRepository) {
+				return
+			}
+			f.askedForConfig = true
+			f.config, f.configErr = t.Store.Get(ctx, "config")
+		})
+	}
+	wg.Wait()
 	var key *crypt.Key
 	keyFrom := -1 // the target whose key objects gave key
 	// Every readable config is checked once the key is known, also that of
@@ -280,7 +305,16 @@ func Open(ctx context.Context, stores []objstore.Store, password []byte) (*Repo,
 	var problems []string
 	sawKeys, sawConfig, reachable := false, false, 0
 	for _, t := range targets {
-		k, err := openKey(ctx, t.Store, password, key)
+		f := per[t.Index]
+		err := f.keysErr
+		var k *crypt.Key
+		switch {
+		case err != nil:
+		case key != nil:
+			k = key // readable, and the key is known
+		default:
+			k, err = openKey(ctx, t.Store, f.keys, password)
+		}
 		switch {
 		case errors.Is(err, crypt.ErrWrongPassword):
 			sawKeys = true
@@ -300,16 +334,15 @@ func Open(ctx context.Context, stores []objstore.Store, password []byte) (*Repo,
 				key, keyFrom = k, t.Index
 			}
 		}
-		raw, err := t.Store.Get(ctx, "config")
-		if errors.Is(err, objstore.ErrNotFound) {
+		if !f.askedForConfig || errors.Is(f.configErr, objstore.ErrNotFound) {
 			continue
 		}
-		if err != nil {
-			t.MarkDown(err)
+		if f.configErr != nil {
+			t.MarkDown(f.configErr)
 			continue
 		}
 		sawConfig = true
-		configs[t.Index] = raw
+		configs[t.Index] = f.config
 	}
 	switch {
 	case key == nil && sawKeys:
@@ -373,9 +406,9 @@ func OpenForRestore(ctx context.Context, stores []objstore.Store, password []byt
 	return r, err
 }
 
-// openKey returns the master key from the target's key objects. When have is
-// set (from another target) it only checks that the target is readable.
-func openKey(ctx context.Context, s objstore.Store, password []byte, have *crypt.Key) (*crypt.Key, error) {
+// listKeys returns the names of the target's key objects, or
+// ErrNotRepository when it has none.
+func listKeys(ctx context.Context, s objstore.Store) ([]string, error) {
 	var names []string
 	err := s.List(ctx, "keys/", func(i objstore.Info) error { names = append(names, i.Name); return nil })
 	if err != nil {
@@ -384,9 +417,11 @@ func openKey(ctx context.Context, s objstore.Store, password []byte, have *crypt
 	if len(names) == 0 {
 		return nil, ErrNotRepository
 	}
-	if have != nil {
-		return have, nil
-	}
+	return names, nil
+}
+
+// openKey returns the master key from the target's key objects names.
+func openKey(ctx context.Context, s objstore.Store, names []string, password []byte) (*crypt.Key, error) {
 	for _, n := range names {
 		obj, err := s.Get(ctx, n)
 		if err != nil {
@@ -743,29 +778,37 @@ func (r *Repo) loadNew(ctx context.Context, prefix string, seen map[string]bool,
 	return vanished, err
 }
 
-// listAll returns the union of the names under prefix on every reachable target.
+// listAll returns the union of the names under prefix on every reachable
+// target, listing them at once.
 func (r *Repo) listAll(ctx context.Context, prefix string) ([]string, error) {
 	var mu sync.Mutex
 	seen := map[string]bool{}
 	ok := 0
+	var wg sync.WaitGroup
 	for _, t := range r.Targets {
 		if t.Down() != nil {
 			continue
 		}
-		err := t.Store.List(ctx, prefix, func(i objstore.Info) error {
-			mu.Lock()
-			seen[i.Name] = true
-			mu.Unlock()
-			return nil
-		})
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
+		wg.Go(func() {
+			err := t.Store.List(ctx, prefix, func(i objstore.Info) error {
+				mu.Lock()
+				seen[i.Name] = true
+				mu.Unlock()
+				return nil
+			})
+			if err != nil && ctx.Err() == nil {
+				t.MarkDown(err)
 			}
-			t.MarkDown(err)
-			continue
-		}
-		ok++
+			if err == nil {
+				mu.Lock()
+				ok++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	if ok == 0 {
 		return nil, fmt.Errorf("list %s: %w", prefix, ErrUnavailable)
