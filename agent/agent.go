@@ -1,7 +1,7 @@
 // Package agent is Ferry's node agent: it serves the CSI hook in front of
 // the node's CSI driver, keeps the replication jobs the hook queues in a
 // durable queue in its state directory, runs them (package replicate), and
-// serves /metrics and /healthz.
+// serves /metrics and /healthz (and, with Config.Profiling, the Go profiles).
 package agent
 
 import (
@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,6 +39,7 @@ type Config struct {
 	NodeID        string // empty: ask the driver (NodeGetInfo)
 	SecretsDir    string // see replicate.DirSecrets
 	MetricsListen string // host:port for /metrics and /healthz; empty: none
+	Profiling     bool   // serve net/http/pprof under /debug/pprof/ on MetricsListen
 	Workers       int    // jobs run at once (different volumes); default 1
 	HookOnly      bool   // serve the hook and queue jobs, run none (controller-side sidecar)
 	MaxAttempts   int    // a job that failed this often is dropped; default 20
@@ -88,6 +90,9 @@ func (c *Config) Validate() error {
 	}
 	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
 		return fmt.Errorf("--state-dir %q: want an absolute path", c.StateDir)
+	}
+	if c.Profiling && c.MetricsListen == "" {
+		return errors.New("--profiling needs --metrics-listen: the profiles are served on the metrics address")
 	}
 	if c.Kube {
 		if err := c.validateKube(); err != nil {
@@ -224,7 +229,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		})
 	}
 	if cfg.MetricsListen != "" {
-		hs := &http.Server{Addr: cfg.MetricsListen, Handler: handler(m, conn), ReadHeaderTimeout: 10 * time.Second}
+		hs := &http.Server{Addr: cfg.MetricsListen, Handler: handler(m, conn, cfg.Profiling), ReadHeaderTimeout: 10 * time.Second}
 		g.Go(func() error {
 			if err := hs.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
 				return err
@@ -342,7 +347,12 @@ func lockDir(dir string) (func(), error) {
 	return func() { f.Close() }, nil
 }
 
-func handler(m *metrics, conn *grpc.ClientConn) http.Handler {
+// handler serves /metrics, /healthz and, with profiling, the Go runtime's
+// profiles under /debug/pprof/. A profile shows the process's internals
+// (stacks, command line), so they go on this mux only when asked for;
+// importing net/http/pprof also registers them on http.DefaultServeMux,
+// which nothing in Ferry serves.
+func handler(m *metrics, conn *grpc.ClientConn, profiling bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -354,5 +364,12 @@ func handler(m *metrics, conn *grpc.ClientConn) http.Handler {
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	if profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index) // also serves the named profiles: heap, goroutine, ...
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }

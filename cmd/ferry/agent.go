@@ -37,6 +37,7 @@ func agentCmds() []*cobra.Command {
 		f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/ferry", "durable job queue and working paths")
 		f.StringVar(&cfg.SecretsDir, "secrets-dir", "/etc/ferry/secrets", "repository Secrets, as DIR/NAMESPACE/NAME/KEY files (without --kube)")
 		f.StringVar(&cfg.MetricsListen, "metrics-listen", ":9808", "address for /metrics and /healthz (empty: off)")
+		f.BoolVar(&cfg.Profiling, "profiling", false, "also serve Go profiles (net/http/pprof: CPU, heap, goroutines, trace) under /debug/pprof/ on --metrics-listen; off by default because profiles show the process's internals")
 		f.BoolVar(&cfg.Kube, "kube", false, "run in a Kubernetes cluster: jobs are FerryJobs, Secrets come from the API (see deploy/)")
 		f.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "with --kube: kubeconfig file (default: the in-cluster service account)")
 		f.StringVar(&cfg.Namespace, "namespace", "", "with --kube: the agents' namespace, for FerryJobs, Leases and Secrets (default: $POD_NAMESPACE)")

@@ -195,6 +195,14 @@ func TestBadInput(t *testing.T) {
 		{name: "finished jobs kept for seconds", env: env(a.repo(), password),
 			args: []string{"agent", "--kube", "--namespace", "ferry-system", "--csi-driver", "unix:///run/csi/driver.sock", "--keep-finished-jobs", "10s"}, code: 2,
 			want: "ferry: --keep-finished-jobs 10s: at least 1m, so that restore-to-cluster --wait can read a finished job's result (negative keeps them all)"},
+		{name: "profiling without a metrics address", env: env(a.repo(), password),
+			args: []string{"agent", "--profiling", "--metrics-listen=", "--csi-listen", "unix:///run/ferry/hook.sock", "--csi-driver", "unix:///run/csi/driver.sock",
+				"--state-dir", filepath.Join(work, "state")}, code: 2,
+			want: "ferry: --profiling needs --metrics-listen: the profiles are served on the metrics address"},
+		{name: "profiling without a metrics address, hook", env: env(a.repo(), password),
+			args: []string{"hook", "--kube", "--namespace", "ferry-system", "--profiling", "--metrics-listen=", "--csi-listen", "unix:///csi/csi.sock", "--csi-driver", "unix:///csi/driver.sock",
+				"--state-dir", filepath.Join(work, "state")}, code: 2,
+			want: "ferry: --profiling needs --metrics-listen: the profiles are served on the metrics address"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
