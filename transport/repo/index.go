@@ -215,6 +215,13 @@ func (x *Index) Packs() []PackInfo {
 	return append([]PackInfo(nil), x.packs...)
 }
 
+// PackCount is how many packs the index knows.
+func (x *Index) PackCount() int {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return len(x.packs)
+}
+
 // Pack returns what the index knows of pack id.
 func (x *Index) Pack(id pack.ID) (PackInfo, bool) {
 	x.mu.RLock()
