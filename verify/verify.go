@@ -498,10 +498,12 @@ func (c *checker) stat(ctx context.Context, t int, name string) (objstore.Info, 
 // nothing and returns, one per copy, what was wrong with it, for the
 // caller to report the object as a whole.
 //
-// Every copy is downloaded: a verify reads each index object and manifest
-// once from every target that lists it (T times the metadata, which is
-// small next to the data: about 45 bytes per chunk in index objects and 40
-// per chunk of each snapshot that keeps its extents in its manifest).
+// Every copy is downloaded, all of them at once: a verify reads each index
+// object and manifest once from every target that lists it (T times the
+// metadata, which is small next to the data: about 45 bytes per chunk in
+// index objects and 40 per chunk of each snapshot that keeps its extents
+// in its manifest), and holds T copies of each object it checks at the
+// same time (an index object is at most about 3 MB).
 func (c *checker) fetchReplicated(ctx context.Context, dir, id string, sizes func(*listing) map[string]int64, open func([]byte) error) (bool, []string, error) {
 	type badCopy struct {
 		target int

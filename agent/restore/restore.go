@@ -333,12 +333,11 @@ const batchSize = 4 << 20
 // A worker reads only the blobs the window uses, a range of at most
 // rangeMax at a time, the next one while it writes one (repo.ReadRange:
 // where a data shard's target is down, the range is rebuilt from the same
-// range of the other shards). Should a
-// range not be read or a blob in it not authenticate, it reads the whole
-// pack instead (repo.FetchPack), whose shards are checked one by one and
-// replaced from parity where bad, and goes on from there. A pack that
-// serves several windows is read again for each, the ranges that window
-// needs.
+// range of the other shards). Should a range not be read or a blob in it
+// not authenticate, it reads the whole pack instead (repo.FetchPack),
+// whose shards are checked one by one and replaced from parity where bad,
+// and goes on from there. A pack that serves several windows is read
+// again for each, the ranges that window needs.
 //
 // Memory: two ranges (one read ahead), a compressed chunk and a 4 MiB
 // batch of opened chunks per worker, the batch kept from window to window;
