@@ -172,7 +172,7 @@ func TestCLIEndToEnd(t *testing.T) {
 	}
 
 	restored := filepath.Join(work, "restored.img")
-	mustFerry(t, env, "restore", "latest", "--name", "db", "--target", restored)
+	mustFerry(t, env, "restore", "latest", "--name", "db", "--workers", "1", "--target", restored)
 	sameFile(t, img, restored)
 	// A new file is sparse: the holes were not written.
 	if used := allocated(t, restored); used > 40<<20 {
@@ -250,6 +250,7 @@ func TestCLIErrors(t *testing.T) {
 		{"not a repository", []string{"FERRY_REPO=file://" + emptyDir, "FERRY_PASSWORD=x"}, []string{"restore", "latest"}, 1, "no Ferry repository"},
 		{"no password", []string{"FERRY_REPO=" + repoURL, "FERRY_PASSWORD="}, []string{"restore", "latest"}, 2, "no password"},
 		{"bad repo url", []string{"FERRY_REPO=ftp://x/y", "FERRY_PASSWORD=x"}, []string{"restore", "latest"}, 2, "--repo"},
+		{"bad restore workers", good, []string{"restore", "latest", "--workers", "0"}, 2, "--workers 0: want 1 to 64"},
 		{"bad erasure", []string{"FERRY_REPO=file://" + emptyDir, "FERRY_PASSWORD=x"}, []string{"init", "--erasure", "3"}, 2, "--erasure"},
 		{"bad chunk size", []string{"FERRY_REPO=file://" + emptyDir, "FERRY_PASSWORD=x"}, []string{"init", "--chunk-size", "100K"}, 2, "power of two"},
 		{"missing source", good, []string{"backup", "/nonexistent/vol.img"}, 1, "/nonexistent/vol.img"},

@@ -16,6 +16,7 @@ import (
 func restoreCmd(g *globals) *cobra.Command {
 	var target, name string
 	var asJSON bool
+	var workers int
 	cmd := &cobra.Command{
 		Use:   "restore --repo REPO SNAPSHOT|latest --target PATH",
 		Short: "Restore a snapshot into a file (created sparse) or a block device",
@@ -28,6 +29,9 @@ device is overwritten in place, holes written as zeros.`,
 			if target == "" {
 				return usageError{fmt.Errorf("restore needs --target PATH")}
 			}
+			if workers < 1 || workers > maxRestoreWorkers {
+				return usageError{fmt.Errorf("--workers %d: want 1 to %d", workers, maxRestoreWorkers)}
+			}
 			r, err := g.openWith(cmd.Context(), repo.OpenForRestore)
 			if err != nil {
 				return err
@@ -38,7 +42,7 @@ device is overwritten in place, holes written as zeros.`,
 			}
 			prog := &restore.Progress{}
 			stopProgress := showProgress(prog.Total.Load, prog.Written.Load, "restore", asJSON)
-			sum, err := restore.Run(cmd.Context(), r, snap, target, restore.Options{Progress: prog})
+			sum, err := restore.Run(cmd.Context(), r, snap, target, restore.Options{Progress: prog, Workers: workers})
 			stopProgress()
 			if err != nil {
 				return fmt.Errorf("restore %s: %w", snap.ID[:12], err)
@@ -57,8 +61,12 @@ device is overwritten in place, holes written as zeros.`,
 	cmd.Flags().StringVar(&target, "target", "", "file or block device to restore into (an existing file is overwritten in place)")
 	cmd.Flags().StringVar(&name, "name", "", "with latest: the latest snapshot of this name")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON summary")
+	cmd.Flags().IntVar(&workers, "workers", 4, "packs read and written at once; more hide more round trips to targets in another region, at up to 12 MiB of memory each")
 	return cmd
 }
+
+// maxRestoreWorkers bounds --workers: 64 workers hold up to about 770 MiB.
+const maxRestoreWorkers = 64
 
 // reportRepaired tells what the restore had to reconstruct: one line per
 // unavailable target, with why it is unavailable, and the first few
