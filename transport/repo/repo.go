@@ -276,11 +276,10 @@ func Open(ctx context.Context, stores []objstore.Store, password []byte) (*Repo,
 	// the key objects of the first target with any are read and opened
 	// (scrypt), the others' need only be there.
 	type found struct {
-		keys           []string
-		keysErr        error
-		config         []byte
-		configErr      error
-		askedForConfig bool
+		keys      []string
+		keysErr   error // other than ErrNotRepository: the target is down, config not asked for
+		config    []byte
+		configErr error
 	}
 	per := make([]found, len(targets))
 	var wg sync.WaitGroup
@@ -291,7 +290,6 @@ func Open(ctx context.Context, stores []objstore.Store, password []byte) (*Repo,
 			if f.keysErr != nil && !errors.Is(f.keysErr, ErrNotRepository) {
 				return
 			}
-			f.askedForConfig = true
 			f.config, f.configErr = t.Store.Get(ctx, "config")
 		})
 	}
@@ -334,7 +332,7 @@ func Open(ctx context.Context, stores []objstore.Store, password []byte) (*Repo,
 				key, keyFrom = k, t.Index
 			}
 		}
-		if !f.askedForConfig || errors.Is(f.configErr, objstore.ErrNotFound) {
+		if errors.Is(f.configErr, objstore.ErrNotFound) {
 			continue
 		}
 		if f.configErr != nil {
