@@ -27,11 +27,13 @@ import (
 // "another region": each reached through a faultproxy in Distant mode,
 // which adds half the round-trip time each way and bounds every
 // connection by a TCP window (faultproxy.DefaultWindow), with no limit on
-// the bandwidth otherwise. Per round-trip time (0: the proxies only
-// forward): a full backup of a 1 GiB sample volume (half of it data), a
+// the bandwidth otherwise, or, in the last case, 500 Mbit/s to each target
+// (all its connections together). Per round-trip time (0: the proxies
+// only forward): a full backup of a 1 GiB sample volume (half of it data), a
 // changed-block backup after 2% of its blocks changed, a structural
-// verify, and a restore from a repository opened afresh (its index read
-// from the targets, as a DR restore on a new node does), each timed.
+// verify, a restore from a repository opened afresh (its index read from
+// the targets, as a DR restore on a new node does), and the same restore
+// with the first target refusing connections, each timed.
 func BenchmarkDistant(b *testing.B) {
 	ctx := context.Background()
 	dir := tempDir(b)
@@ -47,22 +49,31 @@ func BenchmarkDistant(b *testing.B) {
 		proxies = append(proxies, faultproxy.Start(b, s.Endpoint))
 	}
 	p := chunk.DefaultParams(benchPol)
-	for _, rtt := range []time.Duration{0, 20 * time.Millisecond, 60 * time.Millisecond} {
-		b.Run(fmt.Sprintf("rtt=%v", rtt), func(b *testing.B) {
+	for _, path := range []struct {
+		rtt  time.Duration
+		link int // bytes per second each way, for all connections to a target
+	}{{0, 0}, {20 * time.Millisecond, 0}, {60 * time.Millisecond, 0}, {60 * time.Millisecond, 62.5e6}} {
+		rtt := path.rtt
+		name := fmt.Sprintf("rtt=%v", rtt)
+		if path.link > 0 {
+			name += fmt.Sprintf(",link=%dMbit", path.link*8/1e6)
+		}
+		b.Run(name, func(b *testing.B) {
 			f := faultproxy.Fault{Mode: faultproxy.Pass}
 			if rtt > 0 {
-				f = faultproxy.Fault{Mode: faultproxy.Distant, Latency: rtt / 2}
+				f = faultproxy.Fault{Mode: faultproxy.Distant, Latency: rtt / 2, LinkBytesPerSecond: path.link}
 			}
 			for _, px := range proxies {
 				if err := px.Set(f); err != nil {
 					b.Fatal(err)
 				}
 			}
-			var full, inc, ver, rest, open, find time.Duration
+			var full, inc, ver, rest, open, find, degraded time.Duration
+			var served [3]int64 // bytes each target sent during the degraded restore
 			for i := 0; b.Loop(); i++ {
 				var urls []string
 				for _, px := range proxies {
-					urls = append(urls, fmt.Sprintf("s3+http://%s/bench/rtt%d-%d", px.Addr, rtt.Milliseconds(), i))
+					urls = append(urls, fmt.Sprintf("s3+http://%s/bench/rtt%d-link%d-%d", px.Addr, rtt.Milliseconds(), path.link, i))
 				}
 				stores := func() []objstore.Store {
 					locs, err := objstore.ParseRepo(strings.Join(urls, ","))
@@ -105,13 +116,41 @@ func BenchmarkDistant(b *testing.B) {
 					}
 				})
 				os.Remove(out)
+				// The same with target 1, which holds data shard 0 of every
+				// pack, refusing connections, opened as the command opens
+				// a repository to restore from.
+				if err := proxies[0].Set(faultproxy.Fault{Mode: faultproxy.Refuse}); err != nil {
+					b.Fatal(err)
+				}
+				var before [3]int64
+				for i, px := range proxies {
+					_, before[i] = px.Bytes()
+				}
+				degraded = timed(func() {
+					r2, err := repo.OpenForRestore(ctx, stores(), []byte("bench"))
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := restore.Run(ctx, r2, latest(b, r2), out, restore.Options{}); err != nil {
+						b.Fatal(err)
+					}
+				})
+				if err := proxies[0].Set(f); err != nil {
+					b.Fatal(err)
+				}
+				for i, px := range proxies {
+					_, d := px.Bytes()
+					served[i] = d - before[i]
+				}
+				os.Remove(out)
 			}
-			b.Logf("rtt %v: full backup %.2f s, changed-block backup %.2f s, verify %.2f s, restore %.2f s (of which open %.2f s, find the snapshot %.2f s)",
-				rtt, full.Seconds(), inc.Seconds(), ver.Seconds(), rest.Seconds(), open.Seconds(), find.Seconds())
+			b.Logf("%s: full backup %.2f s, changed-block backup %.2f s, verify %.2f s, restore %.2f s (of which open %.2f s, find the snapshot %.2f s), restore with target 1 down %.2f s (%d and %d MB from targets 2 and 3)",
+				name, full.Seconds(), inc.Seconds(), ver.Seconds(), rest.Seconds(), open.Seconds(), find.Seconds(), degraded.Seconds(), served[1]/1e6, served[2]/1e6)
 			b.ReportMetric(full.Seconds(), "full-s")
 			b.ReportMetric(inc.Seconds(), "inc-s")
 			b.ReportMetric(ver.Seconds(), "verify-s")
 			b.ReportMetric(rest.Seconds(), "restore-s")
+			b.ReportMetric(degraded.Seconds(), "degraded-s")
 		})
 	}
 }

@@ -14,3 +14,12 @@ func SetListPage(n int) (restore func()) {
 
 // ListByDirectory is listByDirectory.
 var ListByDirectory = listByDirectory
+
+// SetStripeWindow sets how many bytes of each shard a restore reads at a
+// time when it reads a pack as stripes, until the returned func puts it
+// back.
+func SetStripeWindow(n int64) (restore func()) {
+	old := stripeWindow
+	stripeWindow = n
+	return func() { stripeWindow = old }
+}

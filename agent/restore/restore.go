@@ -320,6 +320,10 @@ const (
 	rangeGap = 256 << 10
 )
 
+// stripeWindow, when above 0, is byStripes' window instead of rangeMax/k
+// (for tests).
+var stripeWindow int64
+
 // batchSize is how many bytes of consecutive chunks a worker writes at once.
 const batchSize = 4 << 20
 
@@ -333,14 +337,19 @@ const batchSize = 4 << 20
 // A worker reads only the blobs the window uses, a range of at most
 // rangeMax at a time, the next one while it writes one (repo.ReadRange:
 // where a data shard's target is down, the range is rebuilt from the same
-// range of the other shards). Should a range not be read or a blob in it
+// range of the other shards). Where a data shard's target is down and the
+// window wants most of a pack, it reads the pack as stripes instead
+// (byStripes: the same rangeMax/k of k shards at a time), so that the
+// shards left are read once, not again for the rebuilding. Should a range not be read or a blob in it
 // not authenticate, it reads the whole pack instead (repo.FetchPack),
 // whose shards are checked one by one and replaced from parity where bad,
 // and goes on from there. A pack that serves several windows is read
 // again for each, the ranges that window needs.
 //
-// Memory: two ranges (one read ahead), a compressed chunk and a 4 MiB
-// batch of opened chunks per worker, the batch kept from window to window;
+// Memory: two ranges or stripe windows (one read ahead; a window also
+// holds what it rebuilt, and the parts of blobs it began), a compressed
+// chunk and a 4 MiB batch of opened chunks per worker, the batch kept from
+// window to window;
 // the window's extents and a place per data extent; a record per pack the
 // window reads from, and per shard done without.
 func (p *Plan) WriteTo(ctx context.Context, w io.WriterAt, opts Options) (*Written, error) {
@@ -473,6 +482,8 @@ type packWriter struct {
 	buf   []byte
 	batch []byte
 	at    int64
+
+	gather []byte // a blob read across windows of a stripe (byStripes)
 }
 
 // batchAlign is the alignment a packWriter's batch keeps with the volume:
@@ -518,28 +529,24 @@ func (wk *packWriter) restore(ctx context.Context, pp *packPlaces) ([]repo.Shard
 
 // byRanges reads the blobs of pp's places in ranges and writes them,
 // reading the next range while it writes one: a target in another region
-// takes a round trip to answer each, which the writes then hide.
+// takes a round trip to answer each, which the writes then hide. Where a
+// data shard's target is down and one stripe costs fewer bytes (stripeOf),
+// it reads that instead (byStripe).
 func (wk *packWriter) byRanges(ctx context.Context, pp *packPlaces) ([]repo.ShardProblem, int64, error) {
-	places := pp.places
-	type span struct {
-		lo, hi     int // places
-		start, end int64
+	spans := spansOf(pp.places, 0, len(pp.places))
+	lost := make([]bool, wk.r.Config.Erasure.K)
+	for i := range lost {
+		lost[i] = wk.r.TargetOf(i).Down() != nil
 	}
-	var spans []span
-	for i := 0; i < len(places); {
-		start := int64(places[i].offset)
-		end := start + int64(places[i].length)
-		j := i + 1
-		for ; j < len(places); j++ {
-			pl := places[j]
-			if int64(pl.offset) > end+rangeGap || int64(pl.offset+pl.length)-start > rangeMax {
-				break
-			}
-			end = max(end, int64(pl.offset+pl.length))
-		}
-		spans = append(spans, span{i, j, start, end})
-		i = j
+	if lo, hi, ok := stripeOf(spans, pp.length, lost); ok {
+		return wk.byStripes(ctx, pp, lo, hi)
 	}
+	return wk.readSpans(ctx, pp, spans)
+}
+
+// readSpans reads spans of pp's places and writes their blobs, reading the
+// next span while it writes one.
+func (wk *packWriter) readSpans(ctx context.Context, pp *packPlaces, spans []span) ([]repo.ShardProblem, int64, error) {
 	type read struct {
 		b        []byte
 		problems []repo.ShardProblem
@@ -571,10 +578,7 @@ func (wk *packWriter) byRanges(ctx context.Context, pp *packPlaces) ([]repo.Shar
 		rd := <-next
 		next = nil
 		if rd.err != nil {
-			if ctx.Err() != nil {
-				return nil, fetched, ctx.Err()
-			}
-			return nil, fetched, fmt.Errorf("%w: %v", errReadAgain, rd.err)
+			return nil, fetched, readFailed(ctx, rd.err)
 		}
 		if k+1 < len(spans) {
 			next = readSpan(spans[k+1])
@@ -589,6 +593,220 @@ func (wk *packWriter) byRanges(ctx context.Context, pp *packPlaces) ([]repo.Shar
 		}
 	}
 	return problems, fetched, nil
+}
+
+// span is places lo to hi of a pack, whose blobs are read together: the
+// pack's bytes [start, end).
+type span struct {
+	lo, hi     int
+	start, end int64
+}
+
+// spansOf groups places[from:to] (by offset in the pack) into spans of at
+// most rangeMax bytes, over gaps of at most rangeGap.
+func spansOf(places []place, from, to int) []span {
+	var spans []span
+	for i := from; i < to; {
+		start := int64(places[i].offset)
+		end := start + int64(places[i].length)
+		j := i + 1
+		for ; j < to; j++ {
+			pl := places[j]
+			if int64(pl.offset) > end+rangeGap || int64(pl.offset+pl.length)-start > rangeMax {
+				break
+			}
+			end = max(end, int64(pl.offset+pl.length))
+		}
+		spans = append(spans, span{i, j, start, end})
+		i = j
+	}
+	return spans
+}
+
+// stripeOf says whether the spans of a pack of packLen bytes, some of
+// whose data shards are lost (on a target that is down; len(lost) is k),
+// cost fewer bytes read as stripes (repo.ReadStripe: the same range
+// [lo, hi) of k shards) than span by span (repo.ReadRange: k times a
+// span's part in a lost shard, once its part in another). A whole pack at
+// 2+1 is one pack's bytes as stripes, one and a half span by span, all
+// of that half more from the one data shard left.
+func stripeOf(spans []span, packLen int64, lost []bool) (lo, hi int64, ok bool) {
+	k := int64(len(lost))
+	shardLen := (packLen + k - 1) / k
+	lo, hi = shardLen, 0
+	var ranges int64
+	anyLost := false
+	for _, sp := range spans {
+		for off := sp.start; off < sp.end; {
+			i := off / shardLen
+			piece := min(sp.end, (i+1)*shardLen) - off
+			rel := off - i*shardLen
+			lo, hi = min(lo, rel), max(hi, rel+piece)
+			if i < k && lost[i] {
+				ranges += k * piece
+				anyLost = true
+			} else {
+				ranges += piece
+			}
+			off += piece
+		}
+	}
+	return lo, hi, anyLost && k*(hi-lo) <= ranges
+}
+
+// byStripes writes the blobs of pp's places from the bytes [lo, hi) of
+// every data shard of its pack, read a window at a time (repo.ReadStripe:
+// rangeMax/k of each shard, so rangeMax in all, and as much again rebuilt
+// for the shards on targets that are down), the next window while it
+// writes one. A blob is written from the first window that holds its end;
+// the part of it in earlier windows is kept until then. A blob that runs
+// from one shard into the next (at most k-1 of them) is written at the
+// end, from its tail so kept and its head, kept from the first windows.
+func (wk *packWriter) byStripes(ctx context.Context, pp *packPlaces, lo, hi int64) ([]repo.ShardProblem, int64, error) {
+	places := pp.places
+	k := int64(wk.r.Config.Erasure.K)
+	shardLen := (pp.length + k - 1) / k
+	window := stripeWindow // of each shard
+	if window <= 0 {
+		window = max(rangeMax/k, 64<<10)
+	}
+	// Per data shard: the places whose blobs start in it not yet written;
+	// the bytes from the start of the first of them, when an earlier
+	// window held it; and the head of the blob that runs into it from the
+	// shard before.
+	type shard struct {
+		base      int64 // its first byte's offset in the pack
+		next, end int   // places[next:end] are left
+		carry     []byte
+		carryAt   int64 // where carry starts in the shard
+		head      []byte
+		headLen   int64 // the bytes of the blob before in the shard, 0: none
+	}
+	sh := make([]shard, k)
+	for s, i := 0, 0; s < int(k); s++ {
+		x := &sh[s]
+		x.base, x.next = int64(s)*shardLen, i
+		for i < len(places) && int64(places[i].offset) < x.base+shardLen {
+			i++
+		}
+		x.end = i
+		if s > 0 && sh[s-1].end > sh[s-1].next {
+			last := places[sh[s-1].end-1]
+			x.headLen = max(0, min(shardLen, int64(last.offset+last.length)-x.base))
+		}
+	}
+	type read struct {
+		data     [][]byte
+		problems []repo.ShardProblem
+		err      error
+	}
+	readAt := func(a int64) <-chan read {
+		c := make(chan read, 1)
+		go func() {
+			d, ps, err := wk.r.ReadStripe(ctx, pp.id, pp.length, a, min(hi, a+window)-a)
+			c <- read{d, ps, err}
+		}()
+		return c
+	}
+	next := readAt(lo) // the read ahead, when one is under way (see readSpans)
+	defer func() {
+		if next != nil {
+			<-next
+		}
+	}()
+	var problems []repo.ShardProblem
+	var fetched int64
+	for a := lo; a < hi; a += window {
+		b := min(hi, a+window)
+		rd := <-next
+		next = nil
+		if rd.err != nil {
+			return nil, fetched, readFailed(ctx, rd.err)
+		}
+		if b < hi {
+			next = readAt(b)
+		}
+		fetched += k * (b - a)
+		problems = append(problems, rd.problems...)
+		for s := range sh {
+			x, data := &sh[s], rd.data[s]
+			if a < x.headLen {
+				x.head = append(x.head, data[:min(x.headLen, b)-a]...)
+			}
+			j := x.next
+			for j < x.end && int64(places[j].offset+places[j].length)-x.base <= b {
+				j++
+			}
+			if j > x.next {
+				err := wk.write(pp, x.next, j, func(e pack.Entry) ([]byte, error) {
+					r0, r1 := int64(e.Offset)-x.base, int64(e.Offset+e.Length)-x.base
+					switch {
+					case r0 >= a:
+						return data[r0-a : r1-a], nil
+					case r0 < x.carryAt || r0-x.carryAt > int64(len(x.carry)):
+						return nil, fmt.Errorf("blob at %d+%d: its start was not kept", e.Offset, e.Length)
+					}
+					wk.gather = append(append(wk.gather[:0], x.carry[r0-x.carryAt:]...), data[:r1-a]...)
+					return wk.gather, nil
+				})
+				if err != nil {
+					return nil, fetched, err
+				}
+				x.next = j
+			}
+			// Keep what this window holds of the next blob.
+			kept := x.carry
+			x.carry = kept[:0]
+			if x.next < x.end {
+				r0 := int64(places[x.next].offset) - x.base
+				if r0 < b {
+					if r0 < a { // kept holds [x.carryAt, a)
+						x.carry = append(append(x.carry, kept[r0-x.carryAt:]...), data...)
+					} else {
+						x.carry = append(x.carry, data[r0-a:]...)
+					}
+					x.carryAt = r0
+				}
+			}
+		}
+	}
+	// What is left runs from one shard into the next: written from the
+	// tail kept of the one and the head kept of the other where that is
+	// all of it, read as a range otherwise (a blob over three shards).
+	var spans []span
+	for s := range sh {
+		x := &sh[s]
+		if x.next == x.end {
+			continue
+		}
+		last := places[x.end-1]
+		r0 := int64(last.offset) - x.base
+		same := true
+		for _, pl := range places[x.next:x.end] {
+			same = same && pl.offset == last.offset
+		}
+		if s+1 < len(sh) && same && x.carryAt == r0 && x.carryAt+int64(len(x.carry)) == shardLen &&
+			int64(len(sh[s+1].head)) == sh[s+1].headLen && r0+int64(last.length) == shardLen+sh[s+1].headLen {
+			whole := append(append(wk.gather[:0], x.carry...), sh[s+1].head...)
+			wk.gather = whole
+			if err := wk.write(pp, x.next, x.end, func(pack.Entry) ([]byte, error) { return whole, nil }); err != nil {
+				return nil, fetched, err
+			}
+			continue
+		}
+		spans = append(spans, spansOf(places, x.next, x.end)...)
+	}
+	ps, n, err := wk.readSpans(ctx, pp, spans)
+	return append(problems, ps...), fetched + n, err
+}
+
+// readFailed is the error of a read that failed: the pack is read whole
+// next (errReadAgain), unless ctx is done.
+func readFailed(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("%w: %v", errReadAgain, err)
 }
 
 // write opens the blobs of pp's places lo to hi (sorted by their offset

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -44,7 +45,8 @@ const (
 	// a direction are unacknowledged (on their way, or their
 	// acknowledgement another Latency on its way back), as TCP's window
 	// bounds one connection over a long path: Window/(2*Latency) per
-	// connection at most.
+	// connection at most. LinkBytesPerSecond bounds all connections
+	// together, as the path's bandwidth does.
 	Distant
 )
 
@@ -58,6 +60,8 @@ type Fault struct {
 	Latency        time.Duration // Slow: before every chunk forwarded; Distant: one way
 	BytesPerSecond int           // Slow, Distant: per connection and direction; 0 means no limit
 	Window         int           // Distant: bytes unacknowledged per connection and direction; 0 means DefaultWindow
+	// Distant: per direction for all connections together; 0 means no limit
+	LinkBytesPerSecond int
 }
 
 // DefaultWindow is a Distant connection's window when Fault.Window is 0:
@@ -78,6 +82,19 @@ type Proxy struct {
 	closed  bool
 	stopped chan struct{}
 	wg      sync.WaitGroup
+
+	// When the last chunk queued in each direction has left, at
+	// LinkBytesPerSecond.
+	up, down pathClock
+}
+
+// pathClock is when the last chunk sent one way on the path has left the
+// sender, at Fault.LinkBytesPerSecond.
+type pathClock struct {
+	mu   sync.Mutex
+	sent time.Time
+
+	bytes atomic.Int64 // forwarded this way, under any fault
 }
 
 // link is one proxied connection.
@@ -138,6 +155,10 @@ func (p *Proxy) Set(f Fault) error {
 }
 
 // Close stops the proxy and closes every connection.
+// Bytes returns how many bytes the proxy has forwarded to the target (up)
+// and from it (down) since it started.
+func (p *Proxy) Bytes() (up, down int64) { return p.up.bytes.Load(), p.down.bytes.Load() }
+
 func (p *Proxy) Close() {
 	p.mu.Lock()
 	if p.closed {
@@ -213,8 +234,8 @@ func (p *Proxy) serve(client *net.TCPConn) {
 	p.conns[l] = true
 	p.mu.Unlock()
 	var wg sync.WaitGroup
-	wg.Go(func() { p.pipe(l.server, l.client) })
-	wg.Go(func() { p.pipe(l.client, l.server) })
+	wg.Go(func() { p.pipe(l.server, l.client, &p.up) })
+	wg.Go(func() { p.pipe(l.client, l.server, &p.down) })
 	wg.Wait()
 	p.mu.Lock()
 	delete(p.conns, l)
@@ -230,7 +251,7 @@ const chunkSize = 32 << 10
 // each chunk arrives. From the first chunk that arrives while the fault
 // is Distant on, every chunk of the direction goes through a delay line,
 // so that none overtakes another when the fault changes.
-func (p *Proxy) pipe(dst, src *net.TCPConn) {
+func (p *Proxy) pipe(dst, src *net.TCPConn, path *pathClock) {
 	var line *delayLine
 	defer func() {
 		if line != nil {
@@ -245,7 +266,7 @@ func (p *Proxy) pipe(dst, src *net.TCPConn) {
 			f := p.fault
 			p.mu.Unlock()
 			if line == nil && f.Mode == Distant {
-				line = p.newDelayLine(dst)
+				line = p.newDelayLine(dst, path)
 			}
 			ok := false
 			if line != nil {
@@ -256,6 +277,7 @@ func (p *Proxy) pipe(dst, src *net.TCPConn) {
 			if !ok {
 				return
 			}
+			path.bytes.Add(int64(n))
 		}
 		if err != nil {
 			if line != nil && errors.Is(err, io.EOF) {
@@ -277,6 +299,7 @@ func (p *Proxy) pipe(dst, src *net.TCPConn) {
 type delayLine struct {
 	p      *Proxy
 	dst    *net.TCPConn
+	path   *pathClock // the direction's, shared by every connection
 	q      chan timed
 	done   chan struct{} // closed when the writer has stopped
 	failed chan struct{} // closed when a write failed or the proxy stopped
@@ -299,9 +322,9 @@ type timed struct {
 
 var chunkPool = sync.Pool{New: func() any { return make([]byte, chunkSize) }}
 
-func (p *Proxy) newDelayLine(dst *net.TCPConn) *delayLine {
+func (p *Proxy) newDelayLine(dst *net.TCPConn, path *pathClock) *delayLine {
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &delayLine{p: p, dst: dst, q: make(chan timed, 4096), done: make(chan struct{}), failed: make(chan struct{}), ctx: ctx, cancel: cancel}
+	l := &delayLine{p: p, dst: dst, path: path, q: make(chan timed, 4096), done: make(chan struct{}), failed: make(chan struct{}), ctx: ctx, cancel: cancel}
 	go func() {
 		select {
 		case <-p.stopped:
@@ -345,6 +368,20 @@ func (l *delayLine) send(b []byte, f Fault) bool {
 		}
 		if f.BytesPerSecond > 0 {
 			sent = sent.Add(time.Duration(len(b)) * time.Second / time.Duration(f.BytesPerSecond))
+		}
+		if f.LinkBytesPerSecond > 0 {
+			// In turn with the other connections' chunks on the path.
+			l.path.mu.Lock()
+			on := now
+			if l.path.sent.After(on) {
+				on = l.path.sent
+			}
+			on = on.Add(time.Duration(len(b)) * time.Second / time.Duration(f.LinkBytesPerSecond))
+			l.path.sent = on
+			l.path.mu.Unlock()
+			if on.After(sent) {
+				sent = on
+			}
 		}
 		l.sent = sent
 		l.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -176,6 +177,54 @@ func TestDistant(t *testing.T) {
 	got, err = echoBig(c, big, func() { p.Set(Fault{Mode: Pass}) })
 	if err != nil || !bytes.Equal(got, big) {
 		t.Fatalf("switching to pass mid-transfer: %v (equal %v)", err, bytes.Equal(got, big))
+	}
+}
+
+// TestDistantLink checks that LinkBytesPerSecond bounds the connections
+// of a direction together: two connections echoing 2 MiB each through a
+// path of 8 MiB/s take at least the 4 MiB's half second, where each one's
+// window alone would let both through in a few round trips.
+func TestDistantLink(t *testing.T) {
+	const rate = 8 << 20
+	p := Start(t, echo(t))
+	if err := p.Set(Fault{Mode: Distant, Latency: 2 * time.Millisecond, LinkBytesPerSecond: rate}); err != nil {
+		t.Fatal(err)
+	}
+	msg := make([]byte, 2<<20)
+	for i := range msg {
+		msg[i] = byte(i * 3 / 7)
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i := range errs {
+		wg.Go(func() {
+			c, err := net.Dial("tcp", p.Addr)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer c.Close()
+			got, err := echoBig(c, msg, nil)
+			if err == nil && !bytes.Equal(got, msg) {
+				err = errors.New("echoed bytes differ")
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	d := time.Since(start)
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+	}
+	t.Logf("two connections, 2 MiB each way each, 8 MiB/s path: %v", d)
+	if least := time.Duration(2*len(msg)) * time.Second / rate; d < least {
+		t.Errorf("took %v, less than the %v the path's rate allows", d, least)
+	}
+	if up, down := p.Bytes(); up != int64(2*len(msg)) || down != int64(2*len(msg)) {
+		t.Errorf("Bytes: %d up, %d down; want %d each", up, down, 2*len(msg))
 	}
 }
 

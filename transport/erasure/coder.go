@@ -421,13 +421,27 @@ func (c *Coder) check(op string, packID [32]byte, shards [][]byte, dataCRC bool)
 // reader can rebuild just the bytes it needs. Nothing here is checked: a
 // wrong part makes wrong bytes, which the caller must detect.
 func (c *Coder) ReconstructRange(parts [][]byte, lost int) ([]byte, error) {
-	if len(parts) != c.s.Shards() || lost < 0 || lost >= c.s.K || c.rs == nil {
-		return nil, fmt.Errorf("reconstruct data shard %d of scheme %s: bad arguments", lost, c.s)
-	}
-	required := make([]bool, c.s.K)
-	required[lost] = true
-	if err := c.rs.ReconstructSome(parts, required); err != nil {
-		return nil, fmt.Errorf("reconstruct data shard %d: %w", lost, err)
+	if err := c.ReconstructRanges(parts, []int{lost}); err != nil {
+		return nil, err
 	}
 	return parts[lost], nil
+}
+
+// ReconstructRanges is ReconstructRange for several data shards at once:
+// it fills parts[i] for each i in lost.
+func (c *Coder) ReconstructRanges(parts [][]byte, lost []int) error {
+	if len(parts) != c.s.Shards() || len(lost) == 0 || c.rs == nil {
+		return fmt.Errorf("reconstruct data shards %v of scheme %s: bad arguments", lost, c.s)
+	}
+	required := make([]bool, c.s.K)
+	for _, i := range lost {
+		if i < 0 || i >= c.s.K {
+			return fmt.Errorf("reconstruct data shards %v of scheme %s: bad arguments", lost, c.s)
+		}
+		required[i] = true
+	}
+	if err := c.rs.ReconstructSome(parts, required); err != nil {
+		return fmt.Errorf("reconstruct data shards %v: %w", lost, err)
+	}
+	return nil
 }

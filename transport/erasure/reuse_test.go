@@ -146,5 +146,28 @@ func TestReconstructRange(t *testing.T) {
 		if _, err := c.ReconstructRange(make([][]byte, s.Shards()), 0); err == nil {
 			t.Fatalf("%s: reconstructed from nothing", s)
 		}
+		// ReconstructRanges: as many data shards as there are parity
+		// shards, at once, from the parity and the other data shards.
+		r := [2]int{321, shardLen - 5}
+		parts := make([][]byte, s.Shards())
+		var lost []int
+		for i := range parts {
+			if i < s.M {
+				lost = append(lost, i)
+			} else {
+				parts[i] = bytes.Clone(objs[i][HeaderSize+r[0] : HeaderSize+r[1]])
+			}
+		}
+		if err := c.ReconstructRanges(parts, lost); err != nil {
+			t.Fatalf("%s: shards %v: %v", s, lost, err)
+		}
+		for _, i := range lost {
+			if !bytes.Equal(parts[i], objs[i][HeaderSize+r[0]:HeaderSize+r[1]]) {
+				t.Fatalf("%s: shard %d of %v rebuilt wrong", s, i, lost)
+			}
+		}
+		if err := c.ReconstructRanges(parts, []int{s.K}); err == nil {
+			t.Fatalf("%s: rebuilt parity shard %d as a data shard", s, s.K)
+		}
 	}
 }

@@ -404,18 +404,7 @@ func (r *Repo) ReadRange(ctx context.Context, id pack.ID, packLen, off, n int64)
 // readShardRange reads n bytes at rel in the data of data shard s, or
 // rebuilds them from the same range of other shards.
 func (r *Repo) readShardRange(ctx context.Context, id pack.ID, s int, rel, n int64) ([]byte, []ShardProblem, error) {
-	get := func(i int) ([]byte, error) {
-		t := r.TargetOf(i)
-		if err := t.Down(); err != nil {
-			return nil, err
-		}
-		b, err := t.Store.GetRange(ctx, ShardName(id, i), erasure.HeaderSize+rel, n)
-		if err != nil && !errors.Is(err, objstore.ErrNotFound) && isTargetFailure(err) {
-			t.MarkDown(err)
-		}
-		return b, err
-	}
-	b, err := get(s)
+	b, err := r.getShardRange(ctx, id, s, rel, n)
 	switch {
 	case err == nil:
 		return b, nil, nil
@@ -426,8 +415,6 @@ func (r *Repo) readShardRange(ctx context.Context, id pack.ID, s int, rel, n int
 		return nil, nil, err
 	}
 	problems := []ShardProblem{{Pack: id, Shard: s, Target: r.TargetOf(s).Index + 1, Reason: ReasonTargetUnavailable}}
-	// The other shards' parts, each read on its own goroutine, until k
-	// have arrived.
 	scheme := r.Config.Erasure
 	parts := make([][]byte, scheme.Shards())
 	var order []int
@@ -436,32 +423,124 @@ func (r *Repo) readShardRange(ctx context.Context, id pack.ID, s int, rel, n int
 			order = append(order, i)
 		}
 	}
-	have := 0
-	for next := 0; have < scheme.K && next < len(order); {
-		batch := order[next:min(len(order), next+scheme.K-have)]
-		next += len(batch)
-		var wg sync.WaitGroup
-		for _, i := range batch {
-			wg.Go(func() {
-				if b, err := get(i); err == nil {
-					parts[i] = b
-				}
-			})
-		}
-		wg.Wait()
-		if ctx.Err() != nil {
-			return nil, problems, ctx.Err()
-		}
-		have = 0
-		for _, p := range parts {
-			if p != nil {
-				have++
-			}
-		}
+	r.readParts(ctx, id, rel, n, parts, order, scheme.K)
+	if ctx.Err() != nil {
+		return nil, problems, ctx.Err()
 	}
-	if have < scheme.K {
+	if have := countParts(parts); have < scheme.K {
 		return nil, problems, fmt.Errorf("pack %s: %w: %d of %d shards readable, %d needed", id.Short(), ErrPackLost, have, scheme.Shards(), scheme.K)
 	}
 	b, err = r.Coder.ReconstructRange(parts, s)
 	return b, problems, err
+}
+
+// ReadStripe returns the bytes [rel, rel+n) of every data shard of pack
+// id, whose length is packLen (from the index): data[i] is data shard i's.
+// It is ReadRange for a reader that wants the same range of several data
+// shards while one of them is on a target that is down: it reads that
+// range of k shards, data shards first, one ranged GET each, and rebuilds
+// the others' from them, where ReadRange would read k shards to rebuild
+// the lost one's part and then read the others' own parts again. A restore
+// that wants most of such a pack reads k/(k+1) of the bytes (2+1: a whole
+// pack instead of one and a half). problems lists the shards it did
+// without. A shard that cannot be read on a target that is up fails the
+// read, as in ReadRange, and nothing checks the bytes.
+func (r *Repo) ReadStripe(ctx context.Context, id pack.ID, packLen, rel, n int64) ([][]byte, []ShardProblem, error) {
+	scheme := r.Config.Erasure
+	k := int64(scheme.K)
+	shardLen := (packLen + k - 1) / k
+	if rel < 0 || n <= 0 || rel > shardLen-n {
+		return nil, nil, fmt.Errorf("pack %s: stripe [%d,+%d) outside its shards of %d bytes", id.Short(), rel, n, shardLen)
+	}
+	parts := make([][]byte, scheme.Shards())
+	var order []int // data shards first
+	for i := range parts {
+		if r.TargetOf(i).Down() == nil {
+			order = append(order, i)
+		}
+	}
+	errs := r.readParts(ctx, id, rel, n, parts, order, scheme.K)
+	if ctx.Err() != nil {
+		return nil, nil, ctx.Err()
+	}
+	for i, err := range errs {
+		if err != nil && r.TargetOf(i).Down() == nil {
+			// A shard that is missing or damaged is for FetchPack to judge.
+			return nil, nil, err
+		}
+	}
+	var problems []ShardProblem
+	var lost []int
+	for i := range scheme.K {
+		if parts[i] == nil {
+			lost = append(lost, i)
+			problems = append(problems, ShardProblem{Pack: id, Shard: i, Target: r.TargetOf(i).Index + 1, Reason: ReasonTargetUnavailable})
+		}
+	}
+	if have := countParts(parts); have < scheme.K {
+		return nil, problems, fmt.Errorf("pack %s: %w: %d of %d shards readable, %d needed", id.Short(), ErrPackLost, have, scheme.Shards(), scheme.K)
+	}
+	if len(lost) > 0 {
+		if err := r.Coder.ReconstructRanges(parts, lost); err != nil {
+			return nil, problems, err
+		}
+	}
+	clear(parts[scheme.K:]) // the parity read goes now, not with the data
+	return parts[:scheme.K], problems, nil
+}
+
+// readParts reads the bytes [rel, rel+n) of shards of pack id into parts,
+// taking the shards in order, as many at once as are still wanted, until
+// want parts are in hand or order runs out. A read that fails leaves its
+// part nil and its error in errs (by shard); the target is marked down
+// when the failure is the target's.
+func (r *Repo) readParts(ctx context.Context, id pack.ID, rel, n int64, parts [][]byte, order []int, want int) (errs []error) {
+	errs = make([]error, len(parts))
+	for next := 0; next < len(order); {
+		have := countParts(parts)
+		if have >= want {
+			break
+		}
+		batch := order[next:min(len(order), next+want-have)]
+		next += len(batch)
+		var wg sync.WaitGroup
+		for _, i := range batch {
+			wg.Go(func() {
+				b, err := r.getShardRange(ctx, id, i, rel, n)
+				if err == nil {
+					parts[i] = b
+				}
+				errs[i] = err
+			})
+		}
+		wg.Wait()
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return errs
+}
+
+// getShardRange reads n bytes at rel in the data of shard i, marking its
+// target down when the target fails.
+func (r *Repo) getShardRange(ctx context.Context, id pack.ID, i int, rel, n int64) ([]byte, error) {
+	t := r.TargetOf(i)
+	if err := t.Down(); err != nil {
+		return nil, err
+	}
+	b, err := t.Store.GetRange(ctx, ShardName(id, i), erasure.HeaderSize+rel, n)
+	if err != nil && !errors.Is(err, objstore.ErrNotFound) && isTargetFailure(err) {
+		t.MarkDown(err)
+	}
+	return b, err
+}
+
+func countParts(parts [][]byte) int {
+	n := 0
+	for _, p := range parts {
+		if p != nil {
+			n++
+		}
+	}
+	return n
 }
