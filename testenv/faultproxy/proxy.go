@@ -83,13 +83,12 @@ type Proxy struct {
 	stopped chan struct{}
 	wg      sync.WaitGroup
 
-	// When the last chunk queued in each direction has left, at
-	// LinkBytesPerSecond.
+	// Each direction's path: to the target (up) and back (down).
 	up, down pathClock
 }
 
-// pathClock is when the last chunk sent one way on the path has left the
-// sender, at Fault.LinkBytesPerSecond.
+// pathClock is one direction of the path to the target: when the last
+// chunk sent on it has left the sender, at Fault.LinkBytesPerSecond.
 type pathClock struct {
 	mu   sync.Mutex
 	sent time.Time
@@ -154,11 +153,11 @@ func (p *Proxy) Set(f Fault) error {
 	return nil
 }
 
-// Close stops the proxy and closes every connection.
 // Bytes returns how many bytes the proxy has forwarded to the target (up)
 // and from it (down) since it started.
 func (p *Proxy) Bytes() (up, down int64) { return p.up.bytes.Load(), p.down.bytes.Load() }
 
+// Close stops the proxy and closes every connection.
 func (p *Proxy) Close() {
 	p.mu.Lock()
 	if p.closed {

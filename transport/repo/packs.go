@@ -440,9 +440,9 @@ func (r *Repo) readShardRange(ctx context.Context, id pack.ID, s int, rel, n int
 // shards while one of them is on a target that is down: it reads that
 // range of k shards, data shards first, one ranged GET each, and rebuilds
 // the others' from them, where ReadRange would read k shards to rebuild
-// the lost one's part and then read the others' own parts again. A restore
-// that wants most of such a pack reads k/(k+1) of the bytes (2+1: a whole
-// pack instead of one and a half). problems lists the shards it did
+// the lost one's part and then read the others' own parts again: a
+// restore that wants all of such a pack reads the pack's bytes instead of
+// (2k-1)/k times them (2+1: one and a half). problems lists the shards it did
 // without. A shard that cannot be read on a target that is up fails the
 // read, as in ReadRange, and nothing checks the bytes.
 func (r *Repo) ReadStripe(ctx context.Context, id pack.ID, packLen, rel, n int64) ([][]byte, []ShardProblem, error) {
