@@ -47,7 +47,7 @@ type Options struct {
 type Progress struct {
 	Total   atomic.Int64 // bytes of the volume
 	Written atomic.Int64 // bytes of data chunks written
-	Fetched atomic.Int64 // bytes of packs read (the ranges needed, or whole packs)
+	Fetched atomic.Int64 // bytes of shards received (ranges, stripes and what rebuilt them, whole packs)
 }
 
 // Summary reports a finished restore.
@@ -57,6 +57,7 @@ type Summary struct {
 	BytesVolume     int64               `json:"bytes_volume"`
 	BytesWritten    int64               `json:"bytes_written"`
 	BytesZero       int64               `json:"bytes_zero"`
+	BytesFetched    int64               `json:"bytes_fetched"` // shard bytes received from the targets
 	Packs           int                 `json:"packs"`
 	Digest          string              `json:"digest"`
 	Repaired        []repo.ShardProblem `json:"-"`
@@ -122,7 +123,7 @@ func Run(ctx context.Context, r *repo.Repo, s *repo.Snapshot, target string, opt
 	d := time.Since(start)
 	sum := &Summary{
 		SnapshotID: s.ID, Target: target, BytesVolume: s.Size, BytesWritten: w.BytesWritten,
-		BytesZero: zero, Packs: plan.Packs(), Digest: s.Digest, Repaired: w.Repaired,
+		BytesZero: zero, BytesFetched: w.BytesFetched, Packs: plan.Packs(), Digest: s.Digest, Repaired: w.Repaired,
 		Duration: d, DurationSeconds: d.Seconds(), direct: direct,
 	}
 	for _, p := range w.Repaired {
@@ -375,11 +376,15 @@ func (p *Plan) write(ctx context.Context, w io.WriterAt, opts Options, zero func
 	out := &Written{}
 	var mu sync.Mutex
 	reported := map[shardKey]bool{} // a pack read in several windows, or by several ranges, reports a shard once
-	done := func(problems []repo.ShardProblem, fetched int64) {
-		prog.Fetched.Add(fetched)
+	// Every shard byte received counts, as the repository receives it:
+	// the ranges and stripes read, what rebuilt them from parity, whole
+	// packs, and the packs that hold the snapshot's segments.
+	fetchedBefore := prog.Fetched.Load()
+	ctx = repo.CountFetched(ctx, &prog.Fetched)
+	defer func() { out.BytesFetched = prog.Fetched.Load() - fetchedBefore }()
+	done := func(problems []repo.ShardProblem) {
 		mu.Lock()
 		defer mu.Unlock()
-		out.BytesFetched += fetched
 		for _, sp := range problems {
 			if k := (shardKey{sp.Pack, sp.Shard}); !reported[k] {
 				reported[k] = true
@@ -394,7 +399,7 @@ func (p *Plan) write(ctx context.Context, w io.WriterAt, opts Options, zero func
 	digest := repo.NewVolumeDigest()
 	writers := make([]*packWriter, opts.Workers) // made as first needed, then kept
 	err := p.extents(ctx, func(exts []repo.Extent, problems []repo.ShardProblem) error {
-		done(problems, 0) // the shards this segment's read did without
+		done(problems) // the shards this segment's read did without
 		win, err := newWindow(exts, p.idx)
 		if err != nil {
 			return err
@@ -428,7 +433,7 @@ func (p *Plan) write(ctx context.Context, w io.WriterAt, opts Options, zero func
 // writeWindow writes the data extents of win into w, a pack per worker at
 // a time, and hands done what each pack cost. writers holds a worker's
 // packWriter per slot, made when the slot is first used.
-func (p *Plan) writeWindow(ctx context.Context, win *window, w io.WriterAt, writers []*packWriter, prog *Progress, done func([]repo.ShardProblem, int64)) error {
+func (p *Plan) writeWindow(ctx context.Context, win *window, w io.WriterAt, writers []*packWriter, prog *Progress, done func([]repo.ShardProblem)) error {
 	g, gctx := errgroup.WithContext(ctx)
 	packs := make(chan *packPlaces)
 	g.Go(func() error {
@@ -451,11 +456,11 @@ func (p *Plan) writeWindow(ctx context.Context, win *window, w io.WriterAt, writ
 		wk.win = win
 		g.Go(func() error {
 			for pp := range packs {
-				problems, fetched, err := wk.restore(gctx, pp)
+				problems, err := wk.restore(gctx, pp)
 				if err != nil {
 					return err
 				}
-				done(problems, fetched)
+				done(problems)
 			}
 			return nil
 		})
@@ -503,20 +508,19 @@ func pageAligned(n int) []byte {
 var errReadAgain = errors.New("read the whole pack")
 
 // restore writes the extents pack pp serves, by ranges, or from the whole
-// pack should that fail. It returns the shards it did without and the bytes
-// it read.
-func (wk *packWriter) restore(ctx context.Context, pp *packPlaces) ([]repo.ShardProblem, int64, error) {
+// pack should that fail. It returns the shards it did without.
+func (wk *packWriter) restore(ctx context.Context, pp *packPlaces) ([]repo.ShardProblem, error) {
 	wk.done = append(wk.done[:0], make([]bool, len(pp.places))...)
-	problems, fetched, err := wk.byRanges(ctx, pp)
+	problems, err := wk.byRanges(ctx, pp)
 	if !errors.Is(err, errReadAgain) {
-		return problems, fetched, err
+		return problems, err
 	}
 	problems, err = wk.r.FetchPack(ctx, pp.id, &wk.d)
 	if err != nil {
 		if errors.Is(err, repo.ErrPackLost) {
-			return nil, 0, fmt.Errorf("%w: %v", ErrDataLost, err)
+			return nil, fmt.Errorf("%w: %v", ErrDataLost, err)
 		}
-		return nil, 0, err
+		return nil, err
 	}
 	err = wk.write(pp, 0, len(pp.places), func(e pack.Entry) ([]byte, error) {
 		return wk.d.Bytes(int64(e.Offset), int64(e.Length))
@@ -524,7 +528,7 @@ func (wk *packWriter) restore(ctx context.Context, pp *packPlaces) ([]repo.Shard
 	if errors.Is(err, errReadAgain) {
 		err = fmt.Errorf("%w: %v", ErrMismatch, err)
 	}
-	return problems, fetched + wk.d.Len(), err
+	return problems, err
 }
 
 // byRanges reads the blobs of pp's places in ranges and writes them,
@@ -532,7 +536,7 @@ func (wk *packWriter) restore(ctx context.Context, pp *packPlaces) ([]repo.Shard
 // takes a round trip to answer each, which the writes then hide. Where a
 // data shard's target is down and one stripe costs fewer bytes (stripeOf),
 // it reads that instead (byStripe).
-func (wk *packWriter) byRanges(ctx context.Context, pp *packPlaces) ([]repo.ShardProblem, int64, error) {
+func (wk *packWriter) byRanges(ctx context.Context, pp *packPlaces) ([]repo.ShardProblem, error) {
 	spans := spansOf(pp.places, 0, len(pp.places))
 	lost := make([]bool, wk.r.Config.Erasure.K)
 	for i := range lost {
@@ -546,7 +550,7 @@ func (wk *packWriter) byRanges(ctx context.Context, pp *packPlaces) ([]repo.Shar
 
 // readSpans reads spans of pp's places and writes their blobs, reading the
 // next span while it writes one.
-func (wk *packWriter) readSpans(ctx context.Context, pp *packPlaces, spans []span) ([]repo.ShardProblem, int64, error) {
+func (wk *packWriter) readSpans(ctx context.Context, pp *packPlaces, spans []span) ([]repo.ShardProblem, error) {
 	type read struct {
 		b        []byte
 		problems []repo.ShardProblem
@@ -570,7 +574,6 @@ func (wk *packWriter) readSpans(ctx context.Context, pp *packPlaces, spans []spa
 		}
 	}()
 	var problems []repo.ShardProblem
-	var fetched int64
 	if len(spans) > 0 {
 		next = readSpan(spans[0])
 	}
@@ -578,21 +581,20 @@ func (wk *packWriter) readSpans(ctx context.Context, pp *packPlaces, spans []spa
 		rd := <-next
 		next = nil
 		if rd.err != nil {
-			return nil, fetched, readFailed(ctx, rd.err)
+			return nil, readFailed(ctx, rd.err)
 		}
 		if k+1 < len(spans) {
 			next = readSpan(spans[k+1])
 		}
-		fetched += s.end - s.start
 		problems = append(problems, rd.problems...)
 		err := wk.write(pp, s.lo, s.hi, func(e pack.Entry) ([]byte, error) {
 			return rd.b[int64(e.Offset)-s.start : int64(e.Offset+e.Length)-s.start], nil
 		})
 		if err != nil {
-			return nil, fetched, err
+			return nil, err
 		}
 	}
-	return problems, fetched, nil
+	return problems, nil
 }
 
 // span is places lo to hi of a pack, whose blobs are read together: the
@@ -662,7 +664,7 @@ func stripeOf(spans []span, packLen int64, lost []bool) (lo, hi int64, ok bool) 
 // the part of it in earlier windows is kept until then. A blob that runs
 // from one shard into the next (at most k-1 of them) is written at the
 // end, from its tail so kept and its head, kept from the first windows.
-func (wk *packWriter) byStripes(ctx context.Context, pp *packPlaces, lo, hi int64) ([]repo.ShardProblem, int64, error) {
+func (wk *packWriter) byStripes(ctx context.Context, pp *packPlaces, lo, hi int64) ([]repo.ShardProblem, error) {
 	places := pp.places
 	k := int64(wk.r.Config.Erasure.K)
 	shardLen := (pp.length + k - 1) / k
@@ -715,18 +717,16 @@ func (wk *packWriter) byStripes(ctx context.Context, pp *packPlaces, lo, hi int6
 		}
 	}()
 	var problems []repo.ShardProblem
-	var fetched int64
 	for a := lo; a < hi; a += window {
 		b := min(hi, a+window)
 		rd := <-next
 		next = nil
 		if rd.err != nil {
-			return nil, fetched, readFailed(ctx, rd.err)
+			return nil, readFailed(ctx, rd.err)
 		}
 		if b < hi {
 			next = readAt(b)
 		}
-		fetched += k * (b - a)
 		problems = append(problems, rd.problems...)
 		for s := range sh {
 			x, data := &sh[s], rd.data[s]
@@ -750,7 +750,7 @@ func (wk *packWriter) byStripes(ctx context.Context, pp *packPlaces, lo, hi int6
 					return wk.gather, nil
 				})
 				if err != nil {
-					return nil, fetched, err
+					return nil, err
 				}
 				x.next = j
 			}
@@ -790,14 +790,14 @@ func (wk *packWriter) byStripes(ctx context.Context, pp *packPlaces, lo, hi int6
 			whole := append(append(wk.gather[:0], x.carry...), sh[s+1].head...)
 			wk.gather = whole
 			if err := wk.write(pp, x.next, x.end, func(pack.Entry) ([]byte, error) { return whole, nil }); err != nil {
-				return nil, fetched, err
+				return nil, err
 			}
 			continue
 		}
 		spans = append(spans, spansOf(places, x.next, x.end)...)
 	}
-	ps, n, err := wk.readSpans(ctx, pp, spans)
-	return append(problems, ps...), fetched + n, err
+	ps, err := wk.readSpans(ctx, pp, spans)
+	return append(problems, ps...), err
 }
 
 // readFailed is the error of a read that failed: the pack is read whole

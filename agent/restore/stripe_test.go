@@ -2,6 +2,7 @@ package restore_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -61,13 +62,20 @@ func TestRestoreStripes(t *testing.T) {
 		}
 		return all
 	}
-	out, _, err := restoreImage(t, open(), sum.SnapshotID)
+	out, sum0, err := restoreImage(t, open(), sum.SnapshotID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	assertSame(t, img, out)
 	up := counts()
 	t.Logf("every target up: shard bytes read per target %v", up)
+	checkFetched := func(what string, sum *restore.Summary, got [3]int64) {
+		t.Helper()
+		if total := got[0] + got[1] + got[2]; sum.BytesFetched != total {
+			t.Errorf("%s: the restore reports %d bytes fetched, the targets served %d", what, sum.BytesFetched, total)
+		}
+	}
+	checkFetched("every target up", sum0, up)
 
 	for _, down := range []int{0, 1} {
 		c.Servers[down].Stop()
@@ -82,6 +90,7 @@ func TestRestoreStripes(t *testing.T) {
 			assertSame(t, img, out)
 			got := counts()
 			t.Logf("target %d down, window %d: shard bytes read per target %v, %d shards done without", down+1, window, got, len(rs.Repaired))
+			checkFetched(fmt.Sprintf("target %d down, window %d", down+1, window), rs, got)
 			if got[down] != 0 {
 				t.Errorf("target %d is down, yet %d bytes came from it", down+1, got[down])
 			}

@@ -53,8 +53,8 @@ device is overwritten in place, holes written as zeros.`,
 				enc.SetIndent("", "  ")
 				return enc.Encode(sum)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "restored %s (%s, %s of data) to %s in %s; digest verified\n",
-				snap.ID[:12], human(sum.BytesVolume), human(sum.BytesWritten), target, sum.Duration.Round(100e6))
+			fmt.Fprintf(cmd.OutOrStdout(), "restored %s (%s, %s of data, %s downloaded) to %s in %s; digest verified\n",
+				snap.ID[:12], human(sum.BytesVolume), human(sum.BytesWritten), human(sum.BytesFetched), target, sum.Duration.Round(100e6))
 			return nil
 		},
 	}

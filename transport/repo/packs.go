@@ -220,6 +220,7 @@ func (r *Repo) FetchPack(ctx context.Context, id pack.ID, d *erasure.Decoded) ([
 				defer wg.Done()
 				t := r.TargetOf(i)
 				obj, err := t.Store.Get(ctx, ShardName(id, i))
+				addFetched(ctx, obj)
 				if err == nil {
 					err = erasure.Check(id, i, scheme, obj)
 				}
@@ -532,7 +533,26 @@ func (r *Repo) getShardRange(ctx context.Context, id pack.ID, i int, rel, n int6
 	if err != nil && !errors.Is(err, objstore.ErrNotFound) && isTargetFailure(err) {
 		t.MarkDown(err)
 	}
+	addFetched(ctx, b)
 	return b, err
+}
+
+// fetchedKey is the context key of CountFetched's counter.
+type fetchedKey struct{}
+
+// CountFetched returns a context under which the shard bytes the
+// repository receives are added to n: by ReadRange and ReadStripe
+// (including the other shards read to rebuild a range whose target is
+// down), and by FetchPack and ReadPack (every shard fetched, good or not),
+// so that a restore can report what it downloaded.
+func CountFetched(ctx context.Context, n *atomic.Int64) context.Context {
+	return context.WithValue(ctx, fetchedKey{}, n)
+}
+
+func addFetched(ctx context.Context, b []byte) {
+	if n, ok := ctx.Value(fetchedKey{}).(*atomic.Int64); ok && len(b) > 0 {
+		n.Add(int64(len(b)))
+	}
 }
 
 func countParts(parts [][]byte) int {
