@@ -12,6 +12,7 @@ import (
 	"github.com/ferrydr/ferry/testenv/faultproxy"
 	"github.com/ferrydr/ferry/testenv/minio"
 	"github.com/ferrydr/ferry/transport/objstore"
+	"github.com/ferrydr/ferry/transport/repo"
 )
 
 // BenchmarkShardListing measures the two ways a restore can list one
@@ -20,8 +21,9 @@ import (
 // (as many requests as a store sends at once by default: objstore's
 // MaxConns). The target is one MinIO server holding n empty objects named as
 // shards, reached through a faultproxy with no delay or 60 ms away
-// (Distant). It backs how a restore chooses between the two
-// (listByDirectory).
+// (Distant). It backs how a restore, verify and prune choose between the
+// two (repo.ListByDirectory), and measures the choice ListShards makes
+// from the size of data/00/ (chosen).
 func BenchmarkShardListing(b *testing.B) {
 	ctx := context.Background()
 	s := minio.Start(b)
@@ -50,8 +52,12 @@ func BenchmarkShardListing(b *testing.B) {
 				b.Fatal(err)
 			}
 			far := openOne(b, fmt.Sprintf("s3+http://%s/bench/repo", px.Addr), s)
-			for _, atOnce := range []int{0, 8} {
-				b.Run(fmt.Sprintf("objects=%d/rtt=%v/directories-at-once=%d", n, rtt, atOnce), func(b *testing.B) {
+			for _, atOnce := range []int{0, 8, -1} {
+				name := fmt.Sprintf("objects=%d/rtt=%v/directories-at-once=%d", n, rtt, atOnce)
+				if atOnce < 0 {
+					name = fmt.Sprintf("objects=%d/rtt=%v/chosen", n, rtt)
+				}
+				b.Run(name, func(b *testing.B) {
 					for b.Loop() {
 						if got := listShards(b, far, atOnce); got != n {
 							b.Fatalf("listed %d objects, want %d", got, n)
@@ -63,16 +69,23 @@ func BenchmarkShardListing(b *testing.B) {
 	}
 }
 
-// listShards lists data/ whole (atOnce 0) or by directory, atOnce at
-// once, and counts the names.
+// listShards lists data/ whole (atOnce 0), by directory, atOnce at once,
+// or as verify and prune do (atOnce -1: repo.ListShards chooses), and
+// counts the names.
 func listShards(b *testing.B, s objstore.Store, atOnce int) int {
 	ctx := context.Background()
 	counts := make([]int, 256)
-	if atOnce == 0 {
+	switch {
+	case atOnce < 0:
+		err := (&repo.Repo{}).ListShards(ctx, &repo.Target{Store: s}, func(objstore.Info) error { counts[0]++; return nil })
+		if err != nil {
+			b.Fatal(err)
+		}
+	case atOnce == 0:
 		if err := s.List(ctx, "data/", func(objstore.Info) error { counts[0]++; return nil }); err != nil {
 			b.Fatal(err)
 		}
-	} else {
+	default:
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(atOnce)
 		for d := range 256 {

@@ -226,7 +226,7 @@ func (c *checker) list(ctx context.Context) error {
 			}
 			g.Go(func() error {
 				for _, prefix := range phase {
-					err := t.Store.List(gctx, prefix, func(i objstore.Info) error {
+					err := c.r.ListOn(gctx, t, prefix, func(i objstore.Info) error {
 						c.record(t, l, prefix, i, &mu)
 						return nil
 					})

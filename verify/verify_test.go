@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	miniogo "github.com/minio/minio-go/v7"
@@ -20,6 +22,7 @@ import (
 	"github.com/ferrydr/ferry/testenv/volume"
 	"github.com/ferrydr/ferry/transport/crypt"
 	"github.com/ferrydr/ferry/transport/erasure"
+	"github.com/ferrydr/ferry/transport/objstore"
 	"github.com/ferrydr/ferry/transport/pack"
 	"github.com/ferrydr/ferry/transport/repo"
 	"github.com/ferrydr/ferry/verify"
@@ -288,17 +291,46 @@ func TestShardWithoutChecksumFoundByReadingData(t *testing.T) {
 	}
 }
 
+// TestTruncatedShardFoundByStructure also lists the shards directory by
+// directory, as verify lists a large repository's (taking a listing
+// request to return one name): the same shards are counted and the same
+// one found short.
 func TestTruncatedShardFoundByStructure(t *testing.T) {
 	f := setup(t)
 	victim := f.packOf(t, f.logs.SnapshotID)
 	f.rewrite(t, victim, 2, func(b []byte) []byte { return b[:len(b)/2] })
-	rep := f.run(t, verify.Options{})
-	if rep.Status != verify.Degraded || len(rep.Lost) != 0 {
-		t.Fatalf("status %s, lost %v: %v", rep.Status, rep.Lost, rep.Problems)
+	var shards [2][]int
+	for _, page := range []int{0, 1} {
+		var byDir atomic.Int32 // targets that listed data/ff/
+		var stores []objstore.Store
+		for _, st := range f.Stores(t) {
+			stores = append(stores, listHook{st, "data/ff/", &sync.Once{}, func() { byDir.Add(1) }})
+		}
+		r, err := repo.Open(context.Background(), stores, password)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.ListPage = page
+		rep, err := verify.Run(context.Background(), r, verify.Options{})
+		if err != nil {
+			t.Fatalf("verify: %v", err)
+		}
+		if rep.Status != verify.Degraded || len(rep.Lost) != 0 {
+			t.Fatalf("page %d: status %s, lost %v: %v", page, rep.Status, rep.Lost, rep.Problems)
+		}
+		bad := problems(rep, verify.KindShardSize)
+		if len(bad) != 1 || bad[0].Pack != victim.String() || *bad[0].Shard != 2 || bad[0].Target != 3 {
+			t.Fatalf("page %d: want the size of shard 2 of pack %s on target 3 reported, got %v", page, victim.Short(), bad)
+		}
+		for _, ts := range rep.Targets {
+			shards[page] = append(shards[page], ts.Shards)
+		}
+		if want := int32(page * 3); byDir.Load() != want {
+			t.Fatalf("page %d: %d targets listed by directory, want %d", page, byDir.Load(), want)
+		}
 	}
-	bad := problems(rep, verify.KindShardSize)
-	if len(bad) != 1 || bad[0].Pack != victim.String() || *bad[0].Shard != 2 || bad[0].Target != 3 {
-		t.Fatalf("want the size of shard 2 of pack %s on target 3 reported, got %v", victim.Short(), bad)
+	if !slices.Equal(shards[0], shards[1]) || shards[0][0] == 0 {
+		t.Fatalf("shards counted per target: %v listing data/ whole, %v by directory", shards[0], shards[1])
 	}
 }
 

@@ -34,7 +34,8 @@ func (s listingStore) List(ctx context.Context, prefix string, fn func(objstore.
 	return s.Store.List(ctx, prefix, fn)
 }
 
-// openListed opens the repository through stores that record every List.
+// openListed opens the repository through stores that record every List,
+// taking a listing request to return one name.
 func openListed(t *testing.T, c *cluster) (*repo.Repo, *listings) {
 	t.Helper()
 	rec := &listings{prefixes: map[string]int{}}
@@ -46,6 +47,7 @@ func openListed(t *testing.T, c *cluster) (*repo.Repo, *listings) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	r.ListPage = 1 // list even this small repository by directory
 	return r, rec
 }
 
@@ -56,7 +58,6 @@ func openListed(t *testing.T, c *cluster) (*repo.Repo, *listings) {
 // pack, when a pack has lost more than m shards.
 func TestShardsListedByDirectory(t *testing.T) {
 	c, img, sum := setup(t)
-	defer restore.SetListPage(1)()
 
 	// The directories of the repository's packs (one backup: it needs all).
 	want := map[string]int{}
@@ -91,28 +92,5 @@ func TestShardsListedByDirectory(t *testing.T) {
 	_, _, err = restoreImage(t, r, sum.SnapshotID)
 	if pack := path.Base(base); !errors.Is(err, restore.ErrDataLost) || !strings.Contains(err.Error(), pack[:8]) {
 		t.Fatalf("want ErrDataLost naming pack %s, got %v", pack[:8], err)
-	}
-}
-
-// TestListByDirectoryChoice: the choice follows the round trips, one per
-// 1,000 names listed and per 8 directories at once: whole for a small
-// repository, by directory for a large one or a few packs of a mid-sized
-// one.
-func TestListByDirectoryChoice(t *testing.T) {
-	for _, c := range []struct {
-		dirs, inRepo int
-		want         bool
-	}{
-		{256, 2000, false},   // 32 round trips against 3
-		{256, 31000, false},  // 32 against 32
-		{256, 40000, true},   // 32 against 41
-		{256, 1000000, true}, // 32*4 against 1001
-		{4, 2000, true},      // 1 against 3
-		{20, 10000, true},    // 3 against 11
-		{1, 500, false},      // 1 against 1
-	} {
-		if got := restore.ListByDirectory(c.dirs, c.inRepo); got != c.want {
-			t.Errorf("%d directories of a %d-pack repository: by directory %v, want %v", c.dirs, c.inRepo, got, c.want)
-		}
 	}
 }

@@ -899,19 +899,16 @@ func (wk *packWriter) flush() error {
 // the packs that hold any to idx. Each such pack is read whole. want is
 // the chunks looked for.
 func findUnindexed(ctx context.Context, r *repo.Repo, s *repo.Snapshot, idx *repo.Index, want map[chunk.ID]bool) error {
-	var mu sync.Mutex
 	stray := map[pack.ID]bool{}
 	for _, t := range r.Targets {
 		if t.Down() != nil {
 			continue
 		}
-		err := t.Store.List(ctx, "data/", func(i objstore.Info) error {
+		err := r.ListShards(ctx, t, func(i objstore.Info) error {
 			name := strings.TrimSuffix(path.Base(i.Name), path.Ext(i.Name))
 			if id, err := pack.ParseID(name); err == nil {
 				if _, known := idx.Pack(id); !known {
-					mu.Lock()
 					stray[id] = true
-					mu.Unlock()
 				}
 			}
 			return nil
@@ -950,19 +947,17 @@ func findUnindexed(ctx context.Context, r *repo.Repo, s *repo.Snapshot, idx *rep
 // the packs, when any needed pack has fewer than k shards present. inRepo
 // is how many packs the repository has (the index's count).
 //
-// A listing returns 1,000 names a request, one request after another: a
-// large repository in another region would take minutes to list whole (a
-// million packs, 60 ms away: 1,000 requests a target, over a minute).
-// Where it takes fewer round trips (listByDirectory), only the
-// directories (data/XX/) that hold needed packs are listed, shardedLists
-// at once per target.
+// Where it takes fewer round trips (repo.ListByDirectory), only the
+// directories (data/XX/) that hold needed packs are listed, several at
+// once per target, instead of data/ whole: a large repository in another
+// region would take minutes to list whole.
 func checkShards(ctx context.Context, r *repo.Repo, packs []pack.ID, inRepo int) error {
 	dirs := map[string]bool{}
 	for _, id := range packs {
 		dirs[path.Dir(repo.ShardName(id, 0))+"/"] = true
 	}
 	prefixes := []string{"data/"}
-	if listByDirectory(len(dirs), inRepo) {
+	if r.ListByDirectory(len(dirs), inRepo) {
 		prefixes = slices.Sorted(maps.Keys(dirs))
 	}
 	present := map[string]bool{}
@@ -973,19 +968,13 @@ func checkShards(ctx context.Context, r *repo.Repo, packs []pack.ID, inRepo int)
 			continue
 		}
 		g.Go(func() error {
-			lg, lctx := errgroup.WithContext(gctx)
-			lg.SetLimit(shardedLists)
-			for _, prefix := range prefixes {
-				lg.Go(func() error {
-					return t.Store.List(lctx, prefix, func(i objstore.Info) error {
-						mu.Lock()
-						present[fmt.Sprintf("%d/%s", t.Index, i.Name)] = true
-						mu.Unlock()
-						return nil
-					})
-				})
-			}
-			if err := lg.Wait(); err != nil && gctx.Err() == nil {
+			err := repo.ListPrefixes(gctx, t, prefixes, func(i objstore.Info) error {
+				mu.Lock()
+				present[fmt.Sprintf("%d/%s", t.Index, i.Name)] = true
+				mu.Unlock()
+				return nil
+			})
+			if err != nil && gctx.Err() == nil {
 				t.MarkDown(err)
 			}
 			return gctx.Err()
@@ -1020,26 +1009,6 @@ func checkShards(ctx context.Context, r *repo.Repo, packs []pack.ID, inRepo int)
 		return fmt.Errorf("%w: %s%s", ErrDataLost, strings.Join(lost, "; "), more)
 	}
 	return nil
-}
-
-// How a restore lists a target's shards: a listing request returns up to
-// listPage names, and the directories are listed shardedLists at once
-// (an S3 store sends at most 8 requests at once by default).
-// BenchmarkShardListing (perf/README.md) measured the two ways even at
-// about 30,000 shards a target 60 ms away (2.2 and 2.6 s) and 5,000 on
-// loopback.
-var listPage = 1000
-
-const shardedLists = 8
-
-// listByDirectory reports whether listing dirs directories of a
-// repository of inRepo packs, shardedLists at once, takes fewer round
-// trips than listing data/ whole, page after page (a target holds about
-// one shard of each pack).
-func listByDirectory(dirs, inRepo int) bool {
-	whole := inRepo/listPage + 1
-	perDir := inRepo/256/listPage + 1
-	return (dirs+shardedLists-1)/shardedLists*perDir < whole
 }
 
 // output is the file or device being restored into.

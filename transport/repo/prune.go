@@ -259,12 +259,13 @@ func (p *pruner) list(ctx context.Context) error {
 	return nil
 }
 
-// listEvery lists prefix on every target at once; every target must answer.
+// listEvery lists prefix on every target at once (ListOn); every target
+// must answer.
 func (r *Repo) listEvery(ctx context.Context, prefix string, fn func(*Target, objstore.Info)) error {
 	g, gctx := errgroup.WithContext(ctx)
 	for _, t := range r.Targets {
 		g.Go(func() error {
-			err := t.Store.List(gctx, prefix, func(i objstore.Info) error {
+			err := r.ListOn(gctx, t, prefix, func(i objstore.Info) error {
 				fn(t, i)
 				return nil
 			})

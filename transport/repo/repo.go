@@ -122,6 +122,10 @@ type Repo struct {
 	// its manifest.
 	SegmentExtents int
 
+	// ListPage is how many names a listing request of the targets returns
+	// (ListShards takes it into account); 0 means S3's 1,000.
+	ListPage int
+
 	// unindexed holds the shard CRCs ([]uint32) of the packs WritePack
 	// wrote until WriteIndex records them, so that a writer's index entries
 	// carry them without the writer handling them: at most the packs of one
