@@ -6,7 +6,7 @@ BIN     := bin/ferry
 # with a spurious "context deadline exceeded" (golang/go#75804).
 FUZZTIME ?= 50000x
 
-.PHONY: build demo test testenv vet unit fuzz bench image
+.PHONY: build demo test testenv vet unit race fuzz bench image
 
 # The container image deploy/ runs (Dockerfile); IMAGE names it, and
 # DOCKER may be podman.
@@ -25,9 +25,10 @@ demo: build
 
 # Installs what the tests need (MinIO, etcd, kube-apiserver,
 # kube-controller-manager and the CSI snapshot sidecars, built from the Go
-# module proxy and cached in ~/.cache/ferry), then runs vet, every test, and
-# each fuzz target briefly.
-test: testenv vet unit fuzz
+# module proxy and cached in ~/.cache/ferry), then runs vet, every test, the
+# tests of the packages that run goroutines of their own again under the
+# race detector, and each fuzz target briefly.
+test: testenv vet unit race fuzz
 
 testenv:
 	$(GO) run ./testenv/cmd/ferry-testenv install
@@ -40,6 +41,11 @@ vet:
 
 unit:
 	$(GO) test -count=1 -timeout 40m ./...
+
+# The race detector needs cgo and a C compiler (testenv installs gcc when
+# missing). About 13 minutes here, on top of the plain run.
+race:
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 40m ./chunk/... ./transport/... ./agent/... ./verify/... ./csi/...
 
 fuzz:
 	@if [ "$(FUZZTIME)" != "0" ]; then \

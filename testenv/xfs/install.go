@@ -23,10 +23,14 @@ var tools = map[string]string{
 // the loop-mounted XFS and the test CSI driver run (mkfs.xfs, mkfs.ext4,
 // losetup, blkid, mount), when any is missing. It needs root and apt-get
 // only when something is missing.
-func EnsureTools(ctx context.Context) error {
+func EnsureTools(ctx context.Context) error { return EnsureCommands(ctx, tools) }
+
+// EnsureCommands installs, with apt-get, the Debian package of each command
+// in cmds (command -> package) that is not on the PATH.
+func EnsureCommands(ctx context.Context, cmds map[string]string) error {
 	var missing []string
 	seen := map[string]bool{}
-	for cmd, pkg := range tools {
+	for cmd, pkg := range cmds {
 		if _, err := exec.LookPath(cmd); err != nil && !seen[pkg] {
 			seen[pkg] = true
 			missing = append(missing, pkg)
@@ -54,7 +58,7 @@ func EnsureTools(ctx context.Context) error {
 			return fmt.Errorf("install %s: %w", strings.Join(missing, " "), err)
 		}
 	}
-	for cmd := range tools {
+	for cmd := range cmds {
 		if _, err := exec.LookPath(cmd); err != nil {
 			return fmt.Errorf("%s still missing after apt-get install: %w", cmd, err)
 		}

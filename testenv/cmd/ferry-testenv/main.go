@@ -1,7 +1,8 @@
 // Command ferry-testenv prepares the real parts the tests run on loopback.
 //
 //	ferry-testenv install   install the Debian packages the loop-mounted XFS and the
-//	                        test CSI driver need (xfsprogs, ...), build MinIO, etcd,
+//	                        test CSI driver need (xfsprogs, ...) and gcc (cgo, for
+//	                        the race detector), build MinIO, etcd,
 //	                        kube-apiserver, kube-controller-manager and the CSI
 //	                        snapshot sidecars into the cache (once) and print their
 //	                        paths
@@ -28,6 +29,11 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if err := xfs.EnsureTools(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "ferry-testenv:", err)
+		os.Exit(1)
+	}
+	// cgo needs a C compiler for make test's run under the race detector.
+	if err := xfs.EnsureCommands(ctx, map[string]string{"gcc": "gcc"}); err != nil {
 		fmt.Fprintln(os.Stderr, "ferry-testenv:", err)
 		os.Exit(1)
 	}
