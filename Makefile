@@ -43,7 +43,7 @@ unit:
 	$(GO) test -count=1 -timeout 40m ./...
 
 # The race detector needs cgo and a C compiler (testenv installs gcc when
-# missing). About 13 minutes here, on top of the plain run.
+# missing). About 7 minutes here, on top of the plain run.
 race:
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 40m ./chunk/... ./transport/... ./agent/... ./verify/... ./csi/...
 
