@@ -26,6 +26,7 @@ type metrics struct {
 	restorable          *prometheus.GaugeVec
 	drillDuration       *prometheus.GaugeVec
 	drillBytesPerSecond *prometheus.GaugeVec
+	drillBytesFetched   prometheus.Counter
 	drillRuns           *prometheus.CounterVec
 	shardsMissing       *prometheus.GaugeVec
 	shardsCorrupt       *prometheus.GaugeVec
@@ -75,6 +76,9 @@ func newMetrics(q *queue.Queue) *metrics {
 		drillBytesPerSecond: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ferry_drill_bytes_per_second", Help: "Volume bytes per second of the last successful drill of a volume.",
 		}, []string{"volume"}),
+		drillBytesFetched: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ferry_drill_bytes_fetched_total", Help: "Shard bytes drills downloaded from the targets (what rebuilt shards of a target down included): the egress drills cost.",
+		}),
 		drillRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_drill_runs_total", Help: "Drills of one snapshot, by result (ok, data_lost, error).",
 		}, []string{"result"}),
@@ -115,7 +119,7 @@ func newMetrics(q *queue.Queue) *metrics {
 			func() float64 { return float64(len(q.List())) }))
 	}
 	m.reg.MustRegister(m.jobs, m.running, m.bytes, m.duration, m.lastSuccess, m.degraded, m.notWritten,
-		m.restorable, m.drillDuration, m.drillBytesPerSecond, m.drillRuns, m.shardsMissing, m.shardsCorrupt, m.packsAtRisk,
+		m.restorable, m.drillDuration, m.drillBytesPerSecond, m.drillBytesFetched, m.drillRuns, m.shardsMissing, m.shardsCorrupt, m.packsAtRisk,
 		m.repairShards, m.verifyBytes, m.verifyRuns, m.forgotten, m.pruneRuns, m.prunedPacks, m.prunedBytes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -528,6 +528,7 @@ func (l *repoLoop) drill(ctx context.Context) {
 			delete(l.lost, s.ID)
 			m.drillDuration.WithLabelValues(k).Set(res.DurationSeconds)
 			m.drillBytesPerSecond.WithLabelValues(k).Set(res.BytesPerSecond)
+			m.drillBytesFetched.Add(float64(res.BytesFetched))
 			m.drillRuns.WithLabelValues("ok").Inc()
 			log.Info("drill restored the snapshot", "seconds", res.DurationSeconds, "bytes_volume", res.BytesVolume,
 				"bytes_fetched", res.BytesFetched, "bytes_per_second", res.BytesPerSecond, "shards_reconstructed", res.Reconstructed)

@@ -81,6 +81,11 @@ func TestVerifyLoop(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
+	// The drill read the snapshot's packs: something, and less than the
+	// 64 MiB volume (its files are runs of one byte, which compress).
+	if got, ok := metricValue(text, "ferry_drill_bytes_fetched_total"); !ok || got <= 0 || got > 64<<20 {
+		t.Errorf("ferry_drill_bytes_fetched_total %v (found %v): want the drill's downloads, above 0 and at most 64 MiB", got, ok)
+	}
 	if _, err := os.Stat(filepath.Join(e.state, "repos.json")); err != nil {
 		t.Errorf("the repository was not remembered: %v", err)
 	}
