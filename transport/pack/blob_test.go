@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/ferrydr/ferry/chunk"
+	"github.com/ferrydr/ferry/testenv/alloc"
 	"github.com/ferrydr/ferry/testenv/volume"
 	"github.com/ferrydr/ferry/transport/crypt"
 )
@@ -108,7 +109,7 @@ func TestOpenerRejects(t *testing.T) {
 // TestSealerOpenerDoNotAllocate: the point of both. zstd allocates a few
 // small tables per call, which is all that is allowed.
 func TestSealerOpenerDoNotAllocate(t *testing.T) {
-	if raceEnabled {
+	if alloc.RaceEnabled {
 		t.Skip("the race detector makes sync.Pool drop what it holds")
 	}
 	c := testCodec(t)
