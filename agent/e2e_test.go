@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	miniogo "github.com/minio/minio-go/v7"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -45,6 +46,31 @@ type env struct {
 	state   string
 	metrics string // host:port of /metrics and /healthz
 	creds   map[string]string
+	cluster *minio.Cluster
+}
+
+// scrambleShard replaces object name on target t by other bytes of its
+// size, written straight to the bucket without a checksum: damage only
+// reading finds.
+func (e *env) scrambleShard(t *testing.T, target int, name string) {
+	t.Helper()
+	ctx := context.Background()
+	srv := e.cluster.Servers[target]
+	key := "dr/" + name
+	obj, err := srv.Client(t).GetObject(ctx, "ferry", key, miniogo.GetObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range b {
+		b[i] = ^b[i]
+	}
+	if _, err := srv.Client(t).PutObject(ctx, "ferry", key, bytes.NewReader(b), int64(len(b)), miniogo.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // start brings up three MinIO servers with a 2+1 repository, the test CSI
@@ -111,7 +137,7 @@ func startRepo(t *testing.T) *env {
 	t.Helper()
 	ctx := context.Background()
 	c := minio.StartCluster(t, 3, "ferry", "dr")
-	e := &env{repoURL: c.Repo()}
+	e := &env{repoURL: c.Repo(), cluster: c}
 	e.stores = func() []objstore.Store { return c.Stores(t) }
 	e.creds = map[string]string{}
 	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} {

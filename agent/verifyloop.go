@@ -164,8 +164,7 @@ type repoLoop struct {
 	log *slog.Logger
 
 	snaps       []*repo.Snapshot // as last listed
-	verified    bool             // a verify run has completed
-	lost        map[string]bool  // snapshots the last verify run found unrestorable or needing repair
+	checked     map[string]bool  // snapshots the last verify run found whole (neither lost nor needing repair)
 	drillOK     map[string]bool
 	drillFailed map[string]bool
 	checksummed time.Time // when the last run with the checksum pass ended
@@ -173,7 +172,7 @@ type repoLoop struct {
 
 func (v *verifier) loop(ctx context.Context, ref repoRef) {
 	l := &repoLoop{v: v, ref: ref, log: v.log.With("repository", ref.Repository),
-		lost: map[string]bool{}, drillOK: map[string]bool{}, drillFailed: map[string]bool{}}
+		checked: map[string]bool{}, drillOK: map[string]bool{}, drillFailed: map[string]bool{}}
 	// The first runs come at a random point of the first interval, so a
 	// restarted agent does not verify everything at once. A zero time is
 	// a task that never runs.
@@ -336,12 +335,20 @@ func (l *repoLoop) verify(ctx context.Context) {
 	if !sizesOnly {
 		l.checksummed = time.Now()
 	}
+	// What the run found is what the found-metrics show; the state after
+	// a repair (fresh, with the packs reading found damaged read again)
+	// sets the rest, so that a pack only reading found lost stays lost.
+	missing, corrupt, _ := tally(rep)
+	read := rep.ReadBytes()
+	final := rep
 	if rep.Status != verify.OK && !cfg.NoRepair {
-		if again := l.repair(ctx, rep); again != nil {
-			rep = again
+		if after := l.repair(ctx, rep, password); after != nil {
+			final = after
+			read += after.ReadBytes()
 		}
 	}
-	// The listing names the snapshots whose restorability the report speaks for.
+	// The listing names the volumes; only the snapshots a run checked
+	// (final.SnapshotIDs) count as proven by it.
 	snaps, err := r.Snapshots(ctx)
 	if err != nil {
 		l.log.Warn("list snapshots after verification", "error", err)
@@ -349,23 +356,21 @@ func (l *repoLoop) verify(ctx context.Context) {
 		l.snaps = snaps
 	}
 
-	missing, corrupt, atRisk := tally(rep)
+	_, _, atRisk := tally(final)
 	m.shardsMissing.WithLabelValues(rep.RepoID).Set(float64(missing))
 	m.shardsCorrupt.WithLabelValues(rep.RepoID).Set(float64(corrupt))
 	m.packsAtRisk.WithLabelValues(rep.RepoID).Set(float64(atRisk))
-	var read int64
-	if rep.Read != nil {
-		read = rep.Read.Bytes
-	}
 	m.verifyBytes.Add(float64(read))
-	result := resultLabel(rep.Status)
+	result := resultLabel(final.Status)
 	m.verifyRuns.WithLabelValues(result).Inc()
 
-	l.verified = true
-	l.lost = map[string]bool{}
-	for _, refs := range [][]verify.SnapshotRef{rep.Lost, rep.NeedRebuild} {
+	l.checked = map[string]bool{}
+	for _, id := range final.SnapshotIDs {
+		l.checked[id] = true
+	}
+	for _, refs := range [][]verify.SnapshotRef{final.Lost, final.NeedRebuild} {
 		for _, s := range refs {
-			l.lost[s.ID] = true
+			delete(l.checked, s.ID)
 			delete(l.drillOK, s.ID)
 		}
 	}
@@ -374,19 +379,19 @@ func (l *repoLoop) verify(ctx context.Context) {
 	attrs := []any{"status", result, "snapshots", rep.Snapshots, "packs", rep.Packs, "read_percent", pct,
 		"bytes_read", read, "head_requests", rep.HeadRequests, "shards_by_checksum", rep.Shards.Checksum, "shards_by_size_only", rep.Shards.SizeOnly,
 		"shards_missing", missing, "shards_corrupt", corrupt, "packs_at_risk", atRisk,
-		"problems", len(rep.Problems), "lost_snapshots", len(rep.Lost), "seconds", time.Since(start).Seconds()}
-	if err := rep.Err(); err != nil {
+		"problems", len(rep.Problems), "problems_after_repair", len(final.Problems), "lost_snapshots", len(final.Lost), "seconds", time.Since(start).Seconds()}
+	if err := final.Err(); err != nil {
 		l.log.Warn("verified: repository damaged", append(attrs, "error", err)...)
 		return
 	}
 	l.log.Info("verified", attrs...)
 }
 
-// repair fixes what rep found and returns a fresh structural report (nil
-// when repair could not run), so the metrics show the repository as it is
-// after the repair.
-func (l *repoLoop) repair(ctx context.Context, rep *verify.Report) *verify.Report {
-	r, password, err := l.open(ctx, nil) // writes are not paced: they are what the repository lacks
+// repair fixes what rep found and returns the check after it
+// (verify.Recheck; nil when that could not run), so the metrics show the
+// repository as it is after the repair.
+func (l *repoLoop) repair(ctx context.Context, rep *verify.Report, password []byte) *verify.Report {
+	r, _, err := l.open(ctx, nil) // writes are not paced: they are what the repository lacks
 	if err != nil {
 		l.log.Error("repair could not run", "step", "open", "error", err)
 		return nil
@@ -399,7 +404,7 @@ func (l *repoLoop) repair(ctx context.Context, rep *verify.Report) *verify.Repor
 	if err != nil {
 		l.log.Warn("repair incomplete", "error", err)
 	}
-	after, err := verify.Run(ctx, r, verify.Options{Password: password})
+	after, err := verify.Recheck(ctx, r, rep, password)
 	if err != nil {
 		l.log.Error("verify after repair", "error", err)
 		return nil
@@ -476,7 +481,7 @@ func (l *repoLoop) publish() {
 		if !seen {
 			b.namespace = s.Volume.Namespace
 		}
-		proven := l.drillOK[s.ID] || (l.verified && !l.lost[s.ID] && !l.drillFailed[s.ID])
+		proven := l.drillOK[s.ID] || (l.checked[s.ID] && !l.drillFailed[s.ID])
 		if proven && s.Started.After(b.at) {
 			b = best{s.Started, s.Volume.Namespace}
 		}
@@ -525,7 +530,6 @@ func (l *repoLoop) drill(ctx context.Context) {
 		case err == nil:
 			l.drillOK[s.ID] = true
 			delete(l.drillFailed, s.ID)
-			delete(l.lost, s.ID)
 			m.drillDuration.WithLabelValues(k).Set(res.DurationSeconds)
 			m.drillBytesPerSecond.WithLabelValues(k).Set(res.BytesPerSecond)
 			m.drillBytesFetched.Add(float64(res.BytesFetched))

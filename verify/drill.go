@@ -44,8 +44,9 @@ type DrillResult struct {
 
 // Drill restores snapshot s into w as a restore does (restore.NewPlan and
 // WriteTo: every chunk decrypted and its keyed hash checked, then the
-// whole-volume digest) and measures it. Zero extents are not written: w is
-// assumed to read as zeros there, as a new file or Discard does. A snapshot
+// whole-volume digest) and measures it. Zero extents are not written
+// unless w is a restore.Zeroer (a restore.Device): w is assumed to read as
+// zeros there, as a new file or Discard does. A snapshot
 // that cannot be restored fails with an error wrapping restore.ErrDataLost
 // or restore.ErrMismatch.
 //

@@ -1,7 +1,6 @@
 package verify
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -130,9 +129,25 @@ func (c *checker) readData(ctx context.Context, opts Options) error {
 	for _, p := range c.idx.Packs() {
 		all = append(all, p.ID)
 	}
-	slices.SortFunc(all, func(a, b pack.ID) int { return bytes.Compare(a[:], b[:]) })
+	slices.SortFunc(all, comparePacks)
 	sel, wrapped := selectPacks(all, st.Cursor, opts.ReadDataPercent)
-	rs := &ReadStats{Percent: opts.ReadDataPercent, TotalPacks: len(all), Packs: len(sel), Wrapped: wrapped, Cursor: st.Cursor}
+	if err := c.readPacks(ctx, opts, sel); err != nil {
+		return err
+	}
+	rs := c.rep.Read
+	rs.Percent, rs.TotalPacks, rs.Wrapped, rs.Cursor = opts.ReadDataPercent, len(all), wrapped, st.Cursor
+	if len(sel) > 0 {
+		st.Cursor = sel[len(sel)-1].String()
+		rs.Cursor = st.Cursor
+	}
+	st.Updated = time.Now().UTC()
+	return st.save(opts.StateFile)
+}
+
+// readPacks fully checks the packs sel (deepCheck), Workers at a time, and
+// records them in the report's read-data section.
+func (c *checker) readPacks(ctx context.Context, opts Options, sel []pack.ID) error {
+	rs := &ReadStats{Packs: len(sel), TotalPacks: c.idx.PackCount()}
 	c.rep.Read = rs
 	if opts.Progress != nil {
 		var total int64
@@ -162,12 +177,7 @@ func (c *checker) readData(ctx context.Context, opts Options) error {
 	for _, id := range sel {
 		rs.Checked = append(rs.Checked, id.String())
 	}
-	if len(sel) > 0 {
-		st.Cursor = sel[len(sel)-1].String()
-		rs.Cursor = st.Cursor
-	}
-	st.Updated = time.Now().UTC()
-	return st.save(opts.StateFile)
+	return nil
 }
 
 // deepCheck downloads every shard of a pack and checks everything down to
@@ -281,6 +291,7 @@ func (c *checker) compareIndex(id pack.ID, header []pack.Entry) {
 	}
 	if bad > 0 {
 		c.add(Problem{Severity: Degraded, Kind: KindIndexMismatch, Pack: id.String(),
-			Detail: fmt.Sprintf("%d index entr(ies) differ from the pack header; repair rebuilds them from it", bad)})
+			Detail: fmt.Sprintf("%d index entr(ies) differ from the pack header (index objects are authenticated: a writer's bug, not damage in storage); "+
+				"restores of the chunks they name may fail, and repair does not rewrite index entries", bad)})
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/ferrydr/ferry/agent/restore"
+	"github.com/ferrydr/ferry/transport/pack"
 	"github.com/ferrydr/ferry/transport/repo"
 )
 
@@ -185,11 +186,14 @@ type Report struct {
 	Status    Severity       `json:"status"` // worst problem; notices count as ok
 	Targets   []TargetStatus `json:"targets"`
 	Snapshots int            `json:"snapshots"`
-	IndexObjs int            `json:"index_objects"`
-	Packs     int            `json:"packs"`    // known to the index
-	Chunks    int            `json:"chunks"`   // distinct chunks the manifests reference
-	Segments  int            `json:"segments"` // distinct segments the manifests name (blobs in packs, as chunks are)
-	Shards    ShardChecks    `json:"shard_checks"`
+	// SnapshotIDs are the snapshots this run checked, sorted: what its
+	// verdict speaks for (the lost and damaged ones are named below).
+	SnapshotIDs []string    `json:"-"`
+	IndexObjs   int         `json:"index_objects"`
+	Packs       int         `json:"packs"`    // known to the index
+	Chunks      int         `json:"chunks"`   // distinct chunks the manifests reference
+	Segments    int         `json:"segments"` // distinct segments the manifests name (blobs in packs, as chunks are)
+	Shards      ShardChecks `json:"shard_checks"`
 	// HeadRequests counts the Stat requests made (S3 HEAD): one per shard
 	// in the checksum pass, one per replicated object a listing lacked.
 	HeadRequests int64         `json:"head_requests"`
@@ -217,6 +221,37 @@ func (r *Report) Err() error {
 		return fmt.Errorf("%w: run repair", ErrDegraded)
 	}
 	return nil
+}
+
+// ReadBytes is the shard bytes the run's read-data level downloaded.
+func (r *Report) ReadBytes() int64 {
+	if r.Read == nil {
+		return 0
+	}
+	return r.Read.Bytes
+}
+
+// ReadDamaged returns the packs this run read (ReadDataPercent or Packs)
+// that have a problem, sorted: what a check after a repair reads again.
+func (r *Report) ReadDamaged() []pack.ID {
+	if r.Read == nil {
+		return nil
+	}
+	read := make(map[string]bool, len(r.Read.Checked))
+	for _, id := range r.Read.Checked {
+		read[id] = true
+	}
+	var out []pack.ID
+	for _, p := range r.Problems {
+		if !read[p.Pack] {
+			continue
+		}
+		if id, err := pack.ParseID(p.Pack); err == nil && !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	slices.SortFunc(out, comparePacks)
+	return out
 }
 
 // AddDrill records a drill's outcome: its result, or, when err says the
@@ -266,8 +301,12 @@ func (r *Report) WriteText(w io.Writer) {
 		if r.Read.Wrapped {
 			wrapped = ", completed a pass over every pack"
 		}
-		fmt.Fprintf(w, "read data: %d of %d packs (%d%% per run), %s downloaded%s\n",
-			r.Read.Packs, r.Read.TotalPacks, r.Read.Percent, humanize.IBytes(uint64(r.Read.Bytes)), wrapped)
+		share := fmt.Sprintf("%d%% per run", r.Read.Percent)
+		if r.Read.Percent == 0 {
+			share = "those found damaged, read again"
+		}
+		fmt.Fprintf(w, "read data: %d of %d packs (%s), %s downloaded%s\n",
+			r.Read.Packs, r.Read.TotalPacks, share, humanize.IBytes(uint64(r.Read.Bytes)), wrapped)
 	}
 	if d := r.Drill; d != nil {
 		fmt.Fprintf(w, "drill: restored %s (%s) in %s, %s/s; digest verified\n",

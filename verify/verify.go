@@ -29,6 +29,10 @@ type Options struct {
 	ReadDataPercent int
 	// StateFile keeps the read-data cursor between runs (see DefaultStateFile).
 	StateFile string
+	// Packs, when set, are read and fully checked instead of a rotating
+	// share, and the cursor is left alone: how a check after a repair reads
+	// again the packs whose damage only reading found.
+	Packs []pack.ID
 	// Workers is how many packs are read at once; default 4.
 	Workers int
 	// SizesOnly skips the checksum pass: shards are checked by their listed
@@ -65,6 +69,9 @@ func Run(ctx context.Context, r *repo.Repo, opts Options) (*Report, error) {
 	if opts.ReadDataPercent > 0 && opts.StateFile == "" {
 		return nil, errors.New("read data: no state file for the rotation cursor")
 	}
+	if opts.ReadDataPercent > 0 && len(opts.Packs) > 0 {
+		return nil, errors.New("read data: a percent and a list of packs are exclusive")
+	}
 	if opts.Workers <= 0 {
 		opts.Workers = 4
 	}
@@ -73,8 +80,14 @@ func Run(ctx context.Context, r *repo.Repo, opts Options) (*Report, error) {
 	}
 	c := newChecker(r)
 	err := c.structural(ctx, opts)
-	if err == nil && opts.ReadDataPercent > 0 {
+	switch {
+	case err != nil:
+	case opts.ReadDataPercent > 0:
 		err = c.readData(ctx, opts)
+	case len(opts.Packs) > 0:
+		// Only packs that should have shards: one pruned since is gone, not lost.
+		known := slices.DeleteFunc(slices.Clone(opts.Packs), func(id pack.ID) bool { _, ok := c.packLen[id]; return !ok })
+		err = c.readPacks(ctx, opts, known)
 	}
 	if err != nil {
 		return nil, err
@@ -88,6 +101,10 @@ func Run(ctx context.Context, r *repo.Repo, opts Options) (*Report, error) {
 	if err := c.attribute(ctx); err != nil {
 		return nil, err
 	}
+	for _, s := range c.snaps {
+		c.rep.SnapshotIDs = append(c.rep.SnapshotIDs, s.ID)
+	}
+	slices.Sort(c.rep.SnapshotIDs)
 	c.rep.HeadRequests = c.heads.Load()
 	c.rep.Duration = time.Since(c.rep.Started).Seconds()
 	return c.rep, nil

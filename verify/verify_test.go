@@ -46,11 +46,16 @@ func setup(t *testing.T) *fixture { return setupSegments(t, 0) }
 // setupSegments is setup with the snapshots' extents in segments of
 // perSegment (see repo.Repo.SegmentExtents; 0: the default, so none).
 func setupSegments(t *testing.T, perSegment int) *fixture {
+	return setupScheme(t, perSegment, erasure.Scheme{K: 2, M: 1})
+}
+
+// setupScheme is setupSegments with erasure scheme s over k+m servers.
+func setupScheme(t *testing.T, perSegment int, s erasure.Scheme) *fixture {
 	t.Helper()
-	f := &fixture{Cluster: minio.StartCluster(t, 3, "ferry", "repo"), images: map[string]string{}}
+	f := &fixture{Cluster: minio.StartCluster(t, s.Shards(), "ferry", "repo"), images: map[string]string{}}
 	ctx := context.Background()
 	r, err := repo.Init(ctx, f.Stores(t), password, repo.Options{
-		Erasure: erasure.Scheme{K: 2, M: 1}, PackSize: 2 << 20, Chunking: &smallChunks,
+		Erasure: s, PackSize: 2 << 20, Chunking: &smallChunks,
 		KDF: crypt.KDFParams{N: 1024, R: 8, P: 1},
 	})
 	if err != nil {

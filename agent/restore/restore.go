@@ -354,7 +354,53 @@ const batchSize = 4 << 20
 // the window's extents and a place per data extent; a record per pack the
 // window reads from, and per shard done without.
 func (p *Plan) WriteTo(ctx context.Context, w io.WriterAt, opts Options) (*Written, error) {
-	return p.write(ctx, w, opts, nil)
+	var zero func(repo.Extent) error
+	if z, ok := w.(Zeroer); ok {
+		zero = func(e repo.Extent) error { return z.Zero(e.Off, e.Len) }
+	}
+	return p.write(ctx, w, opts, zero)
+}
+
+// Zeroer is a destination WriteTo must tell where the snapshot reads as
+// zeros, because it may hold other data there (a Device).
+type Zeroer interface {
+	Zero(off, n int64) error
+}
+
+// Device is a block device opened to be written by WriteTo, which zeroes
+// the ranges the snapshot reads as zeros (see output.zero): a scratch
+// volume for a drill.
+type Device struct{ o *output }
+
+// OpenDevice opens the block device at path, which must hold at least
+// size bytes.
+func OpenDevice(path string, size int64) (*Device, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Mode()&os.ModeDevice == 0 {
+		return nil, fmt.Errorf("%s is not a block device", path)
+	}
+	o, err := openTarget(path, size)
+	if err != nil {
+		return nil, err
+	}
+	return &Device{o}, nil
+}
+
+func (d *Device) WriteAt(p []byte, off int64) (int, error) { return d.o.f.WriteAt(p, off) }
+
+// Zero makes [off, off+n) read as zeros.
+func (d *Device) Zero(off, n int64) error { return d.o.zero(off, n) }
+
+// Close flushes what was written to the device and closes it.
+func (d *Device) Close() error {
+	err := d.o.f.Sync()
+	if cerr := d.o.f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // shardKey names a shard of a pack.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -25,8 +24,10 @@ is rebuilt from at least k intact ones and written back, each rebuilt shard
 checked against the checksum the index recorded for it. Shards of packs no
 index knows are left alone: a backup still running writes its index after
 its shards. Each step is idempotent, safe to interrupt (run repair again to
-finish) and safe while backups run. It then verifies again and exits like
-verify.`,
+finish) and safe while backups run. It then verifies again (the structural
+level, and the packs reading found damaged, read again) and exits like
+verify: 0 when all is well, 4 when something is still damaged or could not
+be repaired, 3 when data is lost.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -63,17 +64,17 @@ verify.`,
 			for _, f := range done.Failed {
 				fmt.Fprintf(out, "could not repair: %s\n", f)
 			}
-			// Verify again at the structural level (checksums included) to
-			// show what is left; what only reading finds is not read again.
-			after, err := verify.Run(ctx, r, verify.Options{Password: pw})
+			// Verify again: the structural level (checksums included), and
+			// the packs reading found damaged, read again.
+			after, err := verify.Recheck(ctx, r, rep, pw)
 			if err != nil {
 				return err
 			}
 			after.WriteText(out)
-			if err := after.Err(); err != nil && len(done.Failed) > 0 && errors.Is(err, verify.ErrDegraded) {
-				return fmt.Errorf("%w: %d repair(s) could not be done (see above)", verify.ErrDegraded, len(done.Failed))
+			if err := after.Err(); err != nil || len(done.Failed) == 0 {
+				return err
 			}
-			return after.Err()
+			return fmt.Errorf("%w: %d repair(s) could not be done (see above)", verify.ErrDegraded, len(done.Failed))
 		},
 	}
 	cmd.Flags().IntVar(&readPercent, "read-data-percent", 0, "also download and check this share of the packs to find corrupt shards (1-100)")

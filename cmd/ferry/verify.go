@@ -135,7 +135,9 @@ func runDrill(cmd *cobra.Command, g *globals, rep *verify.Report, ref, target st
 
 // openDrillTarget returns the drill's destination and a func that syncs it
 // and, for a scratch file it created, removes it. It never overwrites an
-// existing regular file; a block device must be at least size bytes.
+// existing regular file; a block device must be at least size bytes, and
+// the drill zeroes what the snapshot reads as zeros on it, so that it
+// ends holding the snapshot.
 func openDrillTarget(path string, size int64) (io.WriterAt, func() error, error) {
 	if path == "" {
 		return verify.Discard, func() error { return nil }, nil
@@ -165,13 +167,9 @@ func openDrillTarget(path string, size int64) (io.WriterAt, func() error, error)
 	case fi.Mode()&os.ModeDevice == 0:
 		return nil, nil, usageError{fmt.Errorf("drill target %s exists and is not a block device; give a new file name", path)}
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	dev, err := restore.OpenDevice(path, size)
 	if err != nil {
 		return nil, nil, fmt.Errorf("drill target: %w", err)
 	}
-	if end, err := f.Seek(0, io.SeekEnd); err != nil || end < size {
-		f.Close()
-		return nil, nil, fmt.Errorf("drill target %s: %d bytes, the snapshot needs %d (%v)", path, end, size, err)
-	}
-	return f, func() error { err := f.Sync(); f.Close(); return err }, nil
+	return dev, dev.Close, nil
 }

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/ferrydr/ferry/testenv/loop"
 	"github.com/ferrydr/ferry/testenv/volume"
 	"github.com/ferrydr/ferry/transport/objstore"
 )
@@ -79,6 +81,27 @@ func TestCLIVerify(t *testing.T) {
 	}
 	if r := ferry(t, env, "verify", "--drill", "latest", "--drill-target", img); r.code != exitUsage {
 		t.Fatalf("drill over an existing file: exit %d, %s", r.code, r.stderr)
+	}
+	// A scratch volume that held other data ends holding the snapshot,
+	// its zero ranges zeroed too; past the snapshot's end it is untouched.
+	backing := filepath.Join(work, "scratch-volume.img")
+	if err := os.WriteFile(backing, bytes.Repeat([]byte{0xEE}, 25<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dev := loop.Attach(t, backing, false)
+	if out := mustFerry(t, env, "verify", "--drill", "latest", "--drill-target", dev); !strings.Contains(out, "digest verified") {
+		t.Fatalf("drill into a block device: %s", out)
+	}
+	got, err := os.ReadFile(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[:len(want)], want) || !bytes.Equal(got[len(want):], bytes.Repeat([]byte{0xEE}, len(got)-len(want))) {
+		t.Fatal("after a drill into a block device, the device does not hold the snapshot followed by what it held")
 	}
 
 	// A shard replaced by other bytes of its size, through the store (which
