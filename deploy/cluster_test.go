@@ -170,7 +170,9 @@ func TestOnAPIServer(t *testing.T) {
 		}
 		ps, _, _ := unstructured.NestedStringMap(class.Object, "parameters")
 		ps[params.KeySnapshotName], ps[params.KeySnapshotNamespace] = "data-1", "app"
-		rep, _, err := params.Parse(ps)
+		// The hook's --namespace (hook/sidecar.yaml) is the default for
+		// the Secret's, which the class leaves out.
+		rep, _, err := params.Parse(ps, namespace)
 		if err != nil {
 			t.Fatal(err)
 		}

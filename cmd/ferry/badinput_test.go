@@ -340,7 +340,7 @@ func TestBadParameters(t *testing.T) {
 	}
 	good := map[string]string{
 		params.KeyRepository: "s3://s3.zone-a.example/ferry-dr,s3://s3.zone-b.example/ferry-dr,s3://s3.zone-c.example/ferry-dr", params.KeySecretName: "ferry-dr",
-		params.KeySnapshotName: "snap", params.KeySnapshotNamespace: "db", params.KeySnapshotContentName: "content-1",
+		params.KeySecretNamespace: "ferry-system", params.KeySnapshotName: "snap", params.KeySnapshotNamespace: "db", params.KeySnapshotContentName: "content-1",
 	}
 	const keys = "repository, secret-name, secret-namespace, name, replicate, keep-last, keep-hourly, keep-daily, keep-weekly, keep-monthly"
 	for _, c := range []struct {
@@ -364,8 +364,10 @@ func TestBadParameters(t *testing.T) {
 			"parameter ferry.dev/secret-name: required"},
 		{"series name with a newline", map[string]string{params.KeyName: "db\ndata"},
 			"parameter ferry.dev/name: want 1 to 253 printable characters"},
-		{"no namespace for the secret", map[string]string{params.KeySnapshotNamespace: ""},
-			"parameter ferry.dev/secret-namespace: required when the snapshot's namespace is not passed (external-snapshotter --extra-create-metadata)"},
+		// Without --kube the hook has no agents' namespace to default
+		// to, and the VolumeSnapshot's is never the default.
+		{"no namespace for the secret", map[string]string{params.KeySecretNamespace: ""},
+			"parameter ferry.dev/secret-namespace: required: a hook without --kube knows no agents' namespace to default to"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			in := maps.Clone(good)
