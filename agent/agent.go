@@ -220,7 +220,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("listen %s: %w", cfg.CSIListen, err)
 		}
-		srv := hook.New(conn, enq, log).Server()
+		// A class that names no Secret namespace gets the agents' own: in
+		// a cluster they may read Secrets there and nowhere else. Alone,
+		// the class must name one.
+		secretNS := ""
+		if cfg.Kube {
+			secretNS = cfg.Namespace
+		}
+		srv := hook.New(conn, enq, secretNS, log).Server()
 		g.Go(func() error { return srv.Serve(lis) })
 		g.Go(func() error {
 			<-ctx.Done()

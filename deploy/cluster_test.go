@@ -170,7 +170,9 @@ func TestOnAPIServer(t *testing.T) {
 		}
 		ps, _, _ := unstructured.NestedStringMap(class.Object, "parameters")
 		ps[params.KeySnapshotName], ps[params.KeySnapshotNamespace] = "data-1", "app"
-		rep, _, err := params.Parse(ps)
+		// The hook's --namespace (hook/sidecar.yaml) is the default for
+		// the Secret's, which the class leaves out.
+		rep, _, err := params.Parse(ps, namespace)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -234,21 +236,29 @@ func TestOnAPIServer(t *testing.T) {
 	})
 
 	t.Run("AgentLeases", func(t *testing.T) {
-		// Work that must run on one node at a time takes a Lease.
-		leases := agent.kube.CoordinationV1().Leases(namespace)
-		holder := "node-1"
-		l, err := leases.Create(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "ferry-work-test"}, Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder}}, metav1.CreateOptions{})
+		// Work that must run on one node at a time takes a Lease, through
+		// client-go's leader election, and releases it when done.
+		lctx, release := context.WithCancel(ctx)
+		held := make(chan struct{})
+		done := make(chan struct{})
+		timing := cluster.LeaseTiming{Duration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: time.Second}
+		go func() {
+			defer close(done)
+			cluster.Exclusive(lctx, agent.kube, namespace, "ferry-work-test", "node-1", timing, log, func(context.Context) { close(held) })
+		}()
+		select {
+		case <-held:
+		case <-time.After(30 * time.Second):
+			t.Error("the agent did not take the Lease")
+		}
+		release()
+		<-done
+		l, err := admin.kube.CoordinationV1().Leases(namespace).Get(ctx, "ferry-work-test", metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := leases.Update(ctx, l, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := leases.List(ctx, metav1.ListOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		if err := leases.Delete(ctx, l.Name, metav1.DeleteOptions{}); err != nil {
-			t.Fatal(err)
+		if h := l.Spec.HolderIdentity; h != nil && *h != "" {
+			t.Errorf("the Lease is still held by %s after the agent released it", *h)
 		}
 	})
 
@@ -366,6 +376,14 @@ func TestOnAPIServer(t *testing.T) {
 			}},
 			{"agent", agent, "create leases in another namespace", false, func(t *testing.T) error {
 				_, err := agent.kube.CoordinationV1().Leases("app").Create(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "x"}}, metav1.CreateOptions{})
+				return err
+			}},
+			{"agent", agent, "list leases in ferry-system", false, func(t *testing.T) error {
+				_, err := agent.kube.CoordinationV1().Leases(namespace).List(ctx, metav1.ListOptions{})
+				return err
+			}},
+			{"agent", agent, "watch leases in ferry-system", false, func(t *testing.T) error {
+				_, err := agent.kube.CoordinationV1().Leases(namespace).Watch(ctx, metav1.ListOptions{})
 				return err
 			}},
 			{"agent", agent, "list volumesnapshots", false, func(t *testing.T) error {

@@ -369,8 +369,8 @@ func TestSnapshotClassParameters(t *testing.T) {
 	}
 	for _, c := range classes {
 		ps, _, _ := unstructured.NestedStringMap(c.Object, "parameters")
-		ps[params.KeySnapshotNamespace] = "app" // as the external-snapshotter adds it
-		r, forward, err := params.Parse(ps)
+		ps[params.KeySnapshotNamespace] = "app"        // as the external-snapshotter adds it
+		r, forward, err := params.Parse(ps, namespace) // the hook's --namespace (TestHookSidecar)
 		if err != nil || r == nil {
 			t.Errorf("class %s: %v (replication %v)", c.GetName(), err, r)
 			continue

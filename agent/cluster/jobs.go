@@ -185,8 +185,12 @@ type Handler func(ctx context.Context, j *Job, p *Progress) (*Outcome, error)
 // Worker runs FerryJobs on this node: it watches the namespace's jobs,
 // claims a pending one by writing its status with the version it read
 // (only one agent's write can succeed), renews Status.Heartbeat while it
-// runs, and takes over a Running job whose heartbeat is older than
-// StaleAfter (its agent is gone). An agent that cannot renew its heartbeat
+// runs, and takes over a Running job whose heartbeat it has seen unchanged
+// for StaleAfter (its agent is gone). Staleness is judged by this agent's
+// clock alone: the heartbeat is another node's time, compared only for
+// change, so a node clock ahead or behind neither takes a live job nor
+// keeps a dead one. (A job first seen Running, as after this agent starts,
+// waits StaleAfter from then.) An agent that cannot renew its heartbeat
 // for StaleAfter minus one Heartbeat stops the job itself, so it is never
 // run twice at once while the API server is reachable by the new owner.
 // A pending replication is claimed only once the earlier ones of its
@@ -216,7 +220,16 @@ type Worker struct {
 
 	mu       sync.Mutex
 	running  map[string]bool
-	noDelete atomic.Bool // the API server said Forbidden to a delete
+	beats    map[string]beat // of jobs other agents run
+	noDelete atomic.Bool     // the API server said Forbidden to a delete
+}
+
+// beat is a heartbeat of another agent's job as this agent last saw it,
+// and when, by this agent's clock, it saw it first.
+type beat struct {
+	agent string
+	at    time.Time // the holder's clock: compared for change only
+	seen  time.Time
 }
 
 func (w *Worker) defaults() {
@@ -236,6 +249,7 @@ func (w *Worker) defaults() {
 		w.Log = slog.Default()
 	}
 	w.running = map[string]bool{}
+	w.beats = map[string]beat{}
 }
 
 // Serve runs jobs until ctx ends.
@@ -312,6 +326,7 @@ func (w *Worker) Serve(ctx context.Context) error {
 func (w *Worker) consider(ctx context.Context, l cache.GenericNamespaceLister, name string) time.Duration {
 	obj, err := l.Get(name)
 	if err != nil {
+		w.forget(name)
 		return 0 // deleted
 	}
 	u, ok := obj.(*unstructured.Unstructured)
@@ -326,6 +341,7 @@ func (w *Worker) consider(ctx context.Context, l cache.GenericNamespaceLister, n
 	st := &j.Status
 	switch {
 	case st.Final():
+		w.forget(name)
 		return w.expire(ctx, j)
 	case j.Spec.Node != "" && j.Spec.Node != w.Node, j.Spec.Driver != w.Driver:
 		return 0
@@ -338,11 +354,12 @@ func (w *Worker) consider(ctx context.Context, l cache.GenericNamespaceLister, n
 	if busy {
 		return 0
 	}
-	if st.Phase == PhaseRunning && st.Agent != w.Node && st.Heartbeat != nil {
-		if stale := time.Until(st.Heartbeat.Add(w.StaleAfter)); stale > 0 {
-			return stale + time.Second
+	if st.Phase == PhaseRunning && st.Agent != w.Node {
+		unchanged := w.unchangedFor(j)
+		if unchanged < w.StaleAfter {
+			return w.StaleAfter - unchanged
 		}
-		w.Log.Warn("taking over a job whose agent stopped renewing it", "job", name, "agent", st.Agent, "heartbeat", st.Heartbeat.Time)
+		w.Log.Warn("taking over a job whose agent stopped renewing it", "job", name, "agent", st.Agent, "heartbeat", st.Heartbeat, "unchanged", unchanged.Round(time.Second))
 	}
 	if st.RetryAfter != nil {
 		if d := time.Until(st.RetryAfter.Time); d > 0 {
@@ -357,6 +374,30 @@ func (w *Worker) consider(ctx context.Context, l cache.GenericNamespaceLister, n
 	}
 	w.run(ctx, j)
 	return 0
+}
+
+// unchangedFor returns how long, by this agent's clock, j has been seen
+// with the heartbeat it has now, from the same agent.
+func (w *Worker) unchangedFor(j *Job) time.Duration {
+	b := beat{agent: j.Status.Agent}
+	if j.Status.Heartbeat != nil {
+		b.at = j.Status.Heartbeat.Time
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if old, ok := w.beats[j.Name]; ok && old.agent == b.agent && old.at.Equal(b.at) {
+		return time.Since(old.seen)
+	}
+	b.seen = time.Now()
+	w.beats[j.Name] = b
+	return 0
+}
+
+// forget drops what unchangedFor knows of a job that is over or gone.
+func (w *Worker) forget(name string) {
+	w.mu.Lock()
+	delete(w.beats, name)
+	w.mu.Unlock()
 }
 
 // expire deletes a finished job KeepFinished after it ended, as Kubernetes

@@ -210,6 +210,121 @@ func TestJobSurvivesLostAgent(t *testing.T) {
 	t.Logf("taken over %s after the kill", took.Round(100*time.Millisecond))
 }
 
+// TestTakeoverByLocalClock: a job's heartbeat is its agent's time, and
+// node clocks differ. A job whose agent keeps renewing it is left alone
+// however far that agent's clock is behind or ahead; once its heartbeat
+// stops changing, another agent takes it over StaleAfter later by its own
+// clock.
+func TestTakeoverByLocalClock(t *testing.T) {
+	c := startAPI(t)
+	jobs := &cluster.Jobs{Client: c.Dynamic, Namespace: ns}
+	skews := map[string]time.Duration{"clock-behind": -time.Hour, "clock-ahead": time.Hour}
+	stops := map[string]func() time.Time{}
+	for name, skew := range skews {
+		if _, err := jobs.Create(t.Context(), restoreJob(name)); err != nil {
+			t.Fatal(err)
+		}
+		stops[name] = hold(t, jobs, name, "skewed-"+name, skew)
+	}
+	// Held before the worker starts, which would claim them while pending.
+	for name := range skews {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if j, err := jobs.Get(t.Context(), name); err == nil && j.Status.Agent == "skewed-"+name {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s was not held", name)
+			}
+		}
+	}
+	type run struct {
+		job string
+		at  time.Time
+	}
+	ran := make(chan run, 4)
+	w := worker(jobs, "taker", func(ctx context.Context, j *cluster.Job, p *cluster.Progress) (*cluster.Outcome, error) {
+		ran <- run{j.Name, time.Now()}
+		return &cluster.Outcome{Message: "finished"}, nil
+	})
+	serve(t, w)
+
+	time.Sleep(3 * w.StaleAfter)
+	select {
+	case r := <-ran:
+		t.Fatalf("%s was taken over while its agent renewed it", r.job)
+	default:
+	}
+	changed := map[string]time.Time{}
+	for name, stop := range stops {
+		changed[name] = stop()
+	}
+	for range skews {
+		select {
+		case r := <-ran:
+			after := r.at.Sub(changed[r.job])
+			if after < w.StaleAfter || after > w.StaleAfter+4*time.Second {
+				t.Errorf("%s taken over %s after its heartbeat last changed, want %s (a little more)", r.job, after.Round(10*time.Millisecond), w.StaleAfter)
+			}
+		case <-time.After(time.Minute):
+			t.Fatal("a job whose heartbeat stopped changing was not taken over")
+		}
+	}
+	for name := range skews {
+		if j := waitFinal(t, jobs, name, time.Minute); j.Status.Phase != cluster.PhaseSucceeded || j.Status.Agent != "taker" {
+			t.Errorf("%s: %+v", name, j.Status)
+		}
+	}
+}
+
+// hold runs the job as agent node would, renewing its heartbeat four times
+// a second by a clock off by skew, until stop (or the test's end). stop
+// returns when the heartbeat last changed, by the test's clock.
+func hold(t *testing.T, jobs *cluster.Jobs, name, node string, skew time.Duration) (stop func() time.Time) {
+	quit, last := make(chan struct{}), make(chan time.Time, 1)
+	ctx := t.Context()
+	go func() {
+		var changed time.Time
+		var prev metav1.Time
+		defer func() { last <- changed }()
+		for ctx.Err() == nil {
+			j, err := jobs.Get(ctx, name)
+			if err != nil {
+				if ctx.Err() == nil {
+					t.Error(err)
+				}
+				return
+			}
+			if j.Status.Agent != "" && j.Status.Agent != node {
+				t.Errorf("%s taken by %s while %s renews it", name, j.Status.Agent, node)
+				return
+			}
+			hb := metav1.NewTime(time.Now().Add(skew).Truncate(time.Second))
+			j.Status.Phase, j.Status.Agent, j.Status.Heartbeat = cluster.PhaseRunning, node, &hb
+			start := time.Now()
+			if _, err := jobs.UpdateStatus(ctx, j); err != nil {
+				if ctx.Err() == nil {
+					t.Error(err)
+				}
+				return
+			}
+			if !hb.Equal(&prev) {
+				changed, prev = start, hb
+			}
+			select {
+			case <-quit:
+				return
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+	}()
+	stopped := sync.OnceValue(func() time.Time {
+		close(quit)
+		return <-last
+	})
+	t.Cleanup(func() { stopped() })
+	return stopped
+}
+
 // TestMain runs the agent TestJobSurvivesLostAgent kills when this test
 // binary is started as that child process.
 func TestMain(m *testing.M) {

@@ -40,7 +40,7 @@ func agentCmds() []*cobra.Command {
 		f.BoolVar(&cfg.Profiling, "profiling", false, "also serve Go profiles (net/http/pprof: CPU, heap, goroutines, trace) under /debug/pprof/ on --metrics-listen; off by default because profiles show the process's internals")
 		f.BoolVar(&cfg.Kube, "kube", false, "run in a Kubernetes cluster: jobs are FerryJobs, Secrets come from the API (see deploy/)")
 		f.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "with --kube: kubeconfig file (default: the in-cluster service account)")
-		f.StringVar(&cfg.Namespace, "namespace", "", "with --kube: the agents' namespace, for FerryJobs, Leases and Secrets (default: $POD_NAMESPACE)")
+		f.StringVar(&cfg.Namespace, "namespace", "", "with --kube: the agents' namespace, for FerryJobs, Leases and Secrets; the hook looks there for the Secret of a class without ferry.dev/secret-namespace (default: $POD_NAMESPACE)")
 		if !hookOnly {
 			f.StringVar(&cfg.NodeID, "node-id", "", "this node's ID as the driver knows it (default: ask the driver)")
 			f.IntVar(&cfg.Workers, "workers", 1, "replication jobs run at once (one per volume at most)")

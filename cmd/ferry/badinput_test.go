@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	miniogo "github.com/minio/minio-go/v7"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -312,35 +310,12 @@ func sha256Hex(b []byte) string {
 // none reaches the driver.
 func TestBadParameters(t *testing.T) {
 	drv := reflinkcsi.StartTest(t, reflinkcsi.Config{})
-	dir, err := os.MkdirTemp("", "ferry-hook-") // a socket path must stay under 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := "unix://" + filepath.Join(dir, "hook.sock")
-	hook := exec.Command(ferryBin, "hook", "--csi-listen", sock, "--csi-driver", drv.Config().Endpoint,
-		"--state-dir", filepath.Join(dir, "state"), "--secrets-dir", filepath.Join(dir, "secrets"), "--metrics-listen", "")
-	var hookLog bytes.Buffer
-	hook.Stderr = &hookLog
-	if err := hook.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		hook.Process.Kill()
-		hook.Wait()
-	})
-	ctrl := csi.NewControllerClient(csitest.Dial(t, sock))
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	// The hook serves once it has found the driver; wait for it.
-	v, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "v", CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 20},
-		VolumeCapabilities: []*csi.VolumeCapability{csitest.BlockCap}}, grpc.WaitForReady(true))
-	if err != nil {
-		t.Fatalf("CreateVolume through the hook: %v\n%s", err, hookLog.String())
-	}
+	ctrl, vol := startHook(t, ctx, drv, "--secrets-dir", filepath.Join(t.TempDir(), "secrets"))
 	good := map[string]string{
 		params.KeyRepository: "s3://s3.zone-a.example/ferry-dr,s3://s3.zone-b.example/ferry-dr,s3://s3.zone-c.example/ferry-dr", params.KeySecretName: "ferry-dr",
-		params.KeySnapshotName: "snap", params.KeySnapshotNamespace: "db", params.KeySnapshotContentName: "content-1",
+		params.KeySecretNamespace: "ferry-system", params.KeySnapshotName: "snap", params.KeySnapshotNamespace: "db", params.KeySnapshotContentName: "content-1",
 	}
 	const keys = "repository, secret-name, secret-namespace, name, replicate, keep-last, keep-hourly, keep-daily, keep-weekly, keep-monthly"
 	for _, c := range []struct {
@@ -364,8 +339,10 @@ func TestBadParameters(t *testing.T) {
 			"parameter ferry.dev/secret-name: required"},
 		{"series name with a newline", map[string]string{params.KeyName: "db\ndata"},
 			"parameter ferry.dev/name: want 1 to 253 printable characters"},
-		{"no namespace for the secret", map[string]string{params.KeySnapshotNamespace: ""},
-			"parameter ferry.dev/secret-namespace: required when the snapshot's namespace is not passed (external-snapshotter --extra-create-metadata)"},
+		// Without --kube the hook has no agents' namespace to default
+		// to, and the VolumeSnapshot's is never the default.
+		{"no namespace for the secret", map[string]string{params.KeySecretNamespace: ""},
+			"parameter ferry.dev/secret-namespace: required: a hook without --kube knows no agents' namespace to default to"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			in := maps.Clone(good)
@@ -376,7 +353,7 @@ func TestBadParameters(t *testing.T) {
 					in[k] = v
 				}
 			}
-			_, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{SourceVolumeId: v.GetVolume().GetVolumeId(), Name: "bad", Parameters: in})
+			_, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{SourceVolumeId: vol, Name: "bad", Parameters: in})
 			if st := status.Convert(err); st.Code() != codes.InvalidArgument || st.Message() != c.want {
 				t.Errorf("got %v\nwant InvalidArgument: %s", err, c.want)
 			}

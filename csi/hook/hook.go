@@ -40,17 +40,20 @@ const createSnapshot = "/csi.v1.Controller/CreateSnapshot"
 
 // Hook forwards calls to the driver behind conn.
 type Hook struct {
-	driver *grpc.ClientConn
-	queue  Enqueuer
-	log    *slog.Logger
+	driver          *grpc.ClientConn
+	queue           Enqueuer
+	secretNamespace string
+	log             *slog.Logger
 }
 
 // New returns a Hook in front of driver that queues jobs on q.
-func New(driver *grpc.ClientConn, q Enqueuer, log *slog.Logger) *Hook {
+// secretNamespace is the repository Secret's namespace for classes that
+// name none (see params.Parse): the agents' namespace, or empty.
+func New(driver *grpc.ClientConn, q Enqueuer, secretNamespace string, log *slog.Logger) *Hook {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Hook{driver: driver, queue: q, log: log}
+	return &Hook{driver: driver, queue: q, secretNamespace: secretNamespace, log: log}
 }
 
 // Server returns a gRPC server that proxies every call through the hook.
@@ -148,7 +151,7 @@ func (h *Hook) createSnapshot(ctx context.Context, in grpc.ServerStream) error {
 	if err := proto.Unmarshal(f.payload, req); err != nil {
 		return status.Errorf(codes.InvalidArgument, "decode CreateSnapshotRequest: %v", err)
 	}
-	rep, forwardParams, err := params.Parse(req.GetParameters())
+	rep, forwardParams, err := params.Parse(req.GetParameters(), h.secretNamespace)
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}

@@ -49,6 +49,9 @@ func (f *failingQueue) Enqueue(context.Context, hook.Snapshot) error {
 	return nil
 }
 
+// agentsNamespace is the hooks' default namespace for repository Secrets.
+const agentsNamespace = "ferry-system"
+
 // serveHook starts the driver and the hook in front of it and returns the
 // hook's endpoint and a connection to the driver itself.
 func serveHook(t *testing.T, drvCfg reflinkcsi.Config, q hook.Enqueuer) (string, *grpc.ClientConn) {
@@ -69,7 +72,7 @@ func serveHook(t *testing.T, drvCfg reflinkcsi.Config, q hook.Enqueuer) (string,
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := hook.New(conn, q, nil).Server()
+	srv := hook.New(conn, q, agentsNamespace, nil).Server()
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 	return "unix://" + sock, conn
@@ -146,7 +149,7 @@ func TestCreateSnapshot(t *testing.T) {
 	job, ok := q.jobs[id]
 	if !ok || job.SourceVolumeID != vol || job.Name != "snap" || !job.ReadyToUse ||
 		job.Replication.SnapshotNamespace != "db" || job.Replication.SnapshotName != "snap" ||
-		job.Replication.SecretNamespace != "db" || job.Replication.Repository != good[params.KeyRepository] {
+		job.Replication.SecretNamespace != agentsNamespace || job.Replication.Repository != good[params.KeyRepository] {
 		t.Fatalf("queued job %+v", job)
 	}
 	// The snapshotter retries: the same snapshot, queued under the same ID.

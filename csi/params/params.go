@@ -4,7 +4,7 @@
 //
 //	ferry.dev/repository        required: the targets, as for --repo (comma-separated URLs)
 //	ferry.dev/secret-name       required: the Secret holding the repository password and S3 credentials
-//	ferry.dev/secret-namespace  the Secret's namespace (default: the VolumeSnapshot's namespace)
+//	ferry.dev/secret-namespace  the Secret's namespace (default: the agents' namespace, see Parse)
 //	ferry.dev/name              the series name in the repository (default: NAMESPACE/PVC, else the volume ID)
 //	ferry.dev/replicate         "true" (default) or "false": keep the parameters but do not replicate
 //	ferry.dev/keep-last         retention, applied to the series after each replication: keep the N newest
@@ -77,7 +77,13 @@ func (e *Error) Error() string { return fmt.Sprintf("parameter %s: %s", e.Key, e
 // the call does not ask for replication (no ferry.dev/ keys, or replicate
 // is "false"), and the parameters to forward to the driver: every key but
 // Ferry's.
-func Parse(in map[string]string) (*Replication, map[string]string, error) {
+//
+// secretNamespace is the Secret's namespace when the parameters name none:
+// the agents' namespace, the one namespace whose Secrets they may read in
+// a cluster. Empty (an agent without --kube) makes ferry.dev/secret-namespace
+// required. It is not the VolumeSnapshot's namespace: an application's
+// namespace should neither hold the repository's keys nor grant them.
+func Parse(in map[string]string, secretNamespace string) (*Replication, map[string]string, error) {
 	forward := make(map[string]string, len(in))
 	ours := map[string]string{}
 	for k, v := range in {
@@ -160,10 +166,10 @@ func Parse(in map[string]string) (*Replication, map[string]string, error) {
 		return nil, nil, &Error{KeySecretName, "required"}
 	}
 	if r.SecretNamespace == "" {
-		r.SecretNamespace = r.SnapshotNamespace
+		r.SecretNamespace = secretNamespace
 	}
 	if r.SecretNamespace == "" {
-		return nil, nil, &Error{KeySecretNamespace, "required when the snapshot's namespace is not passed (external-snapshotter --extra-create-metadata)"}
+		return nil, nil, &Error{KeySecretNamespace, "required: a hook without --kube knows no agents' namespace to default to"}
 	}
 	return r, forward, nil
 }

@@ -2,6 +2,7 @@ package params
 
 import (
 	"errors"
+	"maps"
 	"reflect"
 	"strings"
 	"testing"
@@ -17,32 +18,43 @@ func TestParse(t *testing.T) {
 		KeySnapshotNamespace: "db",
 		"driver-param":       "kept",
 	}
-	r, fwd, err := Parse(good)
+	r, fwd, err := Parse(good, "ferry-system")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := &Replication{Repository: good[KeyRepository], SecretName: "ferry-repo", SecretNamespace: "db", SnapshotName: "snap-1", SnapshotNamespace: "db"}
+	// The Secret is in the agents' namespace, not the VolumeSnapshot's.
+	want := &Replication{Repository: good[KeyRepository], SecretName: "ferry-repo", SecretNamespace: "ferry-system", SnapshotName: "snap-1", SnapshotNamespace: "db"}
 	if !reflect.DeepEqual(r, want) {
 		t.Fatalf("got %+v\nwant %+v", r, want)
+	}
+	named := maps.Clone(good)
+	named[KeySecretNamespace] = "dr"
+	if r, _, err := Parse(named, "ferry-system"); err != nil || r.SecretNamespace != "dr" {
+		t.Fatalf("%s=dr: %+v %v", KeySecretNamespace, r, err)
+	}
+	// Without a default (no --kube), the class must name the namespace.
+	var pe *Error
+	if _, _, err := Parse(good, ""); !errors.As(err, &pe) || pe.Key != KeySecretNamespace {
+		t.Fatalf("no %s and no default: %v", KeySecretNamespace, err)
 	}
 	if !reflect.DeepEqual(fwd, map[string]string{"driver-param": "kept", KeySnapshotName: "snap-1", KeySnapshotNamespace: "db"}) {
 		t.Fatalf("forwarded %v", fwd)
 	}
-	if r, fwd, err := Parse(map[string]string{"x": "y"}); r != nil || err != nil || fwd["x"] != "y" {
+	if r, fwd, err := Parse(map[string]string{"x": "y"}, ""); r != nil || err != nil || fwd["x"] != "y" {
 		t.Fatalf("no ferry parameters: %v %v %v", r, fwd, err)
 	}
 	off := map[string]string{KeyReplicate: "false", KeyRepository: "file:///x"}
-	if r, fwd, err := Parse(off); r != nil || err != nil || len(fwd) != 0 {
+	if r, fwd, err := Parse(off, ""); r != nil || err != nil || len(fwd) != 0 {
 		t.Fatalf("replicate=false: %v %v %v", r, fwd, err)
 	}
 	kept := map[string]string{KeyKeepLast: "3", KeyKeepDaily: "7", KeyKeepWeekly: "0", KeyKeepHourly: "24", KeyKeepMonthly: "12"}
 	for k, v := range good {
 		kept[k] = v
 	}
-	if r, _, err := Parse(kept); err != nil || r.Keep == nil || *r.Keep != (retention.Policy{Last: 3, Hourly: 24, Daily: 7, Monthly: 12}) {
+	if r, _, err := Parse(kept, "ferry-system"); err != nil || r.Keep == nil || *r.Keep != (retention.Policy{Last: 3, Hourly: 24, Daily: 7, Monthly: 12}) {
 		t.Fatalf("keep rules: %+v %v", r, err)
 	}
-	if r, _, err := Parse(map[string]string{KeyRepository: "file:///x", KeySecretName: "s", KeySecretNamespace: "n", KeyKeepLast: "0"}); err != nil || r.Keep != nil {
+	if r, _, err := Parse(map[string]string{KeyRepository: "file:///x", KeySecretName: "s", KeySecretNamespace: "n", KeyKeepLast: "0"}, ""); err != nil || r.Keep != nil {
 		t.Fatalf("keep rules all 0 keep everything: %+v %v", r, err)
 	}
 	if r.SeriesName("db", "data", "vol-1") != "db/data" || (&Replication{Name: "x"}).SeriesName("a", "b", "c") != "x" || r.SeriesName("", "", "vol-1") != "vol-1" {
@@ -83,7 +95,7 @@ func TestParseErrors(t *testing.T) {
 		{base(map[string]string{KeyKeepLast: "1e3"}), KeyKeepLast},
 		{base(map[string]string{Prefix + "keep": "3"}), Prefix + "keep"},
 	} {
-		_, _, err := Parse(c.in)
+		_, _, err := Parse(c.in, "")
 		var pe *Error
 		if !errors.As(err, &pe) || pe.Key != c.key || !strings.Contains(err.Error(), c.key) {
 			t.Errorf("%v: got %v, want an error naming %s", c.in, err, c.key)
@@ -96,9 +108,10 @@ func FuzzParse(f *testing.F) {
 	f.Add(Prefix+"x", "", "other", "v", "")
 	f.Add(KeyKeepDaily, "7", KeyRepository, "file:///r", "ns")
 	f.Add(KeyKeepLast, "99999999999999999999", KeySecretName, "s", "ns")
+	// ns is the agents' namespace, the default for the Secret's.
 	f.Fuzz(func(t *testing.T, k1, v1, k2, v2, ns string) {
-		in := map[string]string{k1: v1, k2: v2, KeySnapshotNamespace: ns}
-		r, fwd, err := Parse(in)
+		in := map[string]string{k1: v1, k2: v2, KeySnapshotNamespace: "app"}
+		r, fwd, err := Parse(in, ns)
 		if err != nil {
 			var pe *Error
 			if !errors.As(err, &pe) || strings.ContainsRune(err.Error(), '\n') && !strings.ContainsRune(k1+v1+k2+v2, '\n') {
@@ -113,6 +126,9 @@ func FuzzParse(f *testing.F) {
 		}
 		if r != nil && (r.Repository == "" || r.SecretName == "" || r.SecretNamespace == "") {
 			t.Fatalf("incomplete replication %+v", r)
+		}
+		if r != nil && in[KeySecretNamespace] == "" && r.SecretNamespace != ns {
+			t.Fatalf("Secret namespace %q, want the default %q", r.SecretNamespace, ns)
 		}
 		if r != nil && r.Keep != nil {
 			k := *r.Keep

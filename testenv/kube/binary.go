@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -123,8 +124,8 @@ func kubeVersionLdflags(v string) string {
 		pkg, v, pkg, major, pkg, minor, pkg)
 }
 
-// binDir is the directory of the cached binaries, each named
-// <program>-<version>.
+// binDir is the directory of the cached binaries, each named after
+// what it is built from (see build.key).
 func binDir() (string, error) {
 	dir, err := cache.Dir()
 	if err != nil {
@@ -133,7 +134,22 @@ func binDir() (string, error) {
 	return filepath.Join(dir, "bin"), nil
 }
 
-func (b *build) binaryName(p program) string { return path.Base(p.pkg) + "-" + b.version }
+func (b *build) binaryName(p program) string { return path.Base(p.pkg) + "-" + b.key() }
+
+// key says what b's binaries are built from: the module's version, the
+// Kubernetes staging version its k8s.io modules are moved to, and the Go
+// release that compiles them, so that a change of any pinned version or
+// of the toolchain builds them again ("snapshot-controller-v8.7.0-k8s-
+// v0.37.2-go1.26.8"). The Go release is the one that built this program:
+// `go test` runs the test binary with that release's go command first in
+// PATH, and runGo pins it with GOTOOLCHAIN so that the name stays true.
+func (b *build) key() string {
+	k := b.version
+	if b.stagingVersion != "" {
+		k += "-k8s-" + b.stagingVersion
+	}
+	return k + "-" + runtime.Version()
+}
 
 // cached reports whether all of b's programs are in dir, and fills in
 // their paths.
@@ -348,11 +364,12 @@ func goTool() (string, error) {
 }
 
 // runGo runs the go command in dir, outside any workspace, free to update
-// the wrapper's go.sum, and returns its standard output.
+// the wrapper's go.sum, with the Go release build.key names, and returns
+// its standard output.
 func runGo(ctx context.Context, gt, dir string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, gt, args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod")
+	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod", "GOTOOLCHAIN="+runtime.Version())
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

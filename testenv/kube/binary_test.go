@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -59,6 +60,26 @@ replace example.com/fork => example.com/other v0.37.0
 	mod.Replace[0].New.Path = "/elsewhere/client"
 	if _, err := b.wrapperGoMod(mod); err == nil {
 		t.Fatal("a replace with a directory outside the module's repository was accepted")
+	}
+}
+
+// A binary's name in the cache changes with each version it is built
+// from: a new pin or toolchain never finds the old build.
+func TestBinaryNames(t *testing.T) {
+	names := map[string]bool{}
+	for _, b := range builds {
+		for _, p := range b.programs {
+			name := b.binaryName(p)
+			for _, v := range []string{b.version, b.stagingVersion, runtime.Version()} {
+				if !strings.Contains(name, v) {
+					t.Errorf("%s: %q is not in the name", name, v)
+				}
+			}
+			if names[name] {
+				t.Errorf("two binaries named %s", name)
+			}
+			names[name] = true
+		}
 	}
 }
 
