@@ -23,6 +23,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
 
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/agent/cluster"
@@ -36,26 +38,52 @@ import (
 
 const ferryNS = "ferry-system"
 
+// Who deploy/'s RBAC grants rights to, and so whom the test's components
+// run as: the agents' ServiceAccount, the placeholder subject of the
+// hook's RoleBinding (rbac/hook.yaml), and the user that
+// examples/restore-binding.yaml lets run restore-to-cluster.
+const (
+	agentServiceAccount               = "ferry-agent"
+	hookNamespace, hookServiceAccount = "kube-system", "csi-controller"
+	restoreUser                       = "dr-operator@example.com"
+)
+
 var (
 	snapshotClasses = schema.GroupVersionResource{Group: "snapshot.storage.k8s.io", Version: "v1", Resource: "volumesnapshotclasses"}
 	volumeSnapshots = schema.GroupVersionResource{Group: "snapshot.storage.k8s.io", Version: "v1", Resource: "volumesnapshots"}
 )
 
-// installFerry puts what deploy/ installs and the test needs into c: the
-// FerryJob CRD, the agents' namespace, and the repository Secret.
+// installFerry installs deploy/ into c as `kubectl apply -k deploy/` does
+// (its DaemonSet stays without pods: the clusters have no nodes, and the
+// test runs the agents itself), binds the ferry-restore roles to
+// restoreUser with examples/restore-binding.yaml, and adds the
+// application's namespace and the repository Secret.
 func installFerry(t *testing.T, c *kube.Cluster, e *env) {
 	t.Helper()
 	ctx := t.Context()
-	if _, err := c.ApplyFile(ctx, "../deploy/crd/ferry.dev_ferryjobs.yaml", kube.ApplyOptions{}); err != nil {
+	dir, err := filepath.Abs("../deploy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		t.Fatalf("kustomize build %s: %v", dir, err)
+	}
+	manifests, err := m.AsYaml()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Apply(ctx, manifests, kube.ApplyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.WaitEstablished(ctx, "ferryjobs.ferry.dev"); err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range []string{ferryNS, "app"} {
-		if _, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := c.ApplyFile(ctx, "../deploy/examples/restore-binding.yaml", kube.ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "app"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 	data := map[string][]byte{"password": []byte(password)}
 	for k, v := range e.creds {
@@ -179,7 +207,9 @@ func volumeBytes(t *testing.T, conn *grpc.ClientConn, volID string) []byte {
 // VolumeSnapshotClass is replicated (seen in its FerryJob and Events);
 // then the primary is stopped, and `ferry restore-to-cluster` brings the
 // PVC back in the DR cluster, Bound, with exactly the snapshot's bytes.
-// The restore's failures are checked there too.
+// The restore's failures are checked there too. The agents, the hook and
+// restore-to-cluster run as the identities deploy/'s RBAC is for, with
+// only the rights it grants them.
 func TestKubeDisasterRecovery(t *testing.T) {
 	e := startRepo(t)
 	tr := &transcript{}
@@ -201,12 +231,13 @@ func TestKubeDisasterRecovery(t *testing.T) {
 	hookSock := "unix://" + filepath.Join(sockDir, "csi.sock")
 	kubeCfg := func(c *kube.Cluster, node string, drv *reflinkcsi.Driver) agent.Config {
 		return agent.Config{
-			Kube: true, Kubeconfig: c.Kubeconfig, Namespace: ferryNS, NodeName: node, ClusterName: c.Name,
+			Kube: true, Kubeconfig: c.ServiceAccountKubeconfig(ferryNS, agentServiceAccount), Namespace: ferryNS, NodeName: node, ClusterName: c.Name,
 			CSIDriver: drv.Config().Endpoint, StateDir: t.TempDir(), Heartbeat: time.Second, VerifyInterval: -1,
 		}
 	}
 	hc := kubeCfg(primary, "controller", drvA)
 	hc.HookOnly, hc.CSIListen = true, hookSock
+	hc.Kubeconfig = primary.ServiceAccountKubeconfig(hookNamespace, hookServiceAccount)
 	stopHook := runAgent(t, tr, hc)
 	ac := kubeCfg(primary, "primary-node", drvA)
 	ac.MetricsListen = freeAddr(t)
@@ -301,8 +332,9 @@ func TestKubeDisasterRecovery(t *testing.T) {
 		a, err := cluster.LiveAgents(ctx, dr.Client, ferryNS)
 		return err == nil && len(a) == 1
 	})
+	userKubeconfig := dr.KubeconfigAs(restoreUser)
 	run := func(args ...string) (string, int) {
-		cmd := exec.Command(ferry, append([]string{"restore-to-cluster", "--repo", e.repoURL, "--kubeconfig", dr.Kubeconfig}, args...)...)
+		cmd := exec.Command(ferry, append([]string{"restore-to-cluster", "--repo", e.repoURL, "--kubeconfig", userKubeconfig}, args...)...)
 		out, err := cmd.CombinedOutput()
 		tr.Write(out)
 		code := 0
