@@ -222,7 +222,7 @@ func TestKubeDisasterRecovery(t *testing.T) {
 
 	// The primary: the driver, the hook in front of it (the controller's
 	// sidecar), a node agent, and the external-snapshotter.
-	drvA := reflinkcsi.StartTest(t, reflinkcsi.Config{NodeID: "primary-node"})
+	drvA, stopDrvA := reflinkcsi.StartStoppable(t, reflinkcsi.Config{NodeID: "primary-node"})
 	sockDir, err := os.MkdirTemp("", "ferry-hook-")
 	if err != nil {
 		t.Fatal(err)
@@ -322,6 +322,7 @@ func TestKubeDisasterRecovery(t *testing.T) {
 	// The disaster: everything of the primary stops.
 	stopAgentA()
 	stopHook()
+	stopDrvA()
 	primary.Stop()
 
 	// The DR cluster: its own driver and agent, and nothing else.
