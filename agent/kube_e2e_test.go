@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -206,8 +208,9 @@ func volumeBytes(t *testing.T, conn *grpc.ClientConn, volID string) []byte {
 // servers: in the primary, a VolumeSnapshot of a PVC through a Ferry
 // VolumeSnapshotClass is replicated (seen in its FerryJob and Events);
 // then the primary is stopped, and `ferry restore-to-cluster` brings the
-// PVC back in the DR cluster, Bound, with exactly the snapshot's bytes.
-// The restore's failures are checked there too. The agents, the hook and
+// PVC back in the DR cluster, Bound, with exactly the snapshot's bytes, in
+// the StorageClass asked for and with its parameters. The restore's
+// failures are checked there too. The agents, the hook and
 // restore-to-cluster run as the identities deploy/'s RBAC is for, with
 // only the rights it grants them.
 func TestKubeDisasterRecovery(t *testing.T) {
@@ -325,8 +328,17 @@ func TestKubeDisasterRecovery(t *testing.T) {
 	stopDrvA()
 	primary.Stop()
 
-	// The DR cluster: its own driver and agent, and nothing else.
-	drvB := reflinkcsi.StartTest(t, reflinkcsi.Config{NodeID: "dr-node", Capacity: size * 3 / 2})
+	// The DR cluster: its own driver and agent, a StorageClass of the
+	// driver, and nothing else. The driver has room for two restores.
+	drvB := reflinkcsi.StartTest(t, reflinkcsi.Config{NodeID: "dr-node", Capacity: size * 5 / 2})
+	const label = "restored-in-dr"
+	sc := &storagev1.StorageClass{
+		ObjectMeta: metav1.ObjectMeta{Name: "reflink"}, Provisioner: reflinkcsi.DriverName,
+		Parameters: map[string]string{reflinkcsi.ParamLabel: label},
+	}
+	if _, err := dr.Client.StorageV1().StorageClasses().Create(ctx, sc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	stopAgentB := runAgent(t, tr, kubeCfg(dr, "dr-node", drvB))
 	connB := csitest.Dial(t, drvB.Config().Endpoint)
 	waitFor(t, 30*time.Second, "the DR agent's Lease", func() bool {
@@ -346,22 +358,45 @@ func TestKubeDisasterRecovery(t *testing.T) {
 		}
 		return string(out), code
 	}
-	out, code := run("latest", "--from", "app/data", "--namespace", "app", "--pvc", "data", "--wait", "--timeout", "5m")
-	t.Logf("restore-to-cluster:\n%s", out)
-	if code != 0 || !strings.Contains(out, "PVC app/data is Bound") {
-		t.Fatalf("restore-to-cluster exited %d", code)
+	// restore runs restore-to-cluster --wait into PVC app/<pvc>, checks
+	// that it showed progress and that the claim is Bound with exactly the
+	// snapshot's bytes, and returns the claim's PersistentVolume.
+	restore := func(pvc string, args ...string) *corev1.PersistentVolume {
+		t.Helper()
+		out, code := run(append(args, "--namespace", "app", "--pvc", pvc, "--wait", "--timeout", "5m")...)
+		t.Logf("restore-to-cluster %s:\n%s", strings.Join(args, " "), out)
+		bound := "PVC app/" + pvc + " is Bound"
+		if code != 0 || !strings.Contains(out, bound) {
+			t.Fatalf("restore-to-cluster exited %d", code)
+		}
+		if progress := progressLine.FindAllString(out[:strings.Index(out, bound)], -1); len(progress) == 0 {
+			t.Errorf("restore-to-cluster --wait showed no progress before %q", bound)
+		}
+		claim, err := dr.Client.CoreV1().PersistentVolumeClaims("app").Get(ctx, pvc, metav1.GetOptions{})
+		if err != nil || claim.Status.Phase != corev1.ClaimBound {
+			t.Fatalf("DR PVC: %+v %v", claim.Status, err)
+		}
+		pv, err := dr.Client.CoreV1().PersistentVolumes().Get(ctx, claim.Spec.VolumeName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := volumeBytes(t, connB, pv.Spec.CSI.VolumeHandle)
+		if !bytes.Equal(got[:len(want)], want) || bytes.Count(got[len(want):], []byte{0}) != len(got)-len(want) {
+			t.Fatalf("the DR volume (%d bytes) differs from the snapshot (%d bytes)", len(got), len(want))
+		}
+		return pv
 	}
-	pvc, err := dr.Client.CoreV1().PersistentVolumeClaims("app").Get(ctx, "data", metav1.GetOptions{})
-	if err != nil || pvc.Status.Phase != corev1.ClaimBound {
-		t.Fatalf("DR PVC: %+v %v", pvc.Status, err)
+	pv := restore("data", "latest", "--from", "app/data", "--storage-class", "reflink")
+	if pv.Spec.StorageClassName != "reflink" || pv.Spec.ClaimRef.Name != "data" {
+		t.Errorf("restored PersistentVolume: class %q, claim %v", pv.Spec.StorageClassName, pv.Spec.ClaimRef)
 	}
-	pv, err := dr.Client.CoreV1().PersistentVolumes().Get(ctx, pvc.Spec.VolumeName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
+	if pvc, err := dr.Client.CoreV1().PersistentVolumeClaims("app").Get(ctx, "data", metav1.GetOptions{}); err != nil || pvc.Spec.StorageClassName == nil || *pvc.Spec.StorageClassName != "reflink" {
+		t.Errorf("restored PVC's class: %v %v", pvc.Spec.StorageClassName, err)
 	}
-	got := volumeBytes(t, connB, pv.Spec.CSI.VolumeHandle)
-	if !bytes.Equal(got[:len(want)], want) || bytes.Count(got[len(want):], []byte{0}) != len(got)-len(want) {
-		t.Fatalf("the DR volume (%d bytes) differs from the snapshot (%d bytes)", len(got), len(want))
+	// The class's parameter reached CreateVolume: the driver keeps it
+	// with the volume and hands it back in the volume context.
+	if got := pv.Spec.CSI.VolumeAttributes[reflinkcsi.ParamLabel]; got != label {
+		t.Errorf("restored PersistentVolume's %s: %q, want %q (the StorageClass's)", reflinkcsi.ParamLabel, got, label)
 	}
 	csitest.WithMounted(t, connB, pv.Spec.CSI.VolumeHandle, func(dir string) {
 		for name, b := range files {
@@ -370,6 +405,10 @@ func TestKubeDisasterRecovery(t *testing.T) {
 			}
 		}
 	})
+	// The same snapshot by (a prefix of) its ID, without a class.
+	if pv := restore("data-by-id", st.Snapshot[:12]); pv.Spec.StorageClassName != "" || pv.Annotations[cluster.AnnotationSnapshot] != st.Snapshot {
+		t.Errorf("PersistentVolume restored by ID: class %q, snapshot %q", pv.Spec.StorageClassName, pv.Annotations[cluster.AnnotationSnapshot])
+	}
 
 	// Clear failures.
 	for _, c := range []struct {
@@ -380,6 +419,7 @@ func TestKubeDisasterRecovery(t *testing.T) {
 		{[]string{"latest", "--from", "app/data", "--namespace", "nope", "--pvc", "data", "--wait"}, "namespace nope does not exist"},
 		{[]string{"latest", "--from", "app/data", "--namespace", "app", "--pvc", "data-2", "--wait"}, "not enough capacity"},
 		{[]string{"latest", "--from", "app/other", "--namespace", "app", "--pvc", "data-3", "--wait"}, "none of PVC app/other"},
+		{[]string{"latest", "--from", "app/data", "--namespace", "app", "--pvc", "data-3", "--storage-class", "nope", "--wait"}, "StorageClass nope does not exist"},
 	} {
 		out, code := run(c.args...)
 		t.Logf("restore-to-cluster %s:\n%s", strings.Join(c.args, " "), out)
@@ -411,6 +451,10 @@ func TestKubeDisasterRecovery(t *testing.T) {
 	}
 	noSecrets(t, e, tr)
 }
+
+// progressLine is a status line restore-to-cluster --wait prints: the time
+// since it began waiting, then what the job does.
+var progressLine = regexp.MustCompile(`(?m)^ *[0-9hms.]+s  \S.*$`)
 
 // record adds the cluster's FerryJobs and Events to tr.
 func record(t *testing.T, tr *transcript, c *kube.Cluster) {
