@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -19,10 +20,13 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
 
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/agent/cluster"
@@ -36,26 +40,52 @@ import (
 
 const ferryNS = "ferry-system"
 
+// Who deploy/'s RBAC grants rights to, and so whom the test's components
+// run as: the agents' ServiceAccount, the placeholder subject of the
+// hook's RoleBinding (rbac/hook.yaml), and the user that
+// examples/restore-binding.yaml lets run restore-to-cluster.
+const (
+	agentServiceAccount               = "ferry-agent"
+	hookNamespace, hookServiceAccount = "kube-system", "csi-controller"
+	restoreUser                       = "dr-operator@example.com"
+)
+
 var (
 	snapshotClasses = schema.GroupVersionResource{Group: "snapshot.storage.k8s.io", Version: "v1", Resource: "volumesnapshotclasses"}
 	volumeSnapshots = schema.GroupVersionResource{Group: "snapshot.storage.k8s.io", Version: "v1", Resource: "volumesnapshots"}
 )
 
-// installFerry puts what deploy/ installs and the test needs into c: the
-// FerryJob CRD, the agents' namespace, and the repository Secret.
+// installFerry installs deploy/ into c as `kubectl apply -k deploy/` does
+// (its DaemonSet stays without pods: the clusters have no nodes, and the
+// test runs the agents itself), binds the ferry-restore roles to
+// restoreUser with examples/restore-binding.yaml, and adds the
+// application's namespace and the repository Secret.
 func installFerry(t *testing.T, c *kube.Cluster, e *env) {
 	t.Helper()
 	ctx := t.Context()
-	if _, err := c.ApplyFile(ctx, "../deploy/crd/ferry.dev_ferryjobs.yaml", kube.ApplyOptions{}); err != nil {
+	dir, err := filepath.Abs("../deploy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		t.Fatalf("kustomize build %s: %v", dir, err)
+	}
+	manifests, err := m.AsYaml()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Apply(ctx, manifests, kube.ApplyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.WaitEstablished(ctx, "ferryjobs.ferry.dev"); err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range []string{ferryNS, "app"} {
-		if _, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := c.ApplyFile(ctx, "../deploy/examples/restore-binding.yaml", kube.ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "app"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 	data := map[string][]byte{"password": []byte(password)}
 	for k, v := range e.creds {
@@ -178,8 +208,11 @@ func volumeBytes(t *testing.T, conn *grpc.ClientConn, volID string) []byte {
 // servers: in the primary, a VolumeSnapshot of a PVC through a Ferry
 // VolumeSnapshotClass is replicated (seen in its FerryJob and Events);
 // then the primary is stopped, and `ferry restore-to-cluster` brings the
-// PVC back in the DR cluster, Bound, with exactly the snapshot's bytes.
-// The restore's failures are checked there too.
+// PVC back in the DR cluster, Bound, with exactly the snapshot's bytes, in
+// the StorageClass asked for and with its parameters. The restore's
+// failures are checked there too. The agents, the hook and
+// restore-to-cluster run as the identities deploy/'s RBAC is for, with
+// only the rights it grants them.
 func TestKubeDisasterRecovery(t *testing.T) {
 	e := startRepo(t)
 	tr := &transcript{}
@@ -192,7 +225,7 @@ func TestKubeDisasterRecovery(t *testing.T) {
 
 	// The primary: the driver, the hook in front of it (the controller's
 	// sidecar), a node agent, and the external-snapshotter.
-	drvA := reflinkcsi.StartTest(t, reflinkcsi.Config{NodeID: "primary-node"})
+	drvA, stopDrvA := reflinkcsi.StartStoppable(t, reflinkcsi.Config{NodeID: "primary-node"})
 	sockDir, err := os.MkdirTemp("", "ferry-hook-")
 	if err != nil {
 		t.Fatal(err)
@@ -201,12 +234,13 @@ func TestKubeDisasterRecovery(t *testing.T) {
 	hookSock := "unix://" + filepath.Join(sockDir, "csi.sock")
 	kubeCfg := func(c *kube.Cluster, node string, drv *reflinkcsi.Driver) agent.Config {
 		return agent.Config{
-			Kube: true, Kubeconfig: c.Kubeconfig, Namespace: ferryNS, NodeName: node, ClusterName: c.Name,
+			Kube: true, Kubeconfig: c.ServiceAccountKubeconfig(ferryNS, agentServiceAccount), Namespace: ferryNS, NodeName: node, ClusterName: c.Name,
 			CSIDriver: drv.Config().Endpoint, StateDir: t.TempDir(), Heartbeat: time.Second, VerifyInterval: -1,
 		}
 	}
 	hc := kubeCfg(primary, "controller", drvA)
 	hc.HookOnly, hc.CSIListen = true, hookSock
+	hc.Kubeconfig = primary.ServiceAccountKubeconfig(hookNamespace, hookServiceAccount)
 	stopHook := runAgent(t, tr, hc)
 	ac := kubeCfg(primary, "primary-node", drvA)
 	ac.MetricsListen = freeAddr(t)
@@ -291,18 +325,29 @@ func TestKubeDisasterRecovery(t *testing.T) {
 	// The disaster: everything of the primary stops.
 	stopAgentA()
 	stopHook()
+	stopDrvA()
 	primary.Stop()
 
-	// The DR cluster: its own driver and agent, and nothing else.
-	drvB := reflinkcsi.StartTest(t, reflinkcsi.Config{NodeID: "dr-node", Capacity: size * 3 / 2})
+	// The DR cluster: its own driver and agent, a StorageClass of the
+	// driver, and nothing else. The driver has room for two restores.
+	drvB := reflinkcsi.StartTest(t, reflinkcsi.Config{NodeID: "dr-node", Capacity: size * 5 / 2})
+	const label = "restored-in-dr"
+	sc := &storagev1.StorageClass{
+		ObjectMeta: metav1.ObjectMeta{Name: "reflink"}, Provisioner: reflinkcsi.DriverName,
+		Parameters: map[string]string{reflinkcsi.ParamLabel: label},
+	}
+	if _, err := dr.Client.StorageV1().StorageClasses().Create(ctx, sc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	stopAgentB := runAgent(t, tr, kubeCfg(dr, "dr-node", drvB))
 	connB := csitest.Dial(t, drvB.Config().Endpoint)
 	waitFor(t, 30*time.Second, "the DR agent's Lease", func() bool {
 		a, err := cluster.LiveAgents(ctx, dr.Client, ferryNS)
 		return err == nil && len(a) == 1
 	})
+	userKubeconfig := dr.KubeconfigAs(restoreUser)
 	run := func(args ...string) (string, int) {
-		cmd := exec.Command(ferry, append([]string{"restore-to-cluster", "--repo", e.repoURL, "--kubeconfig", dr.Kubeconfig}, args...)...)
+		cmd := exec.Command(ferry, append([]string{"restore-to-cluster", "--repo", e.repoURL, "--kubeconfig", userKubeconfig}, args...)...)
 		out, err := cmd.CombinedOutput()
 		tr.Write(out)
 		code := 0
@@ -313,22 +358,42 @@ func TestKubeDisasterRecovery(t *testing.T) {
 		}
 		return string(out), code
 	}
-	out, code := run("latest", "--from", "app/data", "--namespace", "app", "--pvc", "data", "--wait", "--timeout", "5m")
-	t.Logf("restore-to-cluster:\n%s", out)
-	if code != 0 || !strings.Contains(out, "PVC app/data is Bound") {
-		t.Fatalf("restore-to-cluster exited %d", code)
+	// restore runs restore-to-cluster --wait into PVC app/<pvc>, checks
+	// that it showed progress and that the claim is Bound with exactly the
+	// snapshot's bytes, and returns the claim and its PersistentVolume.
+	restore := func(pvc string, args ...string) (*corev1.PersistentVolumeClaim, *corev1.PersistentVolume) {
+		t.Helper()
+		out, code := run(append(args, "--namespace", "app", "--pvc", pvc, "--wait", "--timeout", "5m")...)
+		t.Logf("restore-to-cluster %s:\n%s", strings.Join(args, " "), out)
+		bound := "PVC app/" + pvc + " is Bound"
+		if code != 0 || !strings.Contains(out, bound) {
+			t.Fatalf("restore-to-cluster exited %d", code)
+		}
+		if progress := progressLine.FindAllString(out[:strings.Index(out, bound)], -1); len(progress) == 0 {
+			t.Errorf("restore-to-cluster --wait showed no progress before %q", bound)
+		}
+		claim, err := dr.Client.CoreV1().PersistentVolumeClaims("app").Get(ctx, pvc, metav1.GetOptions{})
+		if err != nil || claim.Status.Phase != corev1.ClaimBound {
+			t.Fatalf("DR PVC: %+v %v", claim.Status, err)
+		}
+		pv, err := dr.Client.CoreV1().PersistentVolumes().Get(ctx, claim.Spec.VolumeName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := volumeBytes(t, connB, pv.Spec.CSI.VolumeHandle)
+		if !bytes.Equal(got[:len(want)], want) || bytes.Count(got[len(want):], []byte{0}) != len(got)-len(want) {
+			t.Fatalf("the DR volume (%d bytes) differs from the snapshot (%d bytes)", len(got), len(want))
+		}
+		return claim, pv
 	}
-	pvc, err := dr.Client.CoreV1().PersistentVolumeClaims("app").Get(ctx, "data", metav1.GetOptions{})
-	if err != nil || pvc.Status.Phase != corev1.ClaimBound {
-		t.Fatalf("DR PVC: %+v %v", pvc.Status, err)
+	pvc, pv := restore("data", "latest", "--from", "app/data", "--storage-class", "reflink")
+	if pv.Spec.StorageClassName != "reflink" || pvc.Spec.StorageClassName == nil || *pvc.Spec.StorageClassName != "reflink" {
+		t.Errorf("restored into class %q (PersistentVolume) and %v (PVC), want reflink", pv.Spec.StorageClassName, pvc.Spec.StorageClassName)
 	}
-	pv, err := dr.Client.CoreV1().PersistentVolumes().Get(ctx, pvc.Spec.VolumeName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := volumeBytes(t, connB, pv.Spec.CSI.VolumeHandle)
-	if !bytes.Equal(got[:len(want)], want) || bytes.Count(got[len(want):], []byte{0}) != len(got)-len(want) {
-		t.Fatalf("the DR volume (%d bytes) differs from the snapshot (%d bytes)", len(got), len(want))
+	// The class's parameter reached CreateVolume: the driver keeps it
+	// with the volume and hands it back in the volume context.
+	if got := pv.Spec.CSI.VolumeAttributes[reflinkcsi.ParamLabel]; got != label {
+		t.Errorf("restored PersistentVolume's %s: %q, want %q (the StorageClass's)", reflinkcsi.ParamLabel, got, label)
 	}
 	csitest.WithMounted(t, connB, pv.Spec.CSI.VolumeHandle, func(dir string) {
 		for name, b := range files {
@@ -337,6 +402,10 @@ func TestKubeDisasterRecovery(t *testing.T) {
 			}
 		}
 	})
+	// The same snapshot by (a prefix of) its ID, without a class.
+	if _, pv := restore("data-by-id", st.Snapshot[:12]); pv.Spec.StorageClassName != "" || pv.Annotations[cluster.AnnotationSnapshot] != st.Snapshot {
+		t.Errorf("PersistentVolume restored by ID: class %q, snapshot %q", pv.Spec.StorageClassName, pv.Annotations[cluster.AnnotationSnapshot])
+	}
 
 	// Clear failures.
 	for _, c := range []struct {
@@ -347,6 +416,7 @@ func TestKubeDisasterRecovery(t *testing.T) {
 		{[]string{"latest", "--from", "app/data", "--namespace", "nope", "--pvc", "data", "--wait"}, "namespace nope does not exist"},
 		{[]string{"latest", "--from", "app/data", "--namespace", "app", "--pvc", "data-2", "--wait"}, "not enough capacity"},
 		{[]string{"latest", "--from", "app/other", "--namespace", "app", "--pvc", "data-3", "--wait"}, "none of PVC app/other"},
+		{[]string{"latest", "--from", "app/data", "--namespace", "app", "--pvc", "data-6", "--storage-class", "nope", "--wait"}, "StorageClass nope does not exist"},
 	} {
 		out, code := run(c.args...)
 		t.Logf("restore-to-cluster %s:\n%s", strings.Join(c.args, " "), out)
@@ -378,6 +448,10 @@ func TestKubeDisasterRecovery(t *testing.T) {
 	}
 	noSecrets(t, e, tr)
 }
+
+// progressLine is a status line restore-to-cluster --wait prints: the time
+// since it began waiting, then what the job does.
+var progressLine = regexp.MustCompile(`(?m)^ *[0-9hms.]+s  \S.*$`)
 
 // record adds the cluster's FerryJobs and Events to tr.
 func record(t *testing.T, tr *transcript, c *kube.Cluster) {

@@ -59,6 +59,8 @@ func (rs *Restorer) Handle(ctx context.Context, j *Job, p *Progress) (*Outcome, 
 	}
 	if _, err := rs.Client.CoreV1().Namespaces().Get(ctx, spec.Namespace, metav1.GetOptions{}); apierrors.IsNotFound(err) {
 		return nil, Permanent(fmt.Errorf("namespace %s does not exist", spec.Namespace))
+	} else if err != nil {
+		return nil, fmt.Errorf("namespace %s: %w", spec.Namespace, err)
 	}
 
 	params, err := rs.classParameters(ctx, spec.StorageClassName)

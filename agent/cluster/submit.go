@@ -113,11 +113,18 @@ func WaitRestore(ctx context.Context, client kubernetes.Interface, dyn dynamic.I
 			last = s
 		}
 	}
+	// The same words whether ctx ended during a wait or a request.
+	gaveUp := func(cur *Job) (*Job, error) {
+		return cur, fmt.Errorf("gave up waiting for restore job %s/%s (it goes on): %w", j.Namespace, j.Name, ctx.Err())
+	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	pending := time.Now()
 	for {
 		cur, err := jobs.Get(ctx, j.Name)
+		if err != nil && ctx.Err() != nil {
+			return gaveUp(j)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("restore job %s: %w", j.Name, err)
 		}
@@ -150,7 +157,7 @@ func WaitRestore(ctx context.Context, client kubernetes.Interface, dyn dynamic.I
 		}
 		select {
 		case <-ctx.Done():
-			return cur, fmt.Errorf("gave up waiting for restore job %s/%s (it goes on): %w", j.Namespace, j.Name, ctx.Err())
+			return gaveUp(cur)
 		case <-tick.C:
 		}
 	}

@@ -349,6 +349,36 @@ func (c *Cluster) ServiceAccountConfig(namespace, name string) *rest.Config {
 	return cfg
 }
 
+// ServiceAccountKubeconfig is ServiceAccountConfig as a kubeconfig file,
+// for a program that takes one.
+func (c *Cluster) ServiceAccountKubeconfig(namespace, name string) string {
+	c.t.Helper()
+	return c.KubeconfigAs("system:serviceaccount:"+namespace+":"+name, "system:serviceaccounts", "system:serviceaccounts:"+namespace)
+}
+
+// KubeconfigAs writes a kubeconfig file that impersonates user in groups
+// (and system:authenticated), as kubectl's --as and --as-group do, with
+// the admin's credentials, and returns its name: a program given it can
+// do exactly what RBAC grants that identity.
+func (c *Cluster) KubeconfigAs(user string, groups ...string) string {
+	c.t.Helper()
+	cfg, err := clientcmd.LoadFromFile(c.Kubeconfig)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	auth := cfg.AuthInfos[cfg.Contexts[cfg.CurrentContext].AuthInfo]
+	auth.Impersonate, auth.ImpersonateGroups = user, groups
+	f, err := os.CreateTemp(c.dir, "as-*.kubeconfig")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	f.Close()
+	if err := clientcmd.WriteToFile(*cfg, f.Name()); err != nil {
+		c.t.Fatal(err)
+	}
+	return f.Name()
+}
+
 // getOK GETs url and returns nil for a 200 response.
 func getOK(ctx context.Context, client *http.Client, url string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)

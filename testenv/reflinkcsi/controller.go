@@ -27,8 +27,14 @@ const (
 	// where the capacity range allows.
 	blockSize = 4096
 	// k8sParamPrefix marks the parameters Kubernetes sidecars add
-	// (PVC and VolumeSnapshot names); the driver has none of its own.
+	// (PVC and VolumeSnapshot names).
 	k8sParamPrefix = "csi.storage.k8s.io/"
+	// ParamLabel is the driver's one parameter of its own, a
+	// StorageClass's for CreateVolume: a free-form label that the driver
+	// keeps with the volume and returns in its volume context, where a
+	// PersistentVolume shows it (volumeAttributes). It changes nothing
+	// else; it lets tests see that a class's parameters reach the driver.
+	ParamLabel = "label"
 )
 
 // supportedFsTypes are the filesystems mount access may ask for; the
@@ -62,11 +68,12 @@ func readOnlyMode(c *csi.VolumeCapability) bool {
 	return c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
 }
 
-// checkParams rejects parameters the driver does not know, naming them.
-func checkParams(params map[string]string) error {
+// checkParams rejects parameters the driver does not know, naming them:
+// all but Kubernetes' own and those of the call (own).
+func checkParams(params map[string]string, own ...string) error {
 	for _, k := range slices.Sorted(maps.Keys(params)) {
-		if !strings.HasPrefix(k, k8sParamPrefix) {
-			return invalid("unknown parameter %q: the driver takes none except %s*", k, k8sParamPrefix)
+		if !strings.HasPrefix(k, k8sParamPrefix) && !slices.Contains(own, k) {
+			return invalid("unknown parameter %q: the driver takes only %s", k, strings.Join(slices.Concat(own, []string{k8sParamPrefix + "*"}), ", "))
 		}
 	}
 	return nil
@@ -131,7 +138,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			return nil, invalid("%v", err)
 		}
 	}
-	if err := checkParams(req.GetParameters()); err != nil {
+	if err := checkParams(req.GetParameters(), ParamLabel); err != nil {
 		return nil, err
 	}
 	required, limit := req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes()
@@ -216,6 +223,9 @@ func (d *Driver) createVolume(name string, required, limit int64, params map[str
 
 func (v *volume) csi() *csi.Volume {
 	cv := &csi.Volume{VolumeId: v.ID, CapacityBytes: v.Size}
+	if l, ok := v.Params[ParamLabel]; ok {
+		cv.VolumeContext = map[string]string{ParamLabel: l}
+	}
 	switch {
 	case v.Source.Snapshot != "":
 		cv.ContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
@@ -293,7 +303,7 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 // GetCapacity reports the free space of the driver's filesystem. Volumes
 // are sparse, so it may be smaller than the volumes it still holds.
 func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
-	if err := checkParams(req.GetParameters()); err != nil {
+	if err := checkParams(req.GetParameters(), ParamLabel); err != nil {
 		return nil, err
 	}
 	for _, c := range req.GetVolumeCapabilities() {

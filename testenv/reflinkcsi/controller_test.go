@@ -149,6 +149,36 @@ func TestIdempotenceAndConflicts(t *testing.T) {
 
 // A restarted driver knows the volumes and snapshots of the one before,
 // and creating them again by name gives the same objects.
+// A volume's label, a StorageClass parameter, comes back in its volume
+// context; a snapshot takes no label, and a volume no other parameter of
+// its own.
+func TestVolumeLabel(t *testing.T) {
+	c := dial(t, StartTest(t, Config{}))
+	ctx := context.Background()
+	labelled := &csi.CreateVolumeRequest{
+		Name: "labelled", VolumeCapabilities: []*csi.VolumeCapability{blockCap},
+		Parameters: map[string]string{ParamLabel: "fast", "csi.storage.k8s.io/pvc/name": "data"},
+	}
+	lv, err := c.CreateVolume(ctx, labelled)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := lv.GetVolume().GetVolumeContext(); len(got) != 1 || got[ParamLabel] != "fast" {
+		t.Errorf("volume context of a labelled volume: %v", got)
+	}
+	plain := createVolume(t, c, "plain", MiB, nil)
+	if got := plain.GetVolumeContext(); got != nil {
+		t.Errorf("volume context of a volume without label: %v", got)
+	}
+	_, err = c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{
+		Name: "labelled", SourceVolumeId: plain.GetVolumeId(), Parameters: map[string]string{ParamLabel: "fast"},
+	})
+	wantCode(t, err, codes.InvalidArgument)
+	labelled.Name, labelled.Parameters = "typo", map[string]string{"lable": "fast"}
+	_, err = c.CreateVolume(ctx, labelled)
+	wantCode(t, err, codes.InvalidArgument)
+}
+
 func TestRestart(t *testing.T) {
 	cfg := testConfig(t, Config{})
 	d1, stop := serve(t, cfg)

@@ -30,6 +30,14 @@ func StartTest(t testing.TB, cfg Config) *Driver {
 	return d
 }
 
+// StartStoppable is StartTest that also returns a function which stops the
+// driver before the test ends, as when its node is lost. Calling it again
+// does nothing.
+func StartStoppable(t testing.TB, cfg Config) (*Driver, func()) {
+	t.Helper()
+	return serve(t, testConfig(t, cfg))
+}
+
 // testConfig fills in the empty fields of cfg as StartTest does.
 func testConfig(t testing.TB, cfg Config) Config {
 	t.Helper()
