@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -359,6 +360,14 @@ func TestOnAPIServer(t *testing.T) {
 				_, err := jobs(agent).Update(ctx, anyJob(t), metav1.UpdateOptions{})
 				return err
 			}},
+			{"agent", agent, "patch ferryjobs/status", false, func(t *testing.T) error {
+				_, err := jobs(agent).Patch(ctx, anyJob(t).GetName(), types.MergePatchType, []byte(`{"status":{"message":"patched"}}`), metav1.PatchOptions{}, "status")
+				return err
+			}},
+			{"agent", agent, "get persistentvolumes", false, func(t *testing.T) error {
+				_, err := agent.kube.CoreV1().PersistentVolumes().Get(ctx, "ferry-restored", metav1.GetOptions{})
+				return err
+			}},
 			{"agent", agent, "delete persistentvolumes", false, func(t *testing.T) error {
 				return agent.kube.CoreV1().PersistentVolumes().Delete(ctx, "ferry-restored", metav1.DeleteOptions{})
 			}},
@@ -463,9 +472,6 @@ func restoreLikeTheAgent(ctx context.Context, cl kubernetes.Interface, j *cluste
 	pv := persistentVolume("ferry-restored", r.Namespace, r.PVC)
 	pv.Spec.StorageClassName = r.StorageClassName
 	if _, err := cl.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil {
-		return nil, err
-	}
-	if _, err := cl.CoreV1().PersistentVolumes().Get(ctx, pv.Name, metav1.GetOptions{}); err != nil {
 		return nil, err
 	}
 	pvc := &corev1.PersistentVolumeClaim{

@@ -294,6 +294,9 @@ func (w *Worker) Serve(ctx context.Context) error {
 	}
 	f.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
+		if ctx.Err() != nil {
+			return nil // stopped before the informer synced: not its failure
+		}
 		return fmt.Errorf("FerryJobs in %s: the informer did not sync (is the CRD installed and may the agent list ferryjobs?)", w.Jobs.Namespace)
 	}
 	w.Log.Info("running FerryJobs", "namespace", w.Jobs.Namespace, "node", w.Node, "concurrency", w.Concurrency)
