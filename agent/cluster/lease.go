@@ -23,8 +23,11 @@ var DefaultLeaseTiming = LeaseTiming{Duration: 30 * time.Second, RenewDeadline: 
 // Exclusive runs fn whenever this agent (identity) holds the
 // coordination.k8s.io Lease namespace/name, so that work such as verifying
 // and repairing one repository runs on one node at a time across the
-// cluster. fn's context ends when the Lease is lost; Exclusive returns when
-// ctx ends, releasing the Lease.
+// cluster. fn's context ends when the Lease is lost or ctx ends; only once
+// fn has returned does Exclusive release the Lease (ctx ended) or contend
+// for it again (it was lost), so fn never overlaps itself, nor another
+// agent's fn but where this one failed to renew the Lease in time.
+// Exclusive returns when ctx ends.
 func Exclusive(ctx context.Context, client kubernetes.Interface, namespace, name, identity string, timing LeaseTiming, log *slog.Logger, fn func(ctx context.Context)) {
 	lock := &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Namespace: namespace, Name: name},
@@ -32,14 +35,16 @@ func Exclusive(ctx context.Context, client kubernetes.Interface, namespace, name
 		LockConfig: resourcelock.ResourceLockConfig{Identity: identity},
 	}
 	for ctx.Err() == nil {
+		// client-go starts OnStartedLeading in a goroutine of its own and
+		// releases the Lease as soon as its context ends, without waiting
+		// for it: fn runs here instead, and the elector's context ends
+		// only after fn has returned.
+		leading := make(chan context.Context, 1)
 		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 			Lock: lock, ReleaseOnCancel: true, Name: name,
 			LeaseDuration: timing.Duration, RenewDeadline: timing.RenewDeadline, RetryPeriod: timing.RetryPeriod,
 			Callbacks: leaderelection.LeaderCallbacks{
-				OnStartedLeading: func(ctx context.Context) {
-					log.Info("holding lease", "lease", namespace+"/"+name)
-					fn(ctx)
-				},
+				OnStartedLeading: func(ctx context.Context) { leading <- ctx },
 				OnStoppedLeading: func() {},
 			},
 		})
@@ -47,6 +52,24 @@ func Exclusive(ctx context.Context, client kubernetes.Interface, namespace, name
 			log.Error("lease", "lease", namespace+"/"+name, "error", err)
 			return
 		}
-		le.Run(ctx) // returns when the lease is lost or ctx ends
+		electing, stop := context.WithCancel(context.WithoutCancel(ctx))
+		ran := make(chan struct{})
+		go func() {
+			defer close(ran)
+			le.Run(electing) // returns when the Lease is lost or electing ends
+		}()
+		select {
+		case held := <-leading:
+			log.Info("holding lease", "lease", namespace+"/"+name)
+			work, cancel := context.WithCancel(held)
+			unwatch := context.AfterFunc(ctx, cancel)
+			fn(work)
+			unwatch()
+			cancel()
+		case <-ctx.Done():
+		case <-ran: // lost before fn started
+		}
+		stop()
+		<-ran
 	}
 }

@@ -13,7 +13,8 @@ import (
 )
 
 // TestExclusive: of three agents contending for one repository's Lease,
-// one at a time does the work; when it stops, another takes over.
+// one at a time does the work; when it stops, another takes over, only
+// once the first one's work has returned.
 func TestExclusive(t *testing.T) {
 	c := startAPI(t)
 	timing := cluster.LeaseTiming{Duration: 2 * time.Second, RenewDeadline: time.Second, RetryPeriod: 200 * time.Millisecond}
@@ -35,6 +36,9 @@ func TestExclusive(t *testing.T) {
 				order = append(order, node)
 				mu.Unlock()
 				<-ctx.Done()
+				// Work stops a moment after it is told to (a request
+				// in flight): the Lease must stay held until it has.
+				time.Sleep(500 * time.Millisecond)
 				holders.Add(-1)
 			})
 		})
